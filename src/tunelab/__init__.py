@@ -1,0 +1,3 @@
+"""tunelab: personalize text-to-image diffusion models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,53 @@
+"""Build a CLIP BPE tokenizer from a word list, so presets never download tokenizer files.
+
+The vocabulary follows CLIP's layout: the 256 byte symbols, the same with the
+end-of-word marker, one token per merge, then the two special tokens. Merges
+are made left to right for each word, so every listed word becomes a single
+token and any other text still tokenizes (down to bytes).
+"""
+
+from transformers import CLIPTokenizer
+
+END_OF_WORD = "</w>"
+
+# Words that tests, examples and the demo prompts use; anything else falls back to sub-words.
+DEFAULT_WORDS = (
+    "a an the of on in at with and photo picture rendering painting drawing sketch pencil "
+    "close up shot portrait style toy dog cat man woman person face sks zwx ohwx bottle "
+    "red green blue yellow white black orange purple pink gray small large big "
+    "circle square triangle star cross ring background left right top bottom center "
+    "masterpiece high quality detailed"
+).split()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from bytes to printable unicode symbols."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    shift = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + shift)
+            shift += 1
+    return dict(zip(printable, (chr(c) for c in codes)))
+
+
+def build_clip_tokenizer(words=DEFAULT_WORDS, model_max_length: int = 77) -> CLIPTokenizer:
+    symbols = list(_bytes_to_unicode().values())
+    vocab_tokens = symbols + [s + END_OF_WORD for s in symbols]
+    merges: list[tuple[str, str]] = []
+    seen = set(vocab_tokens)
+    for word in sorted(set(w.lower() for w in words)):
+        pieces = list(word[:-1]) + [word[-1] + END_OF_WORD]
+        merged = pieces[0]
+        for piece in pieces[1:]:
+            rule = (merged, piece)
+            merged = merged + piece
+            if merged not in seen:
+                merges.append(rule)
+                vocab_tokens.append(merged)
+                seen.add(merged)
+    vocab_tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: index for index, token in enumerate(vocab_tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
