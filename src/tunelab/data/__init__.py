@@ -1,0 +1,1 @@
+"""Training data: image loading, folder scanning, aspect-ratio buckets and the dataset."""
