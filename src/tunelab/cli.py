@@ -1,0 +1,80 @@
+"""tunelab's command line: one table from sub-command to the module that implements it."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import os
+import sys
+
+# Sub-command -> (help, module with `add_arguments(parser)` and `run(args)`); modules load only when used.
+COMMANDS = {
+    "train": ("train a technique (lora, ...) on a folder of images", "tunelab.train.command"),
+    "generate": ("generate images, optionally with LoRAs", "tunelab.generate.command"),
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line with a suggestion, not a usage dump."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            unknown = message.split(":", 1)[1].split()[0]
+            known = [option for action in self._actions for option in action.option_strings]
+            for subparsers in (a for a in self._actions if isinstance(a, argparse._SubParsersAction)):
+                known += list(subparsers.choices)
+            close = difflib.get_close_matches(unknown.split("=")[0], known, n=1)
+            if close:
+                message += f" (did you mean {close[0]}?)"
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="tunelab", description="Personalize text-to-image diffusion models.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    for name, (help_text, module_name) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(_module=module_name)
+        importlib.import_module(module_name).add_arguments(sub)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    # Library chatter (missing torchvision, progress of every pipeline call) is noise on a CLI.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # No hub is reachable at run time; fail fast instead of waiting on the network.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    import logging
+
+    from tunelab.errors import TunelabError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        importlib.import_module(args._module).run(args)
+        return 0
+    except TunelabError as error:
+        if args.debug:
+            raise
+        print(f"tunelab: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tunelab: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # an unexpected failure still gets one line; --debug shows where
+        if args.debug:
+            raise
+        print(f"tunelab: internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

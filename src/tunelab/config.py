@@ -1,0 +1,187 @@
+"""Typed, strict run configuration.
+
+An options schema is a dataclass; every field is a command-line flag
+(`learning_rate` -> `--learning-rate`) and a key a YAML/TOML file may hold.
+Precedence: dataclass default < config file < command line. An unknown key or
+a value of the wrong type is a TunelabError naming the key and suggesting the
+nearest valid one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from tunelab.errors import TunelabError
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _closest(name: str, candidates) -> str:
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _unwrap_optional(annotation):
+    """`int | None` -> (int, True); `int` -> (int, False)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return annotation, False
+
+
+def _schema_fields(schemas) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """Field name -> (field, resolved type) over several schemas; a name may appear once."""
+    fields: dict[str, tuple[dataclasses.Field, Any]] = {}
+    for schema in schemas:
+        hints = typing.get_type_hints(schema)
+        for field in dataclasses.fields(schema):
+            if field.name in fields:
+                raise ValueError(f"option {field.name!r} defined twice")  # a programming error, not user input
+            fields[field.name] = (field, hints[field.name])
+    return fields
+
+
+def coerce(key: str, value: Any, annotation) -> Any:
+    """Check one value against its annotation; convert only where the meaning is unambiguous."""
+    base, optional = _unwrap_optional(annotation)
+    if value is None:
+        if optional:
+            return None
+        raise TunelabError(f"option {key!r} may not be empty")
+    origin = typing.get_origin(base)
+    if origin is Literal:
+        choices = typing.get_args(base)
+        if value not in choices:
+            raise TunelabError(
+                f"option {key!r}: {value!r} is not one of {', '.join(map(str, choices))}{_closest(str(value), map(str, choices))}"
+            )
+        return value
+    if origin is list:
+        (item_type,) = typing.get_args(base)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise TunelabError(f"option {key!r} must be a list, got {type(value).__name__}")
+        return [coerce(key, item, item_type) for item in value]
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise TunelabError(f"option {key!r} must be true or false, got {value!r}")
+    if base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TunelabError(f"option {key!r} must be an integer, got {value!r}")
+    if base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TunelabError(f"option {key!r} must be a number, got {value!r}")
+    if base is str:
+        if isinstance(value, (str, Path)):
+            return str(value)
+        raise TunelabError(f"option {key!r} must be text, got {value!r}")
+    raise TypeError(f"unsupported option type {annotation!r} for {key}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise TunelabError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml", ".json"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            raise TunelabError(f"config file {path} must be .yaml, .yml, .toml or .json")
+    except TunelabError:
+        raise
+    except Exception as error:  # parse errors from yaml/tomllib carry the line number
+        raise TunelabError(f"cannot parse config file {path}: {error}".replace("\n", " ")) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TunelabError(f"config file {path} must hold a mapping of option: value")
+    # Users write keys either way: learning-rate or learning_rate.
+    return {str(key).replace("-", "_"): value for key, value in data.items()}
+
+
+def resolve(schemas, cli_values: dict[str, Any], config_path: str | Path | None = None) -> list[Any]:
+    """Build one instance per schema from defaults, then the file, then the command line."""
+    fields = _schema_fields(schemas)
+    merged: dict[str, Any] = {}
+    if config_path is not None:
+        for key, value in read_config_file(config_path).items():
+            if key not in fields:
+                raise TunelabError(f"unknown option {key!r} in {config_path}{_closest(key, fields)}")
+            merged[key] = coerce(key, value, fields[key][1])
+    for key, value in cli_values.items():
+        merged[key] = coerce(key, value, fields[key][1])
+    instances = []
+    for schema in schemas:
+        kwargs = {}
+        for field in dataclasses.fields(schema):
+            if field.name in merged:
+                kwargs[field.name] = merged[field.name]
+            elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                raise TunelabError(f"missing required option {flag_name(field.name)}")
+        instances.append(schema(**kwargs))
+    return instances
+
+
+def add_arguments(parser: argparse.ArgumentParser, schemas) -> None:
+    """One flag per field; defaults are suppressed so only what the user typed reaches `resolve`."""
+    for name, (field, annotation) in _schema_fields(schemas).items():
+        base, _ = _unwrap_optional(annotation)
+        help_text = field.metadata.get("help", "")
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
+        origin = typing.get_origin(base)
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin is Literal:
+            kwargs["choices"] = typing.get_args(base)
+        elif origin is list and field.metadata.get("repeat"):
+            kwargs["action"] = "append"  # --flag A --flag B
+        elif origin is list:
+            kwargs["nargs"] = "+"
+            item_type = typing.get_args(base)[0]
+            kwargs["type"] = item_type if item_type in (int, float) else str
+        else:
+            kwargs["type"] = base if base in (int, float) else str
+        parser.add_argument(flag_name(name), **kwargs)
+
+
+def to_dict(*instances) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for instance in instances:
+        merged.update(dataclasses.asdict(instance))
+    return merged
+
+
+def write_resolved(path: Path, *instances) -> dict[str, Any]:
+    """Write the run's full configuration beside its outputs; returns it for artifact metadata."""
+    import yaml
+
+    resolved = to_dict(*instances)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    return resolved
+
+
+def to_json(resolved: dict[str, Any]) -> str:
+    return json.dumps(resolved, sort_keys=True)

@@ -1,0 +1,1 @@
+"""Generation: pipelines, the sampler table, attaching trained artifacts."""

@@ -1,0 +1,45 @@
+"""Generation parameters in the PNG text chunk: A1111's `parameters` line, plus tunelab's exact JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PARAMETERS_KEY = "parameters"  # what A1111, Forge and civitai read
+TUNELAB_KEY = "tunelab"
+
+
+def a1111_parameters(record: dict) -> str:
+    lines = [record["prompt"]]
+    if record.get("negative_prompt"):
+        lines.append(f"Negative prompt: {record['negative_prompt']}")
+    fields = {
+        "Steps": record["steps"],
+        "Sampler": record["sampler"],
+        "CFG scale": record["guidance"],
+        "Seed": record["seed"],
+        "Size": f"{record['width']}x{record['height']}",
+        "Model": record["model"],
+    }
+    for index, (path, weight) in enumerate(record.get("loras", [])):
+        fields[f"Lora {index}"] = f"{Path(path).stem}:{weight}"
+    lines.append(", ".join(f"{key}: {value}" for key, value in fields.items()))
+    return "\n".join(lines)
+
+
+def save_png(image, path: Path, record: dict) -> Path:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PARAMETERS_KEY, a1111_parameters(record))
+    info.add_text(TUNELAB_KEY, json.dumps(record, sort_keys=True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, pnginfo=info)
+    return path
+
+
+def read_record(path: Path) -> dict:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return json.loads(image.text[TUNELAB_KEY])

@@ -1,0 +1,153 @@
+"""LoRA: low-rank B·A beside frozen weights, W = W0 + (alpha / r)·B·A, injected with PEFT."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+
+from tunelab.errors import TunelabError
+from tunelab.lora.model import LoraModule, LoraSet
+
+TargetGroup = Literal["attention", "feedforward", "conv"]
+ADAPTER_NAME = "default"
+
+
+def _opt(help_text: str, **kwargs):
+    return field(metadata={"help": help_text}, **kwargs)
+
+
+@dataclass
+class LoraOptions:
+    rank: int = _opt("LoRA rank r", default=4)
+    alpha: float | None = _opt("LoRA alpha; the update is scaled by alpha / rank (default: rank)", default=None)
+    dropout: float = _opt("dropout on the LoRA path during training", default=0.0)
+    targets: list[TargetGroup] = _opt(
+        "module groups to adapt: attention, feedforward, conv", default_factory=lambda: ["attention"]
+    )
+    train_unet: bool = _opt("train a LoRA on the denoiser", default=True)
+    train_text_encoder: bool = _opt("train a LoRA on the text encoder(s)", default=False)
+    text_encoder_lr: float | None = _opt("learning rate for the text-encoder LoRA (default: --learning-rate)", default=None)
+    format: Literal["kohya", "peft"] = _opt("file layout of lora.safetensors", default="kohya")
+    save_precision: Literal["fp32", "fp16", "bf16"] = _opt("dtype of the saved LoRA weights", default="fp32")
+
+
+class LoraMethod:
+    name: ClassVar[str] = "lora"
+    options_schema: ClassVar[type] = LoraOptions
+    artifact_name: ClassVar[str] = "lora.safetensors"
+
+    def __init__(self, options: LoraOptions):
+        if options.rank < 1:
+            raise TunelabError(f"--rank must be at least 1, got {options.rank}")
+        if not (options.train_unet or options.train_text_encoder):
+            raise TunelabError("nothing to train: enable --train-unet or --train-text-encoder")
+        self.options = options
+        self.alpha = float(options.alpha if options.alpha is not None else options.rank)
+        self.family = None
+        self._modules: dict[str, torch.nn.Module] = {}
+
+    def _component_names(self, family) -> list[str]:
+        names = [family.denoiser_name] if self.options.train_unet else []
+        if self.options.train_text_encoder:
+            names += list(family.text_encoder_names)
+        return names
+
+    def setup(self, family) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        self.family = family
+        for name in self._component_names(family):
+            groups = family.lora_targets[name]
+            suffixes = sorted({s for group in self.options.targets for s in groups.get(group, ())})
+            if not suffixes:
+                continue
+            config = LoraConfig(
+                r=self.options.rank,
+                lora_alpha=self.alpha,
+                lora_dropout=self.options.dropout,
+                target_modules=suffixes,
+                init_lora_weights="gaussian",
+            )
+            module = family.module(name)
+            inject_adapter_in_model(config, module, adapter_name=ADAPTER_NAME)
+            for param_name, param in module.named_parameters():
+                is_lora = ".lora_" in param_name
+                param.requires_grad_(is_lora)
+                if is_lora:
+                    param.data = param.data.float()  # trainable weights stay fp32 under mixed precision
+            self._modules[name] = module
+        if not self._modules:
+            raise TunelabError(f"no modules matched LoRA targets {self.options.targets}")
+
+    def trainable_modules(self) -> dict[str, torch.nn.Module]:
+        return dict(self._modules)
+
+    def trainable_parameters(self) -> list[dict]:
+        groups = []
+        for name, module in self._modules.items():
+            params = [p for p in module.parameters() if p.requires_grad]
+            group = {"params": params, "name": name}
+            if name in self.family.text_encoder_names and self.options.text_encoder_lr is not None:
+                group["lr"] = self.options.text_encoder_lr
+            groups.append(group)
+        return groups
+
+    def after_step(self) -> None:
+        pass
+
+    def lora_set(self) -> LoraSet:
+        """The trained adapters as format-free tensors."""
+        from peft.utils import get_peft_model_state_dict
+
+        lora: LoraSet = {}
+        for name, module in self._modules.items():
+            state = get_peft_model_state_dict(module, adapter_name=ADAPTER_NAME)
+            for key, down in state.items():
+                if not key.endswith(".lora_A.weight"):
+                    continue
+                path = key[: -len(".lora_A.weight")]
+                up = state[f"{path}.lora_B.weight"]
+                lora[f"{name}.{path}"] = LoraModule(down.detach().float(), up.detach().float(), self.alpha)
+        return lora
+
+    def save(self, out_dir: Path, metadata: dict[str, str]) -> Path:
+        from tunelab.formats.kohya_lora import kohya_metadata
+        from tunelab.formats.lora_io import write_lora
+        from tunelab.formats.safetensors_io import precision_dtype
+
+        dtype = precision_dtype(self.options.save_precision)
+        lora = {key: module.to(dtype) for key, module in self.lora_set().items()}
+        if self.options.format == "kohya":
+            metadata = kohya_metadata(lora, self.family.base_model_version, metadata)
+        return write_lora(lora, Path(out_dir) / self.artifact_name, self.options.format, metadata)
+
+
+def parse_weighted_path(spec: str) -> tuple[Path, float]:
+    """'FILE' or 'FILE:WEIGHT' -> (path, weight); a trailing part that is not a number belongs to the path."""
+    head, _, tail = spec.rpartition(":")
+    if head:
+        try:
+            return Path(head), float(tail)
+        except ValueError:
+            pass
+    return Path(spec), 1.0
+
+
+def attach_loras(pipeline, loras: list[tuple[Path, float]]) -> list[str]:
+    """Load LoRA files with diffusers' own loader (the one users' pipelines use) and weight them."""
+    names = []
+    for index, (path, _) in enumerate(loras):
+        if not path.is_file():
+            raise TunelabError(f"LoRA file not found: {path}")
+        name = f"lora{index}"
+        try:
+            pipeline.load_lora_weights(str(path), adapter_name=name)
+        except (ValueError, KeyError, RuntimeError, OSError) as error:
+            raise TunelabError(f"cannot load LoRA {path}: {str(error).splitlines()[0]}") from None
+        names.append(name)
+    if names:
+        pipeline.set_adapters(names, adapter_weights=[weight for _, weight in loras])
+    return names

@@ -1,0 +1,1 @@
+"""Model families: loading a model reference and the per-family training maths."""

@@ -1,0 +1,202 @@
+"""The single training loop: data -> latents -> noise -> denoiser -> weighted MSE -> optimizer.
+
+It never branches on technique or model family: the method says what trains and how
+it is saved, the family says how prompts are encoded and what the target is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tunelab.errors import TunelabError
+from tunelab.train.options import TrainOptions
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def make_optimizer(options: TrainOptions, groups: list[dict], device: torch.device):
+    if options.optimizer == "adamw8bit":
+        if device.type != "cuda":
+            raise TunelabError("--optimizer adamw8bit needs a CUDA GPU; use adamw on this machine")
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise TunelabError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
+        return bnb.optim.AdamW8bit(groups, lr=options.learning_rate, weight_decay=options.weight_decay)
+    # foreach keeps the step to a few fused kernels instead of one per tensor.
+    return torch.optim.AdamW(groups, lr=options.learning_rate, weight_decay=options.weight_decay, foreach=True)
+
+
+def make_lr_scheduler(options: TrainOptions, optimizer):
+    from diffusers.optimization import get_scheduler
+
+    name = "constant_with_warmup" if options.lr_scheduler == "constant" else options.lr_scheduler
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=options.lr_warmup_steps, num_training_steps=options.steps
+    )
+
+
+def make_loader(dataset, options: TrainOptions):
+    from torch.utils.data import DataLoader
+
+    from tunelab.data.buckets import BucketBatchSampler
+    from tunelab.data.dataset import collate
+
+    if options.buckets:
+        sampler = BucketBatchSampler(dataset.bucket_ids, batch_size=options.batch_size, seed=options.seed)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=options.num_workers)
+    generator = torch.Generator().manual_seed(options.seed)
+    return DataLoader(
+        dataset,
+        batch_size=options.batch_size,
+        shuffle=True,
+        generator=generator,
+        collate_fn=collate,
+        num_workers=options.num_workers,
+        drop_last=len(dataset) >= options.batch_size,
+    )
+
+
+def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
+    return (per_sample * weights).mean()
+
+
+def write_samples(family, options: TrainOptions, out_dir: Path, step: int, resolution: int, modules) -> None:
+    prompts = options.sample_prompts or [options.prompt or ""]
+    folder = out_dir / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    for module in modules:
+        module.eval()
+    try:
+        for index, prompt in enumerate(prompts):
+            generator = torch.Generator().manual_seed(options.seed + index)
+            image = family.pipeline(
+                prompt,
+                num_inference_steps=options.sample_steps,
+                generator=generator,
+                height=resolution,
+                width=resolution,
+            ).images[0]
+            image.save(folder / f"step-{step:07d}-{index}.png")
+    finally:
+        for module in modules:
+            module.train()
+
+
+def train(options: TrainOptions, method, resolved_config: dict) -> Path:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from tunelab.config import to_json
+    from tunelab.data.dataset import build_dataset
+    from tunelab.models.family import family_for
+    from tunelab.models.loading import load_pipeline
+    from tunelab.train.checkpoints import save_checkpoint
+
+    out_dir = Path(options.out)
+    if options.steps < 1:
+        raise TunelabError(f"--steps must be at least 1, got {options.steps}")
+    accelerator = Accelerator(
+        mixed_precision=options.mixed_precision,
+        gradient_accumulation_steps=options.gradient_accumulation,
+        log_with=None if options.log_with == "none" else options.log_with,
+        project_dir=str(out_dir / "logs"),
+    )
+    set_seed(options.seed)
+    weight_dtype = WEIGHT_DTYPES[options.mixed_precision]
+
+    pipeline = load_pipeline(options.model, seed=options.seed)
+    family = family_for(pipeline)
+    resolution = options.resolution or family.native_resolution
+    dataset = build_dataset(
+        options.images,
+        options.prompt,
+        resolution,
+        center_crop=options.center_crop,
+        random_flip=options.random_flip,
+        bucket=options.buckets,
+        seed=options.seed,
+    )
+    if dataset.skipped:
+        logger.warning("skipped %d unusable image(s); first: %s (%s)", len(dataset.skipped), *dataset.skipped[0])
+
+    for module in family.frozen_modules().values():
+        module.requires_grad_(False)
+        module.to(accelerator.device, dtype=weight_dtype)
+    method.setup(family)
+    if options.gradient_checkpointing:
+        family.enable_gradient_checkpointing()
+
+    trainable = method.trainable_modules()
+    optimizer = make_optimizer(options, method.trainable_parameters(), accelerator.device)
+    lr_scheduler = make_lr_scheduler(options, optimizer)
+    loader = make_loader(dataset, options)
+    prepared = accelerator.prepare(*trainable.values(), optimizer, loader, lr_scheduler)
+    prepared_modules, (optimizer, loader, lr_scheduler) = prepared[: len(trainable)], prepared[len(trainable) :]
+    for name, module in zip(trainable, prepared_modules):
+        family.set_module(name, module)
+        module.train()
+
+    metadata = {"tunelab_config": to_json(resolved_config), "tunelab_method": method.name}
+    if accelerator.is_main_process and options.log_with != "none":
+        accelerator.init_trackers("tunelab", config={k: str(v) for k, v in resolved_config.items()})
+
+    noise_generator = torch.Generator().manual_seed(options.seed + accelerator.process_index)
+    trainable_params = [p for group in optimizer.param_groups for p in group["params"]]
+    progress = tqdm(total=options.steps, desc=f"train {method.name}", disable=not accelerator.is_local_main_process)
+    step, epoch, started = 0, 0, time.perf_counter()
+    while step < options.steps:
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        for batch in loader:
+            with accelerator.accumulate(*prepared_modules):
+                latents = family.encode_images(batch["pixel_values"]).to(weight_dtype)  # (B, C, h, w)
+                conditioning = family.encode_prompts(batch["captions"])
+                noisy = family.add_noise(latents, options.noise_offset, noise_generator)
+                prediction = family.predict(noisy, conditioning)
+                loss = diffusion_loss(prediction, noisy.target, family.loss_weights(noisy.timesteps, options.min_snr_gamma))
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and options.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(trainable_params, options.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                method.after_step()
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            loss_value = loss.detach().item()
+            if not math.isfinite(loss_value):
+                raise TunelabError(f"loss became {loss_value} at step {step}; lower --learning-rate or use fp32/bf16")
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+            if options.log_with != "none":
+                accelerator.log({"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}, step=step)
+            if accelerator.is_main_process:
+                if options.sample_every and step % options.sample_every == 0:
+                    write_samples(family, options, out_dir, step, resolution, prepared_modules)
+                if options.checkpoint_every and step % options.checkpoint_every == 0 and step < options.steps:
+                    save_checkpoint(accelerator, method, out_dir, step, metadata, options.keep_last)
+            if step >= options.steps:
+                break
+        epoch += 1
+    progress.close()
+    accelerator.wait_for_everyone()
+    artifact = None
+    if accelerator.is_main_process:
+        metadata["tunelab_steps"] = str(step)
+        artifact = method.save(out_dir, metadata)
+        seconds = time.perf_counter() - started
+        logger.info("trained %d steps in %.1f s; wrote %s", step, seconds, artifact)
+    accelerator.end_training()
+    return artifact

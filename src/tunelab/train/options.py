@@ -1,0 +1,43 @@
+"""Options every training run has, whatever the technique; one flag per field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def _opt(help_text: str, **kwargs):
+    return field(metadata={"help": help_text}, **kwargs)
+
+
+@dataclass
+class TrainOptions:
+    model: str = _opt("base model: preset name (tiny-sd), diffusers folder or .safetensors/.ckpt file")
+    images: str = _opt("folder of training images (optional .txt captions, or kohya '10_sks dog' subfolders)")
+    out: str = _opt("output folder")
+    prompt: str | None = _opt("instance prompt for images without a caption, e.g. 'a photo of sks toy'", default=None)
+    steps: int = _opt("optimizer steps", default=500)
+    resolution: int | None = _opt("training resolution in pixels (default: the model's native size)", default=None)
+    batch_size: int = _opt("images per micro-batch", default=1)
+    gradient_accumulation: int = _opt("micro-batches per optimizer step", default=1)
+    learning_rate: float = _opt("learning rate", default=1e-4)
+    lr_scheduler: Literal["constant", "cosine", "linear"] = _opt("learning-rate schedule after warm-up", default="constant")
+    lr_warmup_steps: int = _opt("linear warm-up steps", default=0)
+    optimizer: Literal["adamw", "adamw8bit"] = _opt("adamw, or adamw8bit (bitsandbytes, GPU only)", default="adamw")
+    weight_decay: float = _opt("AdamW weight decay", default=1e-2)
+    max_grad_norm: float = _opt("gradient clipping norm (0 disables)", default=1.0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = _opt("mixed precision for the frozen weights and compute", default="no")
+    gradient_checkpointing: bool = _opt("trade compute for memory in the denoiser and text encoder", default=False)
+    min_snr_gamma: float | None = _opt("min-SNR-gamma loss weighting, e.g. 5 (off by default)", default=None)
+    noise_offset: float = _opt("noise offset, e.g. 0.05 (0 disables)", default=0.0)
+    seed: int = _opt("random seed for weights init, data order and noise", default=0)
+    center_crop: bool = _opt("center crop (else a seeded random crop)", default=True)
+    random_flip: bool = _opt("random horizontal flips", default=False)
+    buckets: bool = _opt("aspect-ratio buckets instead of square crops", default=False)
+    sample_every: int = _opt("write sample images every N steps (0: never)", default=0)
+    sample_prompts: list[str] = _opt("prompts for sample images (default: the instance prompt)", default_factory=list)
+    sample_steps: int = _opt("sampling steps for sample images", default=20)
+    checkpoint_every: int = _opt("save a checkpoint every N steps (0: only the final artifact)", default=0)
+    keep_last: int = _opt("checkpoints to keep (0: all)", default=0)
+    log_with: Literal["tensorboard", "none"] = _opt("training log backend (logs under OUT/logs)", default="tensorboard")
+    num_workers: int = _opt("data-loader worker processes", default=0)

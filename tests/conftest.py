@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny images made in code, a tiny-sd folder, and one trained LoRA."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def write_subject_images(folder: Path, count: int = 4, size: int = 40) -> Path:
+    """A small 'subject': a red disc on varied backgrounds, deterministic."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        image = Image.new("RGB", (size, size), (30 * index, 90, 200 - 20 * index))
+        ImageDraw.Draw(image).ellipse((6 + index, 8, 26 + index, 28), fill=(230, 20, 20))
+        image.save(folder / f"subject_{index}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def subject_images(tmp_path_factory) -> Path:
+    return write_subject_images(tmp_path_factory.mktemp("subject"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_folder(tmp_path_factory) -> Path:
+    from tunelab.models.presets import build_preset
+
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    build_preset("tiny-sd").save_pretrained(folder)
+    return folder
+
+
+def run_cli(*args: str) -> int:
+    from tunelab.cli import main
+
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def trained_lora(tmp_path_factory, subject_images) -> Path:
+    """A 20-step kohya LoRA on tiny-sd, trained once for the session through the CLI."""
+    out = tmp_path_factory.mktemp("lora-run")
+    code = run_cli(
+        "train", "lora", "--model", "tiny-sd", "--images", subject_images, "--prompt", "a photo of sks toy",
+        "--out", out, "--steps", "20", "--learning-rate", "5e-3", "--rank", "4", "--log-with", "none",
+    )
+    assert code == 0
+    return out / "lora.safetensors"
