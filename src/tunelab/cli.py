@@ -15,16 +15,24 @@ COMMANDS = {
 }
 
 
+def _all_options(parser: argparse.ArgumentParser) -> list[str]:
+    """Flags of a parser and of every sub-command below it (argparse reports leftovers at the top)."""
+    options = []
+    for action in parser._actions:
+        options += action.option_strings
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                options += _all_options(sub)
+    return options
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Argument errors as one line with a suggestion, not a usage dump."""
 
     def error(self, message: str):
         if message.startswith("unrecognized arguments:"):
             unknown = message.split(":", 1)[1].split()[0]
-            known = [option for action in self._actions for option in action.option_strings]
-            for subparsers in (a for a in self._actions if isinstance(a, argparse._SubParsersAction)):
-                known += list(subparsers.choices)
-            close = difflib.get_close_matches(unknown.split("=")[0], known, n=1)
+            close = difflib.get_close_matches(unknown.split("=")[0], set(_all_options(self)), n=1)
             if close:
                 message += f" (did you mean {close[0]}?)"
         self.exit(2, f"{self.prog}: error: {message}\n")

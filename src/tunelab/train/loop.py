@@ -93,6 +93,17 @@ def write_samples(family, options: TrainOptions, out_dir: Path, step: int, resol
 
 
 def train(options: TrainOptions, method, resolved_config: dict) -> Path:
+    from accelerate.state import AcceleratorState
+
+    try:
+        return _train(options, method, resolved_config)
+    finally:
+        # accelerate keeps mixed precision in process-wide state; clear it so the next run in this
+        # process (tests, the comparison bench) may choose its own.
+        AcceleratorState._reset_state()
+
+
+def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -185,7 +196,7 @@ def train(options: TrainOptions, method, resolved_config: dict) -> Path:
             if accelerator.is_main_process:
                 if options.sample_every and step % options.sample_every == 0:
                     write_samples(family, options, out_dir, step, resolution, prepared_modules)
-                if options.checkpoint_every and step % options.checkpoint_every == 0 and step < options.steps:
+                if options.checkpoint_every and step % options.checkpoint_every == 0:
                     save_checkpoint(accelerator, method, out_dir, step, metadata, options.keep_last)
             if step >= options.steps:
                 break
