@@ -7,21 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers import run_cli, write_subject_images
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-
-
-def write_subject_images(folder: Path, count: int = 4, size: int = 40) -> Path:
-    """A small 'subject': a red disc on varied backgrounds, deterministic."""
-    from PIL import Image, ImageDraw
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in range(count):
-        image = Image.new("RGB", (size, size), (30 * index, 90, 200 - 20 * index))
-        ImageDraw.Draw(image).ellipse((6 + index, 8, 26 + index, 28), fill=(230, 20, 20))
-        image.save(folder / f"subject_{index}.png")
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -36,12 +26,6 @@ def tiny_sd_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-sd")
     build_preset("tiny-sd").save_pretrained(folder)
     return folder
-
-
-def run_cli(*args: str) -> int:
-    from tunelab.cli import main
-
-    return main([str(a) for a in args])
 
 
 @pytest.fixture(scope="session")

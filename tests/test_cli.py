@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 TRAIN = ["train", "lora", "--prompt", "a photo of sks toy", "--steps", "2", "--log-with", "none"]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from helpers import run_cli
 from tunelab.generate.png_info import read_record
 from tunelab.generate.samplers import SAMPLERS, make_scheduler
 from tunelab.models.presets import build_preset

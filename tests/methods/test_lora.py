@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from helpers import run_cli
 from tunelab.methods.lora import LoraMethod, LoraOptions
 from tunelab.models.presets import build_preset
 from tunelab.train.loop import train
