@@ -107,7 +107,9 @@ def test_gradient_accumulation_runs_micro_batches_per_step(tmp_path, subject_ima
 
 
 def test_mixed_precision_bf16_keeps_lora_weights_fp32(tmp_path, subject_images):
-    method, saved = run(options_for(tmp_path, subject_images, mixed_precision="bf16", steps=2))
+    # Sampling mid-run too: the pipeline must run with bf16 frozen weights and fp32 LoRA weights.
+    method, saved = run(options_for(tmp_path, subject_images, mixed_precision="bf16", steps=2, sample_every=2, sample_steps=2))
+    assert (tmp_path / "samples" / "step-0000002-0.png").is_file()
     unet = method.family.pipeline.unet
     lora_dtypes = {p.dtype for n, p in unet.named_parameters() if ".lora_" in n}
     base_dtypes = {p.dtype for n, p in unet.named_parameters() if ".lora_" not in n}

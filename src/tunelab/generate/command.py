@@ -27,6 +27,7 @@ class GenerateOptions:
     count: int = _opt("number of images", default=1)
     lora: list[str] = _opt("LoRA file with optional weight, FILE[:WEIGHT]; repeat the flag for several", repeat=True, default_factory=list)
     precision: Literal["fp32", "fp16", "bf16"] = _opt("inference dtype", default="fp32")
+    device: str = _opt("torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...", default="auto")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +59,8 @@ def generate(options: GenerateOptions) -> list[Path]:
     loras = [parse_weighted_path(spec) for spec in options.lora]
     pipeline = load_pipeline(options.model, torch_dtype=precision_dtype(options.precision))
     pipeline.scheduler = make_scheduler(options.sampler, pipeline.scheduler.config)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if options.device == "auto" else options.device
+    pipeline.to(device)
     attach_loras(pipeline, loras)
     pipeline.set_progress_bar_config(disable=True)
     native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor

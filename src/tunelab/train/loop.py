@@ -70,7 +70,7 @@ def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torc
     return (per_sample * weights).mean()
 
 
-def write_samples(family, options: TrainOptions, out_dir: Path, step: int, resolution: int, modules) -> None:
+def write_samples(accelerator, family, options: TrainOptions, out_dir: Path, step: int, resolution: int, modules) -> None:
     prompts = options.sample_prompts or [options.prompt or ""]
     folder = out_dir / "samples"
     folder.mkdir(parents=True, exist_ok=True)
@@ -79,13 +79,16 @@ def write_samples(family, options: TrainOptions, out_dir: Path, step: int, resol
     try:
         for index, prompt in enumerate(prompts):
             generator = torch.Generator().manual_seed(options.seed + index)
-            image = family.pipeline(
-                prompt,
-                num_inference_steps=options.sample_steps,
-                generator=generator,
-                height=resolution,
-                width=resolution,
-            ).images[0]
+            # Under mixed precision the prepared denoiser returns fp32 while the VAE holds bf16/fp16
+            # weights; autocast makes every module of the pipeline agree.
+            with accelerator.autocast():
+                image = family.pipeline(
+                    prompt,
+                    num_inference_steps=options.sample_steps,
+                    generator=generator,
+                    height=resolution,
+                    width=resolution,
+                ).images[0]
             image.save(folder / f"step-{step:07d}-{index}.png")
     finally:
         for module in modules:
@@ -195,7 +198,7 @@ def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
                 accelerator.log({"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}, step=step)
             if accelerator.is_main_process:
                 if options.sample_every and step % options.sample_every == 0:
-                    write_samples(family, options, out_dir, step, resolution, prepared_modules)
+                    write_samples(accelerator, family, options, out_dir, step, resolution, prepared_modules)
                 if options.checkpoint_every and step % options.checkpoint_every == 0:
                     save_checkpoint(accelerator, method, out_dir, step, metadata, options.keep_last)
             if step >= options.steps:
