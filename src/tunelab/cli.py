@@ -84,5 +84,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def entry() -> None:
+    """The console script. After the command, objects are frozen out of the garbage collector:
+    tearing down torch/transformers' object graph at exit otherwise costs about a second, and
+    by then every output file is closed."""
+    code = main()
+    import gc
+
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

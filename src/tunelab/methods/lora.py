@@ -38,6 +38,7 @@ class LoraMethod:
     name: ClassVar[str] = "lora"
     options_schema: ClassVar[type] = LoraOptions
     artifact_name: ClassVar[str] = "lora.safetensors"
+    default_prompt: ClassVar[str | None] = None
 
     def __init__(self, options: LoraOptions):
         if options.rank < 1:
@@ -94,6 +95,9 @@ class LoraMethod:
                 group["lr"] = self.options.text_encoder_lr
             groups.append(group)
         return groups
+
+    def training_captions(self, captions: list[str]) -> list[str]:
+        return captions
 
     def after_step(self) -> None:
         pass

@@ -25,7 +25,7 @@ def _load_diffusers_folder(folder: Path, torch_dtype: torch.dtype):
         # Training and generation here never need the NSFW classifier; skipping it saves memory and time.
         extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     try:
-        return pipeline_class.from_pretrained(folder, torch_dtype=torch_dtype, local_files_only=True, **extra)
+        return pipeline_class.from_pretrained(folder, dtype=torch_dtype, local_files_only=True, **extra)
     except (OSError, ValueError, EnvironmentError) as error:
         raise TunelabError(f"cannot load diffusers folder {folder}: {error}".splitlines()[0]) from None
 

@@ -134,7 +134,7 @@ def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
     resolution = options.resolution or family.native_resolution
     dataset = build_dataset(
         options.images,
-        options.prompt,
+        options.prompt if options.prompt is not None else method.default_prompt,
         resolution,
         center_crop=options.center_crop,
         random_flip=options.random_flip,
@@ -175,7 +175,7 @@ def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
         for batch in loader:
             with accelerator.accumulate(*prepared_modules):
                 latents = family.encode_images(batch["pixel_values"]).to(weight_dtype)  # (B, C, h, w)
-                conditioning = family.encode_prompts(batch["captions"])
+                conditioning = family.encode_prompts(method.training_captions(batch["captions"]))
                 noisy = family.add_noise(latents, options.noise_offset, noise_generator)
                 prediction = family.predict(noisy, conditioning)
                 loss = diffusion_loss(prediction, noisy.target, family.loss_weights(noisy.timesteps, options.min_snr_gamma))
