@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tunelab.config import read_config_file, resolve, write_resolved
+from tunelab.config import read_config_file, resolve, to_dict, write_resolved
 from tunelab.errors import TunelabError
 from tunelab.methods.lora import LoraOptions
 from tunelab.train.options import TrainOptions
@@ -82,6 +82,6 @@ def test_unparseable_and_missing_files(tmp_path):
 def test_resolved_configuration_round_trips_as_a_config_file(tmp_path):
     options, lora = resolve([TrainOptions, LoraOptions], {**REQUIRED, "rank": 16, "targets": ["conv"]})
     path = tmp_path / "config.yaml"
-    write_resolved(path, options, lora)
+    write_resolved(path, to_dict(options, lora))
     again = resolve([TrainOptions, LoraOptions], {}, path)
     assert again == [options, lora]

@@ -173,14 +173,12 @@ def to_dict(*instances) -> dict[str, Any]:
     return merged
 
 
-def write_resolved(path: Path, *instances) -> dict[str, Any]:
-    """Write the run's full configuration beside its outputs; returns it for artifact metadata."""
+def write_resolved(path: Path, resolved: dict[str, Any]) -> None:
+    """Write the run's full configuration beside its outputs (it is also a valid --config file)."""
     import yaml
 
-    resolved = to_dict(*instances)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
-    return resolved
 
 
 def to_json(resolved: dict[str, Any]) -> str:

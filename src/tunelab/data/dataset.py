@@ -101,6 +101,7 @@ def collate(batch: list[dict]) -> dict:
     return {
         "pixel_values": torch.stack([sample["pixel_values"] for sample in batch]),  # (B, 3, H, W)
         "captions": [sample["caption"] for sample in batch],
+        "is_prior": torch.tensor([sample.get("is_prior", False) for sample in batch]),  # (B,) class images
     }
 
 

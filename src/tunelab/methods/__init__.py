@@ -5,7 +5,10 @@ from __future__ import annotations
 import importlib
 
 # Technique name -> "module:Class"; imported only when chosen, so the CLI starts fast.
-METHODS = {"lora": "tunelab.methods.lora:LoraMethod"}
+METHODS = {
+    "lora": "tunelab.methods.lora:LoraMethod",
+    "dreambooth": "tunelab.methods.dreambooth:DreamBoothMethod",
+}
 
 
 def method_class(name: str):

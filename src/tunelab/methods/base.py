@@ -18,5 +18,5 @@ class Method(Protocol):
     def trainable_modules(self) -> dict[str, torch.nn.Module]: ...  # modules holding trainable weights
     def trainable_parameters(self) -> list[dict]: ...  # optimizer parameter groups
     def training_captions(self, captions: list[str]) -> list[str]: ...  # e.g. TI prompt templates
-    def after_step(self) -> None: ...  # e.g. restore frozen embedding rows
+    def after_step(self, step: int) -> None: ...  # after each optimizer step: e.g. restore frozen rows, EMA
     def save(self, out_dir: Path, metadata: dict[str, str]) -> Path: ...  # the artifact, via formats/

@@ -99,7 +99,7 @@ class LoraMethod:
     def training_captions(self, captions: list[str]) -> list[str]:
         return captions
 
-    def after_step(self) -> None:
+    def after_step(self, step: int) -> None:
         pass
 
     def lora_set(self) -> LoraSet:

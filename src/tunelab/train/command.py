@@ -22,16 +22,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from tunelab.config import resolve, write_resolved
+    from tunelab.config import resolve, to_dict
     from tunelab.methods import method_class
     from tunelab.train.loop import train
+    from tunelab.train.output import check_output_folder
 
     method_type = method_class(args.method)
     internal = {"_module", "debug", "command", "method", "config"}
     cli_values = {key: value for key, value in vars(args).items() if key not in internal}
     options, method_options = resolve([TrainOptions, method_type.options_schema], cli_values, args.config)
-    resolved = write_resolved(Path(options.out) / "config.yaml", options, method_options)
-    resolved["technique"] = args.method
-    artifact = train(options, method_type(method_options), resolved)
+    # The technique is part of the run: a config.yaml written here is also a valid --config file.
+    resolved = {"technique": args.method, **to_dict(options, method_options)}
+    method = method_type(method_options)
+    check_output_folder(Path(options.out), resolved, options.overwrite)
+    artifact = train(options, method, resolved)
     if artifact is not None:
         print(f"saved {artifact}")

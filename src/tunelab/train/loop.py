@@ -44,11 +44,10 @@ def make_lr_scheduler(options: TrainOptions, optimizer):
     )
 
 
-def make_loader(dataset, options: TrainOptions):
+def make_loader(dataset, options: TrainOptions, collate):
     from torch.utils.data import DataLoader
 
     from tunelab.data.buckets import BucketBatchSampler
-    from tunelab.data.dataset import collate
 
     if options.buckets:
         sampler = BucketBatchSampler(dataset.bucket_ids, batch_size=options.batch_size, seed=options.seed)
@@ -65,9 +64,45 @@ def make_loader(dataset, options: TrainOptions):
     )
 
 
-def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def diffusion_losses(
+    prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, is_prior: torch.Tensor, prior_weight: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, instance, prior) losses; class images (is_prior) form the prior-preservation term."""
     per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
-    return (per_sample * weights).mean()
+    per_sample = per_sample * weights
+    instance = per_sample[~is_prior].mean()
+    prior = per_sample[is_prior].mean() if is_prior.any() else torch.zeros((), device=per_sample.device)
+    return instance + prior_weight * prior, instance, prior
+
+
+def build_training_data(options: TrainOptions, method, family, resolution: int, accelerator):
+    """The instance dataset, paired with class images when prior preservation is on."""
+    from tunelab.data.dataset import build_dataset, collate
+    from tunelab.data.paired import PriorPairedDataset, collate_paired
+    from tunelab.train.prior import cache_folder, default_cache_root, ensure_class_images, model_identity
+
+    def dataset_from(folder, prompt):
+        return build_dataset(
+            folder, prompt, resolution, center_crop=options.center_crop, random_flip=options.random_flip,
+            bucket=options.buckets, seed=options.seed,
+        )
+
+    instance = dataset_from(options.images, options.prompt if options.prompt is not None else method.default_prompt)
+    if options.class_prompt is None:
+        return instance, collate
+    class_folder = options.class_images
+    if class_folder is None:
+        root = Path(options.class_cache) if options.class_cache else default_cache_root()
+        identity = model_identity(options.model, options.seed)
+        class_folder = cache_folder(root, identity, options.class_prompt, resolution, options.class_sample_steps)
+        if accelerator.is_main_process:
+            family.pipeline.to(accelerator.device)
+            ensure_class_images(
+                family.pipeline, class_folder, options.class_prompt, options.num_class_images, resolution,
+                options.class_sample_steps, options.seed, show_progress=accelerator.is_local_main_process,
+            )
+        accelerator.wait_for_everyone()
+    return PriorPairedDataset(instance, dataset_from(class_folder, options.class_prompt)), collate_paired
 
 
 def write_samples(accelerator, family, options: TrainOptions, out_dir: Path, step: int, resolution: int, modules) -> None:
@@ -112,14 +147,17 @@ def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
     from tqdm.auto import tqdm
 
     from tunelab.config import to_json
-    from tunelab.data.dataset import build_dataset
     from tunelab.models.family import family_for
     from tunelab.models.loading import load_pipeline
     from tunelab.train.checkpoints import save_checkpoint
+    from tunelab.train.output import record_run
+
+    from tunelab.train.prior import validate_prior_options
 
     out_dir = Path(options.out)
     if options.steps < 1:
         raise TunelabError(f"--steps must be at least 1, got {options.steps}")
+    validate_prior_options(options)
     accelerator = Accelerator(
         mixed_precision=options.mixed_precision,
         gradient_accumulation_steps=options.gradient_accumulation,
@@ -132,15 +170,7 @@ def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
     pipeline = load_pipeline(options.model, seed=options.seed)
     family = family_for(pipeline)
     resolution = options.resolution or family.native_resolution
-    dataset = build_dataset(
-        options.images,
-        options.prompt if options.prompt is not None else method.default_prompt,
-        resolution,
-        center_crop=options.center_crop,
-        random_flip=options.random_flip,
-        bucket=options.buckets,
-        seed=options.seed,
-    )
+    dataset, collate = build_training_data(options, method, family, resolution, accelerator)
     if dataset.skipped:
         logger.warning("skipped %d unusable image(s); first: %s (%s)", len(dataset.skipped), *dataset.skipped[0])
 
@@ -154,7 +184,7 @@ def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
     trainable = method.trainable_modules()
     optimizer = make_optimizer(options, method.trainable_parameters(), accelerator.device)
     lr_scheduler = make_lr_scheduler(options, optimizer)
-    loader = make_loader(dataset, options)
+    loader = make_loader(dataset, options, collate)
     prepared = accelerator.prepare(*trainable.values(), optimizer, loader, lr_scheduler)
     prepared_modules, (optimizer, loader, lr_scheduler) = prepared[: len(trainable)], prepared[len(trainable) :]
     for name, module in zip(trainable, prepared_modules):
@@ -162,6 +192,8 @@ def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
         module.train()
 
     metadata = {"tunelab_config": to_json(resolved_config), "tunelab_method": method.name}
+    if accelerator.is_main_process:
+        record_run(out_dir, resolved_config)
     if accelerator.is_main_process and options.log_with != "none":
         accelerator.init_trackers("tunelab", config={k: str(v) for k, v in resolved_config.items()})
 
@@ -178,24 +210,33 @@ def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
                 conditioning = family.encode_prompts(method.training_captions(batch["captions"]))
                 noisy = family.add_noise(latents, options.noise_offset, noise_generator)
                 prediction = family.predict(noisy, conditioning)
-                loss = diffusion_loss(prediction, noisy.target, family.loss_weights(noisy.timesteps, options.min_snr_gamma))
+                loss, instance_loss, prior_loss = diffusion_losses(
+                    prediction,
+                    noisy.target,
+                    family.loss_weights(noisy.timesteps, options.min_snr_gamma),
+                    batch["is_prior"].to(prediction.device),
+                    options.prior_loss_weight,
+                )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and options.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable_params, options.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                method.after_step()
             if not accelerator.sync_gradients:
                 continue
             step += 1
+            method.after_step(step)
             loss_value = loss.detach().item()
             if not math.isfinite(loss_value):
                 raise TunelabError(f"loss became {loss_value} at step {step}; lower --learning-rate or use fp32/bf16")
+            logs = {"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}
+            if options.class_prompt is not None:
+                logs |= {"instance_loss": instance_loss.detach().item(), "prior_loss": prior_loss.detach().item()}
             progress.update(1)
-            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+            progress.set_postfix({k: f"{v:.4f}" if k != "lr" else f"{v:.2e}" for k, v in logs.items()})
             if options.log_with != "none":
-                accelerator.log({"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}, step=step)
+                accelerator.log(logs, step=step)
             if accelerator.is_main_process:
                 if options.sample_every and step % options.sample_every == 0:
                     write_samples(accelerator, family, options, out_dir, step, resolution, prepared_modules)

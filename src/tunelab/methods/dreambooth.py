@@ -1,0 +1,133 @@
+"""DreamBooth: fine-tune the denoiser itself (and optionally the text encoder).
+
+The identifier prompt and the prior-preservation loss are the training recipe
+(TrainOptions: --prompt, --class-prompt, ...), shared with LoRA; this module says
+what trains and how the full model is saved.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+
+from tunelab.errors import TunelabError
+
+
+def _opt(help_text: str, **kwargs):
+    return field(metadata={"help": help_text}, **kwargs)
+
+
+@dataclass
+class DreamBoothOptions:
+    train_text_encoder: bool = _opt("fine-tune the text encoder too", default=False)
+    text_encoder_lr: float | None = _opt("learning rate of the text encoder (default: --learning-rate)", default=None)
+    text_encoder_stop_step: int | None = _opt("freeze the text encoder again after this step", default=None)
+    full_bf16: bool = _opt("keep the trained weights in bf16 too (less memory, less precise updates)", default=False)
+    ema: bool = _opt("keep an exponential moving average of the trained weights and save it", default=False)
+    ema_decay: float = _opt("EMA decay per step", default=0.9999)
+    single_file: bool = _opt("also write OUT/model.safetensors in the original Stable Diffusion layout", default=False)
+    save_precision: Literal["fp32", "fp16", "bf16"] = _opt("dtype of the saved model", default="fp32")
+
+
+class DreamBoothMethod:
+    name: ClassVar[str] = "dreambooth"
+    options_schema: ClassVar[type] = DreamBoothOptions
+    default_prompt: ClassVar[str | None] = None
+
+    def __init__(self, options: DreamBoothOptions):
+        if options.text_encoder_stop_step is not None and not options.train_text_encoder:
+            raise TunelabError("--text-encoder-stop-step needs --train-text-encoder")
+        if not 0.0 < options.ema_decay < 1.0:
+            raise TunelabError(f"--ema-decay must be between 0 and 1, got {options.ema_decay}")
+        self.options = options
+        self.family = None
+        self._modules: dict[str, torch.nn.Module] = {}
+        self._ema = None
+
+    def setup(self, family) -> None:
+        self.family = family
+        names = [family.denoiser_name] + (list(family.text_encoder_names) if self.options.train_text_encoder else [])
+        # The trainer has cast frozen weights to the mixed-precision dtype; bf16 trained weights need bf16 compute.
+        if self.options.full_bf16 and family.module(family.denoiser_name).dtype != torch.bfloat16:
+            raise TunelabError("--full-bf16 needs --mixed-precision bf16")
+        dtype = torch.bfloat16 if self.options.full_bf16 else torch.float32
+        for name in names:
+            module = family.module(name)
+            # Frozen copies were cast to the mixed-precision dtype; trained weights need their own.
+            module.to(dtype=dtype).requires_grad_(True)
+            self._modules[name] = module
+        if self.options.ema:
+            from diffusers.training_utils import EMAModel
+
+            self._ema = EMAModel(self._trained_parameters(), decay=self.options.ema_decay)
+
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for module in self._modules.values() for p in module.parameters()]
+
+    def trainable_modules(self) -> dict[str, torch.nn.Module]:
+        return dict(self._modules)
+
+    def trainable_parameters(self) -> list[dict]:
+        groups = []
+        for name, module in self._modules.items():
+            group = {"params": list(module.parameters()), "name": name}
+            if name in self.family.text_encoder_names and self.options.text_encoder_lr is not None:
+                group["lr"] = self.options.text_encoder_lr
+            groups.append(group)
+        return groups
+
+    def training_captions(self, captions: list[str]) -> list[str]:
+        return captions
+
+    def after_step(self, step: int) -> None:
+        if self._ema is not None:
+            self._ema.to(device=next(iter(self._modules.values())).device)
+            self._ema.step(self._trained_parameters())
+        if self.options.text_encoder_stop_step is not None and step == self.options.text_encoder_stop_step:
+            # Parameters without gradients are skipped by AdamW, so the text encoder stays as it is now.
+            for name in self.family.text_encoder_names:
+                self._modules[name].requires_grad_(False)
+
+    def save(self, out_dir: Path, metadata: dict[str, str]) -> Path:
+        from tunelab.formats.safetensors_io import precision_dtype
+        from tunelab.formats.sd_checkpoint import save_single_file
+
+        dtype = precision_dtype(self.options.save_precision)
+        pipeline = self._pipeline_for_saving(dtype)
+        folder = Path(out_dir) / "pipeline"
+        pipeline.save_pretrained(folder, safe_serialization=True)
+        (folder / "tunelab_run.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
+        if self.options.single_file:
+            save_single_file(pipeline, Path(out_dir) / "model.safetensors", dtype=dtype, metadata=metadata)
+        return folder
+
+    def _pipeline_for_saving(self, dtype: torch.dtype):
+        """A pipeline holding the weights to save (EMA if kept) in `dtype`, leaving the training model untouched."""
+        pipeline = self.family.pipeline
+        components = dict(pipeline.components)
+        for name in ("vae", "text_encoder", "unet"):
+            module = components[name]
+            use_ema = self._ema is not None and name in self._modules
+            if use_ema or any(p.dtype != dtype for p in module.parameters()):
+                module = copy.deepcopy(module)
+                if use_ema:
+                    self._copy_ema_into(name, module)
+                module.to(device="cpu", dtype=dtype)
+            components[name] = module
+        return type(pipeline)(**components)
+
+    def _copy_ema_into(self, name: str, module: torch.nn.Module) -> None:
+        # EMA shadows follow the order of _trained_parameters(): module by module.
+        offset = 0
+        for trained_name, trained in self._modules.items():
+            count = len(list(trained.parameters()))
+            if trained_name == name:
+                for target, shadow in zip(module.parameters(), self._ema.shadow_params[offset : offset + count]):
+                    target.data.copy_(shadow.data)
+                return
+            offset += count
