@@ -142,3 +142,22 @@ def test_kohya_repeat_folders_train(tmp_path, subject_images):
     shutil.copytree(subject_images, kohya)
     _, saved = run(options_for(tmp_path / "out", tmp_path / "data", prompt=None, steps=2))
     assert saved
+
+
+def test_latent_cache_encodes_each_image_once_and_changes_nothing(tmp_path, subject_images, monkeypatch):
+    from tunelab.models.sd import StableDiffusionFamily
+
+    encoded = []
+    original = StableDiffusionFamily.latent_distribution
+    monkeypatch.setattr(StableDiffusionFamily, "latent_distribution",
+                        lambda self, px: encoded.append(px.shape[0]) or original(self, px))
+    _, plain = run(options_for(tmp_path / "a", subject_images, steps=8))
+    assert sum(encoded) == 8
+    encoded.clear()
+    _, cached = run(options_for(tmp_path / "b", subject_images, steps=8, cache_latents=True))
+    assert sum(encoded) == 4  # 4 images, 2 epochs: each encoded once
+    assert all(torch.equal(plain[k], cached[k]) for k in plain)
+    # Flipped copies are other pixels: cached separately, results still identical.
+    _, plain = run(options_for(tmp_path / "c", subject_images, steps=8, random_flip=True))
+    _, cached = run(options_for(tmp_path / "d", subject_images, steps=8, random_flip=True, cache_latents=True))
+    assert all(torch.equal(plain[k], cached[k]) for k in plain)

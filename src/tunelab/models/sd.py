@@ -62,11 +62,22 @@ class StableDiffusionFamily:
         self.pipeline.text_encoder.gradient_checkpointing_enable()
 
     @torch.no_grad()
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def latent_distribution(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE's Gaussian over latents: (mean, std), each (B, 4, H/f, W/f)."""
         vae = self.pipeline.vae
         pixel_values = pixel_values.to(device=vae.device, dtype=vae.dtype)  # (B, 3, H, W) in [-1, 1]
-        latents = vae.encode(pixel_values).latent_dist.sample()  # (B, 4, H/f, W/f)
-        return latents * vae.config.scaling_factor
+        distribution = vae.encode(pixel_values).latent_dist
+        return distribution.mean, distribution.std
+
+    def sample_latents(self, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        # Drawn as diffusers' DiagonalGaussianDistribution.sample draws, so cached and fresh agree exactly.
+        noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return (mean + std * noise) * self.pipeline.vae.config.scaling_factor
+
+    def encode_images(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.sample_latents(*self.latent_distribution(pixel_values), generator)
 
     def encode_prompts(self, captions: list[str]) -> dict[str, torch.Tensor]:
         tokenizer = self.pipeline.tokenizer

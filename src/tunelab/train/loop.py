@@ -150,6 +150,7 @@ def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
     from tunelab.models.family import family_for
     from tunelab.models.loading import load_pipeline
     from tunelab.train.checkpoints import save_checkpoint
+    from tunelab.train.latent_cache import LatentCache
     from tunelab.train.output import record_run
 
     from tunelab.train.prior import validate_prior_options
@@ -198,6 +199,9 @@ def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
         accelerator.init_trackers("tunelab", config={k: str(v) for k, v in resolved_config.items()})
 
     noise_generator = torch.Generator().manual_seed(options.seed + accelerator.process_index)
+    # The VAE's own sampling gets a stream of its own, so caching latents changes nothing else.
+    latent_generator = torch.Generator().manual_seed(options.seed + 7919 + accelerator.process_index)
+    image_encoder = LatentCache(family) if options.cache_latents else family
     trainable_params = [p for group in optimizer.param_groups for p in group["params"]]
     progress = tqdm(total=options.steps, desc=f"train {method.name}", disable=not accelerator.is_local_main_process)
     step, epoch, started = 0, 0, time.perf_counter()
@@ -206,7 +210,7 @@ def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
             dataset.set_epoch(epoch)
         for batch in loader:
             with accelerator.accumulate(*prepared_modules):
-                latents = family.encode_images(batch["pixel_values"]).to(weight_dtype)  # (B, C, h, w)
+                latents = image_encoder.encode_images(batch["pixel_values"], latent_generator).to(weight_dtype)  # (B, C, h, w)
                 conditioning = family.encode_prompts(method.training_captions(batch["captions"]))
                 noisy = family.add_noise(latents, options.noise_offset, noise_generator)
                 prediction = family.predict(noisy, conditioning)

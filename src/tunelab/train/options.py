@@ -28,6 +28,7 @@ class TrainOptions:
     max_grad_norm: float = _opt("gradient clipping norm (0 disables)", default=1.0)
     mixed_precision: Literal["no", "fp16", "bf16"] = _opt("mixed precision for the frozen weights and compute", default="no")
     gradient_checkpointing: bool = _opt("trade compute for memory in the denoiser and text encoder", default=False)
+    cache_latents: bool = _opt("encode each distinct training image with the VAE once", default=False)
     min_snr_gamma: float | None = _opt("min-SNR-gamma loss weighting, e.g. 5 (off by default)", default=None)
     noise_offset: float = _opt("noise offset, e.g. 0.05 (0 disables)", default=0.0)
     seed: int = _opt("random seed for weights init, data order and noise", default=0)
