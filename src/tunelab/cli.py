@@ -66,9 +66,14 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
+    from tunelab.train.stopping import TrainingInterrupted
+
     try:
         importlib.import_module(args._module).run(args)
         return 0
+    except TrainingInterrupted as error:
+        print(f"tunelab: {error}", file=sys.stderr)
+        return 130
     except TunelabError as error:
         if args.debug:
             raise

@@ -128,7 +128,7 @@ def test_samples_checkpoints_logs_and_config_are_written(tmp_path, subject_image
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert checkpoints == ["step-0000003", "step-0000004"]  # older ones pruned, no temporary folder left
     last = tmp_path / "checkpoints" / "step-0000004"
-    assert (last / "lora.safetensors").is_file() and (last / "state").is_dir()
+    assert (last / "lora.safetensors").is_file() and (last / "state.pt").is_file() and (last / "params.safetensors").is_file()
     final = load_file(tmp_path / "lora.safetensors")
     in_checkpoint = load_file(last / "lora.safetensors")
     assert all(torch.equal(final[k], in_checkpoint[k]) for k in final)

@@ -93,6 +93,14 @@ class DreamBoothMethod:
             for name in self.family.text_encoder_names:
                 self._modules[name].requires_grad_(False)
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs beyond the trained weights: the EMA shadow."""
+        return {"ema": self._ema.state_dict() if self._ema is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._ema is not None and state.get("ema") is not None:
+            self._ema.load_state_dict(state["ema"])
+
     def save(self, out_dir: Path, metadata: dict[str, str]) -> Path:
         from tunelab.formats.safetensors_io import precision_dtype
         from tunelab.formats.sd_checkpoint import save_single_file

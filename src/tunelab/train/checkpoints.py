@@ -7,7 +7,10 @@ import os
 import shutil
 from pathlib import Path
 
+from tunelab.errors import TunelabError
+
 CHECKPOINT_PREFIX = "step-"
+STEP_FILE = "step.json"  # written last: its presence marks a complete checkpoint
 
 
 def checkpoint_dir(out_dir: Path) -> Path:
@@ -19,18 +22,33 @@ def complete_checkpoints(out_dir: Path) -> list[Path]:
     folder = checkpoint_dir(out_dir)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+    return sorted(
+        p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / STEP_FILE).is_file()
+    )
 
 
-def save_checkpoint(accelerator, method, out_dir: Path, step: int, metadata: dict[str, str], keep_last: int) -> Path:
+def resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
+    """`latest` -> the newest complete checkpoint in OUT (None if there is none yet); a path -> itself."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = complete_checkpoints(out_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / STEP_FILE).is_file():
+        raise TunelabError(f"--resume {resume}: not a complete tunelab checkpoint (no {STEP_FILE})")
+    return path
+
+
+def save_checkpoint(out_dir: Path, step: int, keep_last: int, write_contents) -> Path:
+    """`write_contents(folder)` fills the temporary folder; the rename makes it visible at once."""
     final = checkpoint_dir(out_dir) / f"{CHECKPOINT_PREFIX}{step:07d}"
     temporary = final.with_name(f".{final.name}.tmp")
     if temporary.exists():
         shutil.rmtree(temporary)
     temporary.mkdir(parents=True)
-    accelerator.save_state(str(temporary / "state"))  # model, optimizer, scheduler, RNG
-    method.save(temporary, metadata)
-    (temporary / "step.json").write_text(json.dumps({"step": step}))
+    write_contents(temporary)
+    (temporary / STEP_FILE).write_text(json.dumps({"step": step}))
     if final.exists():
         shutil.rmtree(final)
     os.replace(temporary, final)

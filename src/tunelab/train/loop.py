@@ -48,20 +48,38 @@ def make_loader(dataset, options: TrainOptions, collate):
     from torch.utils.data import DataLoader
 
     from tunelab.data.buckets import BucketBatchSampler
+    from tunelab.data.order import EpochShuffleSampler
 
+    # Starting an iterator draws a worker seed from the loader's generator, or else from the global
+    # RNG that dropout uses; a resumed run starts one where the straight run did not.
+    worker_seeds = torch.Generator().manual_seed(options.seed)
     if options.buckets:
         sampler = BucketBatchSampler(dataset.bucket_ids, batch_size=options.batch_size, seed=options.seed)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=options.num_workers)
-    generator = torch.Generator().manual_seed(options.seed)
-    return DataLoader(
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=options.num_workers,
+                            generator=worker_seeds)
+        return loader, sampler
+    sampler = EpochShuffleSampler(len(dataset), seed=options.seed)
+    loader = DataLoader(
         dataset,
         batch_size=options.batch_size,
-        shuffle=True,
-        generator=generator,
+        sampler=sampler,
+        generator=worker_seeds,
         collate_fn=collate,
         num_workers=options.num_workers,
         drop_last=len(dataset) >= options.batch_size,
     )
+    return loader, sampler
+
+
+def gradients_finite(accelerator, parameters, max_grad_norm: float) -> bool:
+    """Clip (when asked) and report whether every gradient is finite."""
+    if max_grad_norm > 0:
+        norm = accelerator.clip_grad_norm_(parameters, max_grad_norm)
+    else:
+        norm = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in parameters if p.grad is not None])
+        )
+    return bool(torch.isfinite(norm))
 
 
 def diffusion_losses(
@@ -75,7 +93,7 @@ def diffusion_losses(
     return instance + prior_weight * prior, instance, prior
 
 
-def build_training_data(options: TrainOptions, method, family, resolution: int, accelerator):
+def build_training_data(options: TrainOptions, method, family, resolution: int, accelerator, stop):
     """The instance dataset, paired with class images when prior preservation is on."""
     from tunelab.data.dataset import build_dataset, collate
     from tunelab.data.paired import PriorPairedDataset, collate_paired
@@ -99,13 +117,13 @@ def build_training_data(options: TrainOptions, method, family, resolution: int, 
             family.pipeline.to(accelerator.device)
             ensure_class_images(
                 family.pipeline, class_folder, options.class_prompt, options.num_class_images, resolution,
-                options.class_sample_steps, options.seed, show_progress=accelerator.is_local_main_process,
+                options.class_sample_steps, options.seed, show_progress=accelerator.is_local_main_process, stop=stop,
             )
         accelerator.wait_for_everyone()
     return PriorPairedDataset(instance, dataset_from(class_folder, options.class_prompt)), collate_paired
 
 
-def write_samples(accelerator, family, options: TrainOptions, out_dir: Path, step: int, resolution: int, modules) -> None:
+def write_samples(accelerator, family, options: TrainOptions, out_dir: Path, step: int, resolution: int, modules, stop) -> None:
     prompts = options.sample_prompts or [options.prompt or ""]
     folder = out_dir / "samples"
     folder.mkdir(parents=True, exist_ok=True)
@@ -123,7 +141,10 @@ def write_samples(accelerator, family, options: TrainOptions, out_dir: Path, ste
                     generator=generator,
                     height=resolution,
                     width=resolution,
+                    callback_on_step_end=stop.pipeline_callback,
                 ).images[0]
+            if stop.requested:
+                return  # an interrupted sample is not worth saving
             image.save(folder / f"step-{step:07d}-{index}.png")
     finally:
         for module in modules:
@@ -142,6 +163,13 @@ def train(options: TrainOptions, method, resolved_config: dict) -> Path:
 
 
 def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
+    from tunelab.train.stopping import StopRequest
+
+    with StopRequest() as stop:
+        return _run(options, method, resolved_config, stop)
+
+
+def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -149,16 +177,18 @@ def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
     from tunelab.config import to_json
     from tunelab.models.family import family_for
     from tunelab.models.loading import load_pipeline
-    from tunelab.train.checkpoints import save_checkpoint
+    from tunelab.train.checkpoints import resolve_resume, save_checkpoint
     from tunelab.train.latent_cache import LatentCache
     from tunelab.train.output import record_run
-
     from tunelab.train.prior import validate_prior_options
+    from tunelab.train.state import Progress, load_training_state, save_training_state
+    from tunelab.train.stopping import TrainingInterrupted
 
     out_dir = Path(options.out)
     if options.steps < 1:
         raise TunelabError(f"--steps must be at least 1, got {options.steps}")
     validate_prior_options(options)
+    resume_from = resolve_resume(options.resume, out_dir)
     accelerator = Accelerator(
         mixed_precision=options.mixed_precision,
         gradient_accumulation_steps=options.gradient_accumulation,
@@ -171,7 +201,7 @@ def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
     pipeline = load_pipeline(options.model, seed=options.seed)
     family = family_for(pipeline)
     resolution = options.resolution or family.native_resolution
-    dataset, collate = build_training_data(options, method, family, resolution, accelerator)
+    dataset, collate = build_training_data(options, method, family, resolution, accelerator, stop)
     if dataset.skipped:
         logger.warning("skipped %d unusable image(s); first: %s (%s)", len(dataset.skipped), *dataset.skipped[0])
 
@@ -185,7 +215,7 @@ def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
     trainable = method.trainable_modules()
     optimizer = make_optimizer(options, method.trainable_parameters(), accelerator.device)
     lr_scheduler = make_lr_scheduler(options, optimizer)
-    loader = make_loader(dataset, options, collate)
+    loader, order = make_loader(dataset, options, collate)  # order: its sampler, shuffled by (seed, epoch)
     prepared = accelerator.prepare(*trainable.values(), optimizer, loader, lr_scheduler)
     prepared_modules, (optimizer, loader, lr_scheduler) = prepared[: len(trainable)], prepared[len(trainable) :]
     for name, module in zip(trainable, prepared_modules):
@@ -198,21 +228,45 @@ def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
     if accelerator.is_main_process and options.log_with != "none":
         accelerator.init_trackers("tunelab", config={k: str(v) for k, v in resolved_config.items()})
 
-    noise_generator = torch.Generator().manual_seed(options.seed + accelerator.process_index)
-    # The VAE's own sampling gets a stream of its own, so caching latents changes nothing else.
-    latent_generator = torch.Generator().manual_seed(options.seed + 7919 + accelerator.process_index)
+    generators = {
+        "noise": torch.Generator().manual_seed(options.seed + accelerator.process_index),
+        # The VAE's own sampling gets a stream of its own, so caching latents changes nothing else.
+        "latents": torch.Generator().manual_seed(options.seed + 7919 + accelerator.process_index),
+    }
+    progress = Progress()
+    if resume_from is not None:
+        progress = load_training_state(resume_from, optimizer, lr_scheduler, accelerator.scaler, generators, method)
+        logger.info("resumed from %s at step %d", resume_from, progress.step)
+    elif options.resume == "latest":
+        logger.info("no checkpoint in %s yet: starting from the beginning", out_dir)
+
+    def checkpoint() -> Path:
+        def contents(folder: Path) -> None:
+            save_training_state(folder, optimizer, lr_scheduler, accelerator.scaler, generators, progress, method)
+            method.save(folder, metadata)
+
+        return save_checkpoint(out_dir, progress.step, options.keep_last, contents)
+
     image_encoder = LatentCache(family) if options.cache_latents else family
     trainable_params = [p for group in optimizer.param_groups for p in group["params"]]
-    progress = tqdm(total=options.steps, desc=f"train {method.name}", disable=not accelerator.is_local_main_process)
-    step, epoch, started = 0, 0, time.perf_counter()
-    while step < options.steps:
+    bar = tqdm(total=options.steps, initial=progress.step, desc=f"train {method.name}",
+               disable=not accelerator.is_local_main_process)
+    started = time.perf_counter()
+    while progress.step < options.steps:
         if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        for batch in loader:
+            dataset.set_epoch(progress.epoch)
+        order.set_epoch(progress.epoch)
+        batches = accelerator.skip_first_batches(loader, progress.batches_in_epoch) if progress.batches_in_epoch else loader
+        if hasattr(batches, "set_epoch"):
+            # accelerate's loaders count their own epochs and pass that count to the sampler; a fresh
+            # one (as after a resume) would start again at 0.
+            batches.set_epoch(progress.epoch)
+        for batch in batches:
+            progress.batches_in_epoch += 1
             with accelerator.accumulate(*prepared_modules):
-                latents = image_encoder.encode_images(batch["pixel_values"], latent_generator).to(weight_dtype)  # (B, C, h, w)
+                latents = image_encoder.encode_images(batch["pixel_values"], generators["latents"]).to(weight_dtype)  # (B, C, h, w)
                 conditioning = family.encode_prompts(method.training_captions(batch["captions"]))
-                noisy = family.add_noise(latents, options.noise_offset, noise_generator)
+                noisy = family.add_noise(latents, options.noise_offset, generators["noise"])
                 prediction = family.predict(noisy, conditioning)
                 loss, instance_loss, prior_loss = diffusion_losses(
                     prediction,
@@ -222,40 +276,62 @@ def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
                     options.prior_loss_weight,
                 )
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and options.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(trainable_params, options.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
+                finite = True
+                if accelerator.sync_gradients:
+                    gradients_ok = gradients_finite(accelerator, trainable_params, options.max_grad_norm)
+                    # Under fp16 the grad scaler skips overflowing steps itself and lowers its scale.
+                    finite = bool(torch.isfinite(loss)) and (gradients_ok or accelerator.scaler is not None)
+                if finite:
+                    optimizer.step()
+                    lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
                 continue
-            step += 1
-            method.after_step(step)
-            loss_value = loss.detach().item()
-            if not math.isfinite(loss_value):
-                raise TunelabError(f"loss became {loss_value} at step {step}; lower --learning-rate or use fp32/bf16")
-            logs = {"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}
-            if options.class_prompt is not None:
-                logs |= {"instance_loss": instance_loss.detach().item(), "prior_loss": prior_loss.detach().item()}
-            progress.update(1)
-            progress.set_postfix({k: f"{v:.4f}" if k != "lr" else f"{v:.2e}" for k, v in logs.items()})
-            if options.log_with != "none":
-                accelerator.log(logs, step=step)
-            if accelerator.is_main_process:
-                if options.sample_every and step % options.sample_every == 0:
-                    write_samples(accelerator, family, options, out_dir, step, resolution, prepared_modules)
-                if options.checkpoint_every and step % options.checkpoint_every == 0:
-                    save_checkpoint(accelerator, method, out_dir, step, metadata, options.keep_last)
-            if step >= options.steps:
+            if not finite:
+                progress.skipped_steps += 1
+                progress.nonfinite_in_a_row += 1
+                logger.warning("step %d: NaN/inf loss or gradients; step skipped (%d in a row)",
+                               progress.step + 1, progress.nonfinite_in_a_row)
+                if progress.nonfinite_in_a_row >= options.max_nonfinite_steps:
+                    raise TunelabError(
+                        f"{progress.nonfinite_in_a_row} steps in a row had NaN/inf loss or gradients; stopped at step "
+                        f"{progress.step} (lower --learning-rate, or use bf16 or fp32 instead of fp16)"
+                    )
+            else:
+                progress.nonfinite_in_a_row = 0
+                progress.step += 1
+                method.after_step(progress.step)
+                logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
+                if options.class_prompt is not None:
+                    logs |= {"instance_loss": instance_loss.detach().item(), "prior_loss": prior_loss.detach().item()}
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4f}" if k != "lr" else f"{v:.2e}" for k, v in logs.items()})
+                if options.log_with != "none":
+                    accelerator.log(logs, step=progress.step)
+                if accelerator.is_main_process:
+                    if options.sample_every and progress.step % options.sample_every == 0:
+                        write_samples(accelerator, family, options, out_dir, progress.step, resolution, prepared_modules, stop)
+                    if options.checkpoint_every and progress.step % options.checkpoint_every == 0:
+                        checkpoint()
+            if stop.requested:
+                folder = checkpoint() if accelerator.is_main_process else None
+                raise TrainingInterrupted(
+                    f"stopped by {stop.signal_name} at step {progress.step}; checkpoint {folder}; "
+                    f"continue with the same command and --resume latest"
+                )
+            if progress.step >= options.steps:
                 break
-        epoch += 1
-    progress.close()
+        else:
+            progress.epoch += 1
+            progress.batches_in_epoch = 0
+    bar.close()
     accelerator.wait_for_everyone()
     artifact = None
     if accelerator.is_main_process:
-        metadata["tunelab_steps"] = str(step)
+        metadata["tunelab_steps"] = str(progress.step)
         artifact = method.save(out_dir, metadata)
-        seconds = time.perf_counter() - started
-        logger.info("trained %d steps in %.1f s; wrote %s", step, seconds, artifact)
+        if progress.skipped_steps:
+            logger.warning("%d step(s) were skipped for NaN/inf values", progress.skipped_steps)
+        logger.info("trained to step %d in %.1f s; wrote %s", progress.step, time.perf_counter() - started, artifact)
     accelerator.end_training()
     return artifact

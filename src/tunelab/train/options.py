@@ -40,6 +40,8 @@ class TrainOptions:
     sample_steps: int = _opt("sampling steps for sample images", default=20)
     checkpoint_every: int = _opt("save a checkpoint every N steps (0: only the final artifact)", default=0)
     keep_last: int = _opt("checkpoints to keep (0: all)", default=0)
+    resume: str | None = _opt("resume from 'latest' (the newest checkpoint in --out) or a checkpoint folder", default=None)
+    max_nonfinite_steps: int = _opt("stop after this many steps in a row with NaN/inf loss or gradients", default=5)
     class_prompt: str | None = _opt("prior preservation: prompt of the class, e.g. 'a photo of a dog'", default=None)
     class_images: str | None = _opt("folder of class images to use instead of generating them", default=None)
     num_class_images: int = _opt("class images to generate (and reuse from the cache)", default=100)

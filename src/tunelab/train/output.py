@@ -7,7 +7,7 @@ from pathlib import Path
 from tunelab.errors import TunelabError
 
 # Options that may change when the same run is continued or repeated into the same folder.
-CONTINUATION_KEYS = {"steps", "overwrite"}
+CONTINUATION_KEYS = {"steps", "overwrite", "resume"}
 RUN_RECORD = "run.yaml"
 
 

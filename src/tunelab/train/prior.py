@@ -43,7 +43,8 @@ def existing_class_images(folder: Path) -> list[Path]:
 
 
 def ensure_class_images(
-    pipeline, folder: Path, class_prompt: str, count: int, resolution: int, steps: int, seed: int, show_progress: bool = True
+    pipeline, folder: Path, class_prompt: str, count: int, resolution: int, steps: int, seed: int, show_progress: bool = True,
+    stop=None,
 ) -> Path:
     """Generate the missing class images into `folder`; images already there are reused as they are.
 
@@ -60,6 +61,11 @@ def ensure_class_images(
     logger.info("generating %d class images for %r into %s", len(missing), class_prompt, folder)
     pipeline.set_progress_bar_config(disable=True)
     for index in tqdm(missing, desc="class images", disable=not show_progress):
+        if stop is not None and stop.requested:
+            from tunelab.train.stopping import TrainingInterrupted
+
+            # Images written so far stay in the cache; the next run generates only the rest.
+            raise TrainingInterrupted(f"stopped by {stop.signal_name} while generating class images; run again to continue")
         image = pipeline(
             class_prompt,
             num_inference_steps=steps,
