@@ -190,3 +190,9 @@ def test_a_nan_step_is_skipped_and_repeated_nans_stop_the_run(tmp_path, subject_
     # Checkpoints hold only finite weights: the bad steps were never applied.
     for folder in complete_checkpoints(tmp_path / "many"):
         assert all(torch.isfinite(t).all() for t in load_file(folder / "params.safetensors").values())
+
+
+def test_resume_from_a_folder_that_is_not_a_checkpoint_is_a_clear_error(tmp_path, subject_images):
+    (tmp_path / "half").mkdir()
+    with pytest.raises(TunelabError, match="not a complete tunelab checkpoint"):
+        train(options_for(tmp_path / "run", subject_images, resume=str(tmp_path / "half")), lora(), {})
