@@ -20,3 +20,14 @@ class Method(Protocol):
     def training_captions(self, captions: list[str]) -> list[str]: ...  # e.g. TI prompt templates
     def after_step(self, step: int) -> None: ...  # after each optimizer step: e.g. restore frozen rows, EMA
     def save(self, out_dir: Path, metadata: dict[str, str]) -> Path: ...  # the artifact, via formats/
+
+
+def parameter_groups(modules: dict[str, torch.nn.Module], text_encoder_names, text_encoder_lr: float | None) -> list[dict]:
+    """One optimizer group per trained component; text encoders may have their own learning rate."""
+    groups = []
+    for name, module in modules.items():
+        group = {"params": [p for p in module.parameters() if p.requires_grad], "name": name}
+        if name in text_encoder_names and text_encoder_lr is not None:
+            group["lr"] = text_encoder_lr
+        groups.append(group)
+    return groups

@@ -16,6 +16,7 @@ from typing import ClassVar, Literal
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.methods.base import parameter_groups
 
 
 def _opt(help_text: str, **kwargs):
@@ -73,13 +74,7 @@ class DreamBoothMethod:
         return dict(self._modules)
 
     def trainable_parameters(self) -> list[dict]:
-        groups = []
-        for name, module in self._modules.items():
-            group = {"params": list(module.parameters()), "name": name}
-            if name in self.family.text_encoder_names and self.options.text_encoder_lr is not None:
-                group["lr"] = self.options.text_encoder_lr
-            groups.append(group)
-        return groups
+        return parameter_groups(self._modules, self.family.text_encoder_names, self.options.text_encoder_lr)
 
     def training_captions(self, captions: list[str]) -> list[str]:
         return captions

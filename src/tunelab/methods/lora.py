@@ -9,6 +9,7 @@ from typing import ClassVar, Literal
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.methods.base import parameter_groups
 from tunelab.lora.model import LoraModule, LoraSet
 
 TargetGroup = Literal["attention", "feedforward", "conv"]
@@ -87,14 +88,7 @@ class LoraMethod:
         return dict(self._modules)
 
     def trainable_parameters(self) -> list[dict]:
-        groups = []
-        for name, module in self._modules.items():
-            params = [p for p in module.parameters() if p.requires_grad]
-            group = {"params": params, "name": name}
-            if name in self.family.text_encoder_names and self.options.text_encoder_lr is not None:
-                group["lr"] = self.options.text_encoder_lr
-            groups.append(group)
-        return groups
+        return parameter_groups(self._modules, self.family.text_encoder_names, self.options.text_encoder_lr)
 
     def training_captions(self, captions: list[str]) -> list[str]:
         return captions
