@@ -6,12 +6,18 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import run_cli, write_subject_images
 
+# Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning
+# threads slow them down a hundredfold; one thread also keeps CPU results reproducible. Child
+# processes inherit the variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")

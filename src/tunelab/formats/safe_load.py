@@ -63,9 +63,22 @@ def _not_safetensors(path: Path, error: Exception) -> TunelabError:
     return TunelabError(f"cannot read {path.name}: not a valid .safetensors file ({_one_line(error)})")
 
 
+def load_torch_tree(path: str | Path, device: str | torch.device = "cpu") -> object:
+    """Everything a PyTorch pickle holds (dicts, tuples, lists, numbers, strings, tensors), read with
+    weights_only=True: for layouts that nest their tensors, such as A1111 embeddings and hypernetworks."""
+    path = _existing_file(path)
+    if path.suffix.lower() not in TORCH_PICKLE_EXTENSIONS:
+        raise TunelabError(f"cannot load {path.name}: expected a PyTorch file ({', '.join(TORCH_PICKLE_EXTENSIONS)})")
+    return _torch_load(path, device)
+
+
 def _load_torch_pickle(path: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
+    return _tensors_only(_unwrap_state_dict(_torch_load(path, device)), path)
+
+
+def _torch_load(path: Path, device: str | torch.device) -> object:
     try:
-        loaded = torch.load(path, map_location=device, weights_only=True)
+        return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
         # weights_only rejected a global it does not allow: the file wants to build Python objects.
         raise TunelabError(
@@ -74,7 +87,6 @@ def _load_torch_pickle(path: Path, device: str | torch.device) -> dict[str, torc
         ) from error
     except Exception as error:  # truncated zip, wrong file type, ...
         raise TunelabError(f"cannot read {path.name}: damaged or not a PyTorch checkpoint ({_one_line(error)})") from error
-    return _tensors_only(_unwrap_state_dict(loaded), path)
 
 
 def _unwrap_state_dict(loaded: object) -> object:

@@ -1,4 +1,4 @@
-"""`tunelab generate`: a prompt, a model, optional LoRAs -> PNGs that record how they were made."""
+"""`tunelab generate`: a prompt, a model, optional LoRAs, embeddings, hypernetworks -> PNGs that record how they were made."""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ class GenerateOptions:
     height: int | None = _opt("image height (default: the model's native size)", default=None)
     count: int = _opt("number of images", default=1)
     lora: list[str] = _opt("LoRA file with optional weight, FILE[:WEIGHT]; repeat the flag for several", repeat=True, default_factory=list)
+    embedding: list[str] = _opt(
+        "textual-inversion embedding, FILE[:TOKEN] (default token: the name in the file, else the file name); repeatable",
+        repeat=True, default_factory=list,
+    )
+    hypernetwork: list[str] = _opt("hypernetwork file with optional strength, FILE[:STRENGTH]; repeatable", repeat=True, default_factory=list)
     precision: Literal["fp32", "fp16", "bf16"] = _opt("inference dtype", default="fp32")
     device: str = _opt("torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...", default="auto")
 
@@ -51,17 +56,23 @@ def generate(options: GenerateOptions) -> list[Path]:
     from tunelab.formats.safetensors_io import precision_dtype
     from tunelab.generate.png_info import save_png
     from tunelab.generate.samplers import make_scheduler
+    from tunelab.methods.hypernetwork import attach_hypernetworks
     from tunelab.methods.lora import attach_loras, parse_weighted_path
+    from tunelab.methods.textual_inversion import attach_embeddings, parse_token_path
     from tunelab.models.loading import load_pipeline
 
     if options.count < 1 or options.steps < 1:
         raise TunelabError("--count and --steps must be at least 1")
     loras = [parse_weighted_path(spec) for spec in options.lora]
+    embeddings = [parse_token_path(spec) for spec in options.embedding]
+    hypernetworks = [parse_weighted_path(spec) for spec in options.hypernetwork]
     pipeline = load_pipeline(options.model, torch_dtype=precision_dtype(options.precision))
     pipeline.scheduler = make_scheduler(options.sampler, pipeline.scheduler.config)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if options.device == "auto" else options.device
     pipeline.to(device)
     attach_loras(pipeline, loras)
+    tokens = attach_embeddings(pipeline, embeddings)
+    attach_hypernetworks(pipeline, hypernetworks)  # after LoRAs: their to_k/to_v see the shifted context, as in A1111
     pipeline.set_progress_bar_config(disable=True)
     native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
     width, height = options.width or native, options.height or native
@@ -89,6 +100,8 @@ def generate(options: GenerateOptions) -> list[Path]:
             "height": height,
             "precision": options.precision,
             "loras": [(str(path), weight) for path, weight in loras],
+            "embeddings": [(str(path), token) for (path, _), token in zip(embeddings, tokens)],
+            "hypernetworks": [(str(path), strength) for path, strength in hypernetworks],
         }
         save_png(image, path, record)
     return paths

@@ -23,6 +23,12 @@ def a1111_parameters(record: dict) -> str:
     }
     for index, (path, weight) in enumerate(record.get("loras", [])):
         fields[f"Lora {index}"] = f"{Path(path).stem}:{weight}"
+    if record.get("embeddings"):
+        fields["Embeddings"] = " ".join(token for _, token in record["embeddings"])
+    for index, (path, strength) in enumerate(record.get("hypernetworks", [])):
+        suffix = f" {index}" if index else ""  # A1111's own fields name one hypernetwork
+        fields[f"Hypernet{suffix}"] = Path(path).stem
+        fields[f"Hypernet strength{suffix}"] = strength
     lines.append(", ".join(f"{key}: {value}" for key, value in fields.items()))
     return "\n".join(lines)
 

@@ -8,6 +8,8 @@ import importlib
 METHODS = {
     "lora": "tunelab.methods.lora:LoraMethod",
     "dreambooth": "tunelab.methods.dreambooth:DreamBoothMethod",
+    "textual_inversion": "tunelab.methods.textual_inversion:TextualInversionMethod",
+    "hypernetwork": "tunelab.methods.hypernetwork:HypernetworkMethod",
 }
 
 

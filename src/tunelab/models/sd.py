@@ -47,6 +47,10 @@ class StableDiffusionFamily:
     def module(self, name: str) -> torch.nn.Module:
         return getattr(self.pipeline, name)
 
+    def tokenizer_for(self, text_encoder_name: str):
+        """The tokenizer that feeds a text encoder (text_encoder <- tokenizer, text_encoder_2 <- tokenizer_2)."""
+        return getattr(self.pipeline, text_encoder_name.replace("text_encoder", "tokenizer"))
+
     def set_module(self, name: str, module: torch.nn.Module) -> None:
         # The trainer may hand back a wrapped module (e.g. DDP); the pipeline keeps the plain one.
         setattr(self, f"_wrapped_{name}", module)
@@ -109,6 +113,9 @@ class StableDiffusionFamily:
 
     def predict(self, batch: NoisyBatch, conditioning: dict[str, torch.Tensor]) -> torch.Tensor:
         unet = self._forward_module("unet")
+        # A text encoder trained under mixed precision returns fp32 (accelerate's wrapper); a frozen denoiser,
+        # which runs outside autocast, needs its own dtype. Under autocast the cast changes nothing.
+        conditioning = {key: value.to(self.pipeline.unet.dtype) for key, value in conditioning.items()}
         return unet(batch.noisy, batch.timesteps, **conditioning, return_dict=False)[0]
 
     def loss_weights(self, timesteps: torch.Tensor, min_snr_gamma: float | None) -> torch.Tensor:
