@@ -123,8 +123,8 @@ def build_training_data(options: TrainOptions, method, family, resolution: int, 
     return PriorPairedDataset(instance, dataset_from(class_folder, options.class_prompt)), collate_paired
 
 
-def write_samples(accelerator, family, options: TrainOptions, out_dir: Path, step: int, resolution: int, modules, stop) -> None:
-    prompts = options.sample_prompts or [options.prompt or ""]
+def write_samples(accelerator, family, method, options: TrainOptions, out_dir: Path, step: int, resolution: int, modules, stop) -> None:
+    prompts = options.sample_prompts or [options.prompt or method.default_prompt or ""]
     folder = out_dir / "samples"
     folder.mkdir(parents=True, exist_ok=True)
     for module in modules:
@@ -310,7 +310,7 @@ def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
                     accelerator.log(logs, step=progress.step)
                 if accelerator.is_main_process:
                     if options.sample_every and progress.step % options.sample_every == 0:
-                        write_samples(accelerator, family, options, out_dir, progress.step, resolution, prepared_modules, stop)
+                        write_samples(accelerator, family, method, options, out_dir, progress.step, resolution, prepared_modules, stop)
                     if options.checkpoint_every and progress.step % options.checkpoint_every == 0:
                         checkpoint()
             if stop.requested:
