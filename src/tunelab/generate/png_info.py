@@ -49,3 +49,18 @@ def read_record(path: Path) -> dict:
 
     with Image.open(path) as image:
         return json.loads(image.text[TUNELAB_KEY])
+
+
+def read_options(path: Path) -> dict:
+    """The generate options recorded in a PNG by tunelab generate, for `--from-png`."""
+    from tunelab.errors import TunelabError
+
+    if not path.is_file():
+        raise TunelabError(f"--from-png: file not found: {path}")
+    try:
+        record = read_record(path)
+    except (KeyError, OSError, ValueError):
+        raise TunelabError(f"--from-png: {path} holds no tunelab record (only PNGs written by tunelab generate do)") from None
+    if "options" not in record:
+        raise TunelabError(f"--from-png: {path} was written by an older tunelab that did not record all its options")
+    return record["options"]

@@ -1,0 +1,85 @@
+"""A1111's prompt-attention syntax -> (text, weight) runs; pure Python.
+
+`(text:1.3)` sets a weight, `(text)` multiplies by 1.1, `[text]` divides by 1.1; brackets nest
+and their factors multiply; `\\(` `\\)` `\\[` `\\]` `\\\\` are literal characters. `BREAK` (upper
+case, a word on its own) ends the current 75-token window; it comes out as the run
+(BREAK, -1.0), as in A1111. Unbalanced brackets are lenient, exactly as in A1111: a `(` or `[`
+never closed weights everything after it, a stray `)` or `]` is literal text (with a warning).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+logger = logging.getLogger(__name__)
+
+ROUND_MULTIPLIER = 1.1
+SQUARE_MULTIPLIER = 1 / 1.1
+BREAK = "BREAK"
+BREAK_WEIGHT = -1.0
+
+# The tokens of A1111's own grammar (modules/prompt_parser.py), in its order of preference.
+_ATTENTION = re.compile(
+    r"""
+    \\\(|\\\)|\\\[|\\]|\\\\|\\|   # escapes, and a lone backslash
+    \(|\[|
+    :\s*([+-]?[.\d]+)\s*\)|       # ':1.3)' closes a '(' with an explicit weight
+    \)|]|
+    [^\\()\[\]:]+|
+    :
+    """,
+    re.VERBOSE,
+)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+
+
+def parse_prompt_weights(text: str) -> list[tuple[str, float]]:
+    """'a (red:1.5) car' -> [('a ', 1.0), ('red', 1.5), (' car', 1.0)]; adjacent equal weights merge."""
+    runs: list[list] = []  # [text, weight], mutable so closing brackets can scale what they enclose
+    open_round: list[int] = []  # index in `runs` where each open '(' began
+    open_square: list[int] = []
+
+    def scale_from(start: int, factor: float) -> None:
+        for run in runs[start:]:
+            run[1] *= factor
+
+    for match in _ATTENTION.finditer(text):
+        piece, explicit_weight = match.group(0), match.group(1)
+        if piece.startswith("\\"):
+            runs.append([piece[1:], 1.0])  # a lone backslash is dropped, as in A1111
+        elif piece == "(":
+            open_round.append(len(runs))
+        elif piece == "[":
+            open_square.append(len(runs))
+        elif explicit_weight is not None and open_round:
+            scale_from(open_round.pop(), float(explicit_weight))
+        elif piece == ")" and open_round:
+            scale_from(open_round.pop(), ROUND_MULTIPLIER)
+        elif piece == "]" and open_square:
+            scale_from(open_square.pop(), SQUARE_MULTIPLIER)
+        else:
+            if piece in (")", "]") or explicit_weight is not None:
+                logger.warning("prompt has an unmatched %r; kept as text", piece.strip()[-1])
+            for index, part in enumerate(_BREAK.split(piece)):
+                if index:
+                    runs.append([BREAK, BREAK_WEIGHT])
+                runs.append([part, 1.0])
+
+    if open_round or open_square:
+        logger.warning("prompt has %d unclosed bracket(s); they weight the rest of the prompt", len(open_round) + len(open_square))
+    for start in open_round:
+        scale_from(start, ROUND_MULTIPLIER)
+    for start in open_square:
+        scale_from(start, SQUARE_MULTIPLIER)
+
+    merged: list[list] = []
+    for run in runs:
+        if not run[0]:
+            continue  # e.g. the text between a BREAK and a '(': no tokens, and it would block merging
+        if merged and merged[-1][1] == run[1] and run[1] != BREAK_WEIGHT:
+            merged[-1][0] += run[0]
+        else:
+            merged.append(run)
+    return [(text_part, weight) for text_part, weight in merged] or [("", 1.0)]
+

@@ -1,0 +1,40 @@
+"""`tunelab generate --from-png`: the PNG's record regenerates it bit for bit; flags override the record."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from helpers import run_cli
+from tunelab.generate.png_info import read_record
+
+
+def pixels(path):
+    return np.asarray(Image.open(path))
+
+
+def test_from_png_regenerates_identically_and_flags_override(tmp_path, trained_lora):
+    adapters = tmp_path / "adapters"
+    adapters.mkdir()
+    shutil.copy(trained_lora, adapters / "toy.safetensors")
+    assert run_cli("generate", "--model", "tiny-sd", "--prompt", "a (photo:1.3) of <lora:toy:0.6>sks toy",
+                   "--negative-prompt", "[blurry]", "--adapters-dir", adapters, "--steps", "4", "--sampler", "dpm++_2m",
+                   "--guidance", "5", "--width", "48", "--seed", "7", "--count", "2", "--out", tmp_path / "first") == 0
+    second = tmp_path / "first" / "001-8.png"
+
+    assert run_cli("generate", "--from-png", second, "--out", tmp_path / "again.png") == 0
+    assert np.array_equal(pixels(second), pixels(tmp_path / "again.png"))
+    assert read_record(tmp_path / "again.png")["options"] == read_record(second)["options"]
+
+    assert run_cli("generate", "--from-png", second, "--seed", "7", "--out", tmp_path / "seed7.png") == 0
+    assert np.array_equal(pixels(tmp_path / "first" / "000-7.png"), pixels(tmp_path / "seed7.png"))
+    record = read_record(tmp_path / "seed7.png")
+    assert record["seed"] == 7 and record["sampler"] == "dpm++_2m" and record["width"] == 48
+
+
+def test_from_png_without_a_record_is_a_clear_error(tmp_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    assert run_cli("generate", "--from-png", tmp_path / "plain.png", "--out", tmp_path / "x.png") != 0
+    assert "holds no tunelab record" in capsys.readouterr().err
