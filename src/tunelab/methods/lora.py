@@ -149,3 +149,9 @@ def attach_loras(pipeline, loras: list[tuple[Path, float]]) -> list[str]:
     if names:
         pipeline.set_adapters(names, adapter_weights=[weight for _, weight in loras])
     return names
+
+
+def detach_loras(pipeline, names: list[str]) -> None:
+    """Remove attached LoRAs; the base weights come back exactly (PEFT keeps them untouched)."""
+    if names:
+        pipeline.delete_adapters(names)
