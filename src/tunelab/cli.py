@@ -12,6 +12,7 @@ import sys
 COMMANDS = {
     "train": ("train a technique (lora, ...) on a folder of images", "tunelab.train.command"),
     "generate": ("generate images, optionally with LoRAs", "tunelab.generate.command"),
+    "lora": ("LoRA tools: extract, merge, combine, resize, convert, info, precision-report", "tunelab.lora.command"),
 }
 
 

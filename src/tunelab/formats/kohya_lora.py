@@ -5,13 +5,14 @@ These are what A1111, ComfyUI, Forge and diffusers' `load_lora_weights` read.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.formats.module_paths import to_file_path
+from tunelab.formats.module_paths import from_file_path, to_file_path
 from tunelab.formats.safetensors_io import save_tensors
 from tunelab.lora.model import LoraModule, LoraSet, split_component
 
@@ -47,17 +48,32 @@ def to_kohya_tensors(lora: LoraSet) -> dict[str, torch.Tensor]:
 
 
 def kohya_metadata(lora: LoraSet, base_model_version: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The `ss_*` keys kohya's tools and UIs read to show a LoRA's settings."""
-    ranks = {module.rank for module in lora.values()}
-    alphas = {module.alpha for module in lora.values()}
-    has_conv = any(module.down.dim() == 4 and module.down.shape[-1] > 1 for module in lora.values())
+    """The `ss_*` keys kohya's tools and UIs read to show a LoRA's settings.
+
+    kohya keeps two settings: network_dim / network_alpha for linear layers (and 1x1 convs),
+    conv_dim / conv_alpha in network_args for convolutions with larger kernels.
+    """
+
+    def is_spatial(module: LoraModule) -> bool:
+        return module.down.dim() == 4 and tuple(module.down.shape[2:]) != (1, 1)
+
+    def dim_and_alpha(modules: list[LoraModule]) -> tuple[str, str]:
+        alphas = {module.alpha for module in modules}
+        return str(max(module.rank for module in modules)), str(next(iter(alphas))) if len(alphas) == 1 else "Dynamic"
+
+    conv = [module for module in lora.values() if is_spatial(module)]
+    linear = [module for module in lora.values() if not is_spatial(module)] or conv
+    network_dim, network_alpha = dim_and_alpha(linear) if linear else ("0", "0")
+    network_args = {}
+    if conv:
+        network_args["conv_dim"], network_args["conv_alpha"] = dim_and_alpha(conv)
     metadata = {
         "ss_network_module": "networks.lora",
-        "ss_network_dim": str(max(ranks)) if ranks else "0",
-        "ss_network_alpha": str(next(iter(alphas))) if len(alphas) == 1 else "Dynamic",
+        "ss_network_dim": network_dim,
+        "ss_network_alpha": network_alpha,
         "ss_base_model_version": base_model_version,
         "ss_v2": str(base_model_version.startswith("sd_v2")),
-        "ss_network_args": '{"conv_dim": "%d"}' % max(ranks) if has_conv else "{}",
+        "ss_network_args": json.dumps(network_args),
     }
     metadata.update(extra or {})
     return metadata
@@ -71,27 +87,107 @@ def is_kohya_lora(keys: Iterable[str]) -> bool:
     return any(key.startswith(("lora_unet_", "lora_te")) and ".lora_down." in key for key in keys)
 
 
-def from_kohya_tensors(tensors: dict[str, torch.Tensor], module_keys: Iterable[str]) -> LoraSet:
-    """Resolve kohya names back to module paths, using the module paths the model really has.
+# kohya prefix -> component. SD 1.x/2.x files use lora_te; SDXL files lora_te1 / lora_te2.
+_COMPONENTS = {"lora_unet": "unet", "lora_te": "text_encoder", "lora_te1": "text_encoder", "lora_te2": "text_encoder_2"}
 
-    kohya names replace every '.' with '_', so the mapping back needs the model's own names.
+# Module names in diffusers UNets and CLIP text encoders that hold '_' themselves; kohya's
+# '.' -> '_' makes them indistinguishable from path separators without this list.
+COMPOUND_NAMES = frozenset({
+    "down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out",
+    "proj_in", "proj_out", "conv_in", "conv_out", "conv_shortcut", "time_emb_proj", "time_embedding",
+    "linear_1", "linear_2", "add_embedding", "text_model", "self_attn", "q_proj", "k_proj", "v_proj",
+    "out_proj", "text_projection", "add_k_proj", "add_v_proj", "add_q_proj", "to_add_out", "proj_attn",
+})
+_LONGEST_COMPOUND = max(name.count("_") + 1 for name in COMPOUND_NAMES)
+
+# SGM / LDM block names (`lora_unet_input_blocks_4_1_...`): SDXL files from kohya use them.
+_ORIGINAL_BLOCK_PREFIXES = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
+
+
+def module_key_from_kohya_name(name: str) -> str | None:
+    """A kohya name as a module key, without a model: `lora_unet_down_blocks_0_attentions_0_proj_in`
+    -> `unet.down_blocks.0.attentions.0.proj_in`; None for a prefix that names no component.
+
+    Greedy: at each position the longest known compound name wins, any other word is one
+    path level. Exact for diffusers' UNet and CLIP module names; a model's own names
+    (`from_kohya_tensors(..., module_keys)`) are exact for anything.
     """
+    prefix = next((p for p in sorted(_COMPONENTS, key=len, reverse=True) if name.startswith(p + "_")), None)
+    if prefix is None:
+        return None
+    component = _COMPONENTS[prefix]
+    words = name[len(prefix) + 1 :].split("_")
+    levels = []
+    position = 0
+    while position < len(words):
+        for length in range(min(_LONGEST_COMPOUND, len(words) - position), 0, -1):
+            candidate = "_".join(words[position : position + length])
+            if length == 1 or candidate in COMPOUND_NAMES:
+                levels.append(candidate)
+                position += length
+                break
+    return f"{component}.{from_file_path(component, '.'.join(levels))}"
+
+
+def _module_names(tensors: dict[str, torch.Tensor]) -> list[str]:
+    return sorted({key.split(".", 1)[0] for key in tensors if key.endswith(".lora_down.weight")})
+
+
+def _refuse_original_block_names(names: list[str]) -> None:
+    original = next((name for name in names if name.startswith(_ORIGINAL_BLOCK_PREFIXES)), None)
+    if original is not None:
+        raise TunelabError(
+            f"this kohya file uses the original (SGM) UNet block names ({original}), as SDXL LoRAs do; "
+            "only diffusers block names (lora_unet_down_blocks_...) are read so far"
+        )
+
+
+def _resolver(module_keys: Iterable[str] | None):
+    if module_keys is None:
+        return module_key_from_kohya_name
     module_keys = list(module_keys)
     prefixes = kohya_prefixes(split_component(key)[0] for key in module_keys)
     by_kohya_name = {kohya_name(key, prefixes): key for key in module_keys if split_component(key)[0] in prefixes}
+    return by_kohya_name.get
+
+
+def from_kohya_tensors(tensors: dict[str, torch.Tensor], module_keys: Iterable[str] | None = None) -> LoraSet:
+    """kohya (and LyCORIS LoCon) tensors as a LoraSet.
+
+    kohya names replace every '.' with '_'. With `module_keys` (a model's own
+    "<component>.<module path>" names) each name is resolved exactly against that model
+    and a name it lacks is an error; without, names are resolved from their spelling.
+    """
+    from tunelab.formats.lycoris import TUCKER_CORE, fold_tucker
+
+    names = _module_names(tensors)
+    _refuse_original_block_names(names)
+    resolve = _resolver(module_keys)
     lora: LoraSet = {}
     unknown = []
-    for name in sorted({key.split(".", 1)[0] for key in tensors if key.endswith(".lora_down.weight")}):
-        if name not in by_kohya_name:
+    used = set()
+    for name in names:
+        key = resolve(name)
+        if key is None:
             unknown.append(name)
             continue
         down = tensors[f"{name}.lora_down.weight"]
-        up = tensors[f"{name}.lora_up.weight"]
+        up = tensors.get(f"{name}.lora_up.weight")
+        if up is None:
+            raise TunelabError(f"LoRA module {name} has lora_down but no lora_up weight; the file is incomplete")
+        mid = tensors.get(f"{name}.{TUCKER_CORE}")
+        if mid is not None:
+            down = fold_tucker(down, mid)
         alpha_tensor = tensors.get(f"{name}.alpha")
         alpha = float(alpha_tensor.item()) if alpha_tensor is not None else float(down.shape[0])
-        lora[by_kohya_name[name]] = LoraModule(down, up, alpha)
+        lora[key] = LoraModule(down, up, alpha)
+        used.update(f"{name}.{part}" for part in ("lora_down.weight", "lora_up.weight", "alpha", TUCKER_CORE))
     if unknown:
+        shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
         raise TunelabError(
-            f"{len(unknown)} LoRA modules match nothing in this model (first: {unknown[0]}); is it for another architecture?"
+            f"{len(unknown)} LoRA modules match nothing in this model: {shown}; is it a LoRA for another architecture?"
         )
+    leftover = sorted(set(tensors) - used)
+    if leftover:
+        raise TunelabError(f"unrecognised keys in this kohya LoRA file ({leftover[0]}, {len(leftover)} in all); refusing to guess what they do")
     return lora

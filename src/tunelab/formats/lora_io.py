@@ -2,30 +2,89 @@
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal
 
 from tunelab.errors import TunelabError
-from tunelab.formats import kohya_lora, peft_lora
+from tunelab.formats import kohya_lora, lycoris, peft_lora
 from tunelab.lora.model import LoraSet
 
 LoraFormat = Literal["kohya", "peft"]
+LORA_FORMATS: tuple[LoraFormat, ...] = ("kohya", "peft")
 _WRITERS = {"kohya": kohya_lora.write_kohya_lora, "peft": peft_lora.write_peft_lora}
+
+# Metadata a file's layout or its weights decide; rewritten, never carried over, when a tool writes a new file.
+_DERIVED_METADATA = (
+    "format",
+    peft_lora.ADAPTER_METADATA_KEY,
+    "ss_network_dim",
+    "ss_network_alpha",
+    "ss_network_args",
+    "ss_network_module",
+    "ss_v2",
+)
+
+
+@dataclass
+class LoraFile:
+    lora: LoraSet
+    metadata: dict[str, str]
+    format: LoraFormat
+    path: Path
 
 
 def write_lora(lora: LoraSet, path: Path, file_format: LoraFormat, metadata: dict[str, str]) -> Path:
     return _WRITERS[file_format](lora, path, metadata)
 
 
-def read_lora(path: Path, module_keys: Iterable[str]) -> tuple[LoraSet, dict[str, str]]:
-    """`module_keys` are the model's own "<component>.<module path>" names, used to resolve kohya names."""
+def read_lora_file(path: str | Path, module_keys: Iterable[str] | None = None) -> LoraFile:
+    """Read any supported LoRA file (kohya, LyCORIS LoCon, PEFT/diffusers).
+
+    `module_keys` are a model's own "<component>.<module path>" names: kohya names are then
+    resolved exactly against that model. Without them, names are resolved from their spelling.
+    """
     from tunelab.formats.safe_load import load_state_dict, read_safetensors_metadata
 
     path = Path(path)
     tensors = load_state_dict(path)
-    metadata = read_safetensors_metadata(path) if path.suffix == ".safetensors" else {}
-    if kohya_lora.is_kohya_lora(tensors):
-        return kohya_lora.from_kohya_tensors(tensors, module_keys), metadata
-    if peft_lora.is_peft_lora(tensors):
-        return peft_lora.from_peft_tensors(tensors, metadata), metadata
+    metadata = read_safetensors_metadata(path) if path.suffix.lower() == ".safetensors" else {}
+    lycoris.refuse_unsupported(tensors, path.name)
+    try:
+        if kohya_lora.is_kohya_lora(tensors):
+            return LoraFile(kohya_lora.from_kohya_tensors(tensors, module_keys), metadata, "kohya", path)
+        if peft_lora.is_peft_lora(tensors):
+            return LoraFile(peft_lora.from_peft_tensors(tensors, metadata), metadata, "peft", path)
+    except TunelabError as error:
+        raise TunelabError(f"{path.name}: {error}") from None
     raise TunelabError(f"{path}: not a LoRA file (no kohya lora_down/lora_up or PEFT lora_A/lora_B keys)")
+
+
+def read_lora(path: Path, module_keys: Iterable[str] | None = None) -> tuple[LoraSet, dict[str, str]]:
+    loaded = read_lora_file(path, module_keys)
+    return loaded.lora, loaded.metadata
+
+
+def base_model_version(lora: LoraSet, metadata: dict[str, str]) -> str:
+    """kohya's base-model name: the file's own, else read off the cross-attention width (768: SD 1.x, 1024: SD 2.x)."""
+    if metadata.get("ss_base_model_version"):
+        return metadata["ss_base_model_version"]
+    for key, module in lora.items():
+        if key.startswith("unet.") and key.endswith("attn2.to_k"):
+            return {768: "sd_v1", 1024: "sd_v2"}.get(module.down.shape[1], "unknown")
+    return "unknown"
+
+
+def output_metadata(lora: LoraSet, file_format: LoraFormat, carried: dict[str, str], base_version: str) -> dict[str, str]:
+    """Metadata for a file a tool writes: what the sources said, with the layout's own keys made anew."""
+    kept = {key: value for key, value in carried.items() if key not in _DERIVED_METADATA}
+    if file_format == "kohya":
+        return kohya_lora.kohya_metadata(lora, base_version, kept)
+    return kept
+
+
+def encoded_size(lora: LoraSet, file_format: LoraFormat, metadata: dict[str, str]) -> int:
+    """Bytes the LoRA takes as a file in this layout (written once to a scratch folder, then measured)."""
+    with tempfile.TemporaryDirectory() as folder:
+        return write_lora(lora, Path(folder) / "lora.safetensors", file_format, metadata).stat().st_size

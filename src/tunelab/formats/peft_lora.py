@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from tunelab.errors import TunelabError
 from tunelab.formats.module_paths import from_file_path, to_file_path
 from tunelab.formats.safetensors_io import save_tensors
 from tunelab.lora.model import LoraModule, LoraSet, split_component
@@ -34,11 +35,15 @@ def to_peft_tensors(lora: LoraSet) -> dict[str, torch.Tensor]:
 
 
 def adapter_config(lora: LoraSet) -> dict[str, dict]:
-    """Per component, the LoraConfig fields diffusers rebuilds the adapter from."""
+    """Per component, the LoraConfig fields diffusers rebuilds the adapter from.
+
+    Module names here are the live ones, without CLIP's `text_model.` level: PEFT matches them
+    as suffixes, so they find the module whether or not the installed transformers has that level.
+    """
     by_component: dict[str, dict[str, LoraModule]] = {}
     for key, module in lora.items():
         component, module_path = split_component(key)
-        by_component.setdefault(component, {})[to_file_path(component, module_path)] = module
+        by_component.setdefault(component, {})[module_path] = module
     configs = {}
     for component, modules in by_component.items():
         rank = Counter(m.rank for m in modules.values()).most_common(1)[0][0]
@@ -73,8 +78,18 @@ def from_peft_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
             continue
         file_key = key[: -len(".lora_A.weight")]
         component, module_path = split_component(file_key)
-        down, up = tensors[key], tensors[f"{file_key}.lora_B.weight"]
-        alpha = packed.get(f"{component}.alpha_pattern", {}).get(module_path, packed.get(f"{component}.lora_alpha"))
-        live_key = f"{component}.{from_file_path(component, module_path)}"
+        up = tensors.get(f"{file_key}.lora_B.weight")
+        if up is None:
+            raise TunelabError(f"LoRA module {file_key} has lora_A but no lora_B weight; the file is incomplete")
+        down = tensors[key]
+        live_path = from_file_path(component, module_path)
+        patterns = packed.get(f"{component}.alpha_pattern", {})
+        # Files from before alpha patterns used live names spell them as the file keys do.
+        alpha = patterns.get(live_path, patterns.get(module_path, packed.get(f"{component}.lora_alpha")))
+        live_key = f"{component}.{live_path}"
         lora[live_key] = LoraModule(down, up, float(alpha) if alpha is not None else float(down.shape[0]))
+    paired = {f"{key[: -len('.lora_A.weight')]}.lora_B.weight" for key in tensors if key.endswith(".lora_A.weight")}
+    leftover = sorted(key for key in tensors if not key.endswith(".lora_A.weight") and key not in paired)
+    if leftover:
+        raise TunelabError(f"unrecognised keys in this PEFT LoRA file ({leftover[0]}, {len(leftover)} in all); refusing to guess what they do")
     return lora

@@ -28,6 +28,10 @@ class LoraModule:
         delta = (up @ down) * self.scale  # (out, in*kh*kw)
         return delta.reshape(self.up.shape[0], *self.down.shape[1:])
 
+    def with_alpha(self, alpha: float) -> "LoraModule":
+        """The same delta under another alpha: the change of scale alpha / r is folded into `up`."""
+        return LoraModule(self.down, self.up * (self.scale * self.rank / alpha), float(alpha))
+
     def to(self, dtype: torch.dtype) -> "LoraModule":
         return LoraModule(self.down.to(dtype).contiguous(), self.up.to(dtype).contiguous(), self.alpha)
 

@@ -1,0 +1,367 @@
+"""`tunelab lora <tool>`: extract, merge, combine, resize, convert, info, precision-report.
+
+Each tool reads its files through `tunelab.formats`, works on format-free LoRA sets
+(`tunelab.lora.*`) and writes through `tunelab.formats` again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+Precision = Literal["fp32", "fp16", "bf16"]
+LoraLayout = Literal["kohya", "peft"]
+
+
+def _opt(help_text: str, repeat: bool = False, **kwargs):
+    return field(metadata={"help": help_text, "repeat": repeat}, **kwargs)
+
+
+# Positional arguments: resolved with the options (so they get the same type checks), parsed by hand.
+@dataclass
+class FileInput:
+    file: str = _opt("LoRA file (kohya, LyCORIS LoCon or PEFT/diffusers .safetensors)")
+
+
+@dataclass
+class LorasInput:
+    loras: list[str] = _opt("LoRA files, each with an optional weight: FILE[:WEIGHT]")
+
+
+@dataclass
+class ExtractOptions:
+    base: str = _opt("base model: preset name, diffusers folder or checkpoint file")
+    tuned: str = _opt("fine-tuned model of the same architecture (e.g. a DreamBooth result)")
+    out: str = _opt("output LoRA file (.safetensors)")
+    rank: int = _opt("rank of linear layers and 1x1 convolutions (a module that allows less gets its full rank)")
+    alpha: float | None = _opt("alpha of every module (default: --rank); each module's alpha / rank is folded into its up", default=None)
+    conv_rank: int | None = _opt("rank of 3x3 convolutions; without it they are left out", default=None)
+    clamp_quantile: float = _opt("clamp factor values to this quantile of their absolute values, as kohya does (1: no clamp)", default=0.99)
+    min_diff: float = _opt("leave the text encoder out when none of its weights differs by more than this", default=0.01)
+    precision: Precision = _opt("dtype of the saved LoRA", default="fp32")
+    format: LoraLayout = _opt("file layout: kohya (A1111, ComfyUI, diffusers) or peft (diffusers' save_lora_weights)", default="kohya")
+    device: str = _opt("torch device for the SVDs: auto (CUDA when present), cpu, cuda, cuda:1, ...", default="auto")
+
+
+@dataclass
+class MergeOptions:
+    model: str = _opt("model to merge into: preset name, diffusers folder or checkpoint file")
+    out: str = _opt("output: a folder (diffusers) or a .safetensors file (single-file)")
+    lora: list[str] = _opt("LoRA file with optional weight, FILE[:WEIGHT]; repeat the flag for several", repeat=True, default_factory=list)
+    format: Literal["diffusers", "single-file"] | None = _opt(
+        "output layout (default: single-file when --out ends in .safetensors, else diffusers)", default=None
+    )
+    precision: Precision = _opt("dtype of the saved model", default="fp32")
+
+
+@dataclass
+class CombineOptions:
+    out: str = _opt("output LoRA file (.safetensors)")
+    mode: Literal["concat", "svd"] = _opt("concat: stack ranks (exactly the weighted sum); svd: re-factorise the sum at --rank", default="concat")
+    rank: int | None = _opt("rank of the result (svd mode)", default=None)
+    format: LoraLayout | None = _opt("file layout (default: that of the first input)", default=None)
+    precision: Precision | None = _opt("dtype of the result (default: that of the inputs, fp32 if they differ)", default=None)
+
+
+@dataclass
+class ResizeOptions:
+    out: str = _opt("output LoRA file (.safetensors)")
+    rank: int | None = _opt("new rank; with --dynamic, the largest rank it may choose", default=None)
+    dynamic: str | None = _opt("rank per module from its spectrum: sv_ratio=X, sv_fro=X or sv_cumulative=X", default=None)
+    format: LoraLayout | None = _opt("file layout (default: that of the input)", default=None)
+    precision: Precision | None = _opt("dtype of the result (default: that of the input)", default=None)
+
+
+@dataclass
+class ConvertOptions:
+    to: LoraLayout = _opt("layout to write")
+    out: str = _opt("output LoRA file (.safetensors)")
+    precision: Precision | None = _opt("dtype of the result (default: that of the input)", default=None)
+
+
+@dataclass
+class InfoOptions:
+    json: bool = _opt("print the summary as JSON", default=False)
+    modules: bool = _opt("list every module", default=False)
+
+
+@dataclass
+class PrecisionReportOptions:
+    model: str = _opt("model the LoRA is for: preset name, diffusers folder or checkpoint file")
+    prompt: str = _opt("prompt the denoiser is conditioned on", default="a photo")
+    seed: int = _opt("seed of the fixed noise the denoiser sees", default=0)
+    weight: float = _opt("LoRA weight", default=1.0)
+    device: str = _opt("torch device: auto (CUDA when present), cpu, cuda, ...", default="auto")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _device(name: str) -> str:
+    import torch
+
+    from tunelab.errors import TunelabError
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TunelabError(f"--device {name}: no CUDA device is available")
+    return name
+
+
+def _lora_out(out: str) -> Path:
+    from tunelab.errors import TunelabError
+
+    path = Path(out)
+    if path.suffix.lower() != ".safetensors":
+        raise TunelabError(f"LoRA files are written as .safetensors, not {path.suffix or 'a file without extension'} ({path})")
+    return path
+
+
+def _common_dtype(loras):
+    """The one dtype all the inputs' factors share, else float32."""
+    import torch
+
+    dtypes = {module.down.dtype for lora in loras for module in lora.values()}
+    return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+
+def _save_lora(lora, out: str, file_format: str, dtype, carried: dict[str, str], base_version: str) -> Path:
+    from tunelab.formats.lora_io import output_metadata, write_lora
+
+    lora = {key: module.to(dtype) for key, module in lora.items()}
+    path = write_lora(lora, _lora_out(out), file_format, output_metadata(lora, file_format, carried, base_version))
+    ranks = sorted({module.rank for module in lora.values()})
+    rank_text = str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}-{ranks[-1]}"
+    print(f"wrote {path} ({len(lora)} modules, rank {rank_text}, {file_format}, {str(dtype).removeprefix('torch.')})")
+    return path
+
+
+def _record(options) -> str:
+    return json.dumps(asdict(options), sort_keys=True)
+
+
+def _model_modules(reference: str):
+    from tunelab.lora.modules import adaptable_modules
+    from tunelab.models.loading import load_pipeline
+
+    pipeline = load_pipeline(reference)
+    return pipeline, adaptable_modules(pipeline)
+
+
+def _read_for_model(path: Path, modules):
+    """A LoRA read against a model: kohya names resolve exactly, and every module must fit."""
+    from tunelab.formats.lora_io import read_lora_file
+    from tunelab.lora.merge import check_fits
+
+    loaded = read_lora_file(path, modules.keys())
+    check_fits(loaded.lora, {key: tuple(module.weight.shape) for key, module in modules.items()}, path.name)
+    return loaded
+
+
+def _print_kept(report) -> None:
+    for row in report:
+        print(f"  {row.key}  rank {row.old_rank} -> {row.new_rank}  keeps {row.frobenius_kept:.2%} (Frobenius)")
+    if report:
+        shares = [row.frobenius_kept for row in report]
+        print(f"{len(report)} modules; Frobenius share kept: mean {sum(shares) / len(shares):.2%}, lowest {min(shares):.2%}")
+
+
+# ----------------------------------------------------------------------------- tools
+
+
+def extract(options: ExtractOptions) -> Path:
+    from tunelab.errors import TunelabError
+    from tunelab.formats.safetensors_io import precision_dtype
+    from tunelab.lora.extract import ExtractSettings, extract_lora
+    from tunelab.lora.modules import module_weights
+    from tunelab.models.family import family_for
+
+    settings = ExtractSettings(options.rank, options.conv_rank, options.alpha, options.clamp_quantile, options.min_diff)
+    settings.validate()
+    device = _device(options.device)
+    _lora_out(options.out)
+    base, base_modules = _model_modules(options.base)
+    tuned, tuned_modules = _model_modules(options.tuned)
+    if type(base) is not type(tuned):
+        raise TunelabError(f"the base and tuned models have different architectures: {type(base).__name__} vs {type(tuned).__name__}")
+    extraction = extract_lora(module_weights(base_modules), module_weights(tuned_modules), settings, device)
+    for note in extraction.notes:
+        print(note)
+    _print_differences_outside(base, tuned, base_modules)
+    carried = {"tunelab_extract": _record(options)}
+    version = family_for(base).base_model_version
+    return _save_lora(extraction.lora, options.out, options.format, precision_dtype(options.precision), carried, version)
+
+
+def _print_differences_outside(base, tuned, base_modules) -> None:
+    """Say which changes the LoRA leaves behind: biases, norms, embeddings of the components it covers."""
+    from tunelab.lora.extract import differences_outside
+    from tunelab.models.family import family_for
+
+    family = family_for(base)
+    in_lora_reach = {id(module.weight) for module in base_modules.values()}
+    for component in (family.denoiser_name, *family.text_encoder_names):
+        base_part, tuned_part = getattr(base, component), getattr(tuned, component)
+        covered = {name for name, parameter in base_part.named_parameters() if id(parameter) in in_lora_reach}
+        changed, largest = differences_outside(base_part.state_dict(), tuned_part.state_dict(), covered)
+        if changed:
+            print(f"{component}: tensors a LoRA cannot hold (biases, norms, embeddings) differ too and are left out: {changed}, by at most {largest:.3g}")
+
+
+def merge(options: MergeOptions) -> Path:
+    from tunelab.errors import TunelabError
+    from tunelab.formats.safetensors_io import precision_dtype
+    from tunelab.lora.merge import apply_loras
+    from tunelab.methods.lora import parse_weighted_path
+
+    if not options.lora:
+        raise TunelabError("give at least one --lora FILE[:WEIGHT] to merge")
+    out = Path(options.out)
+    file_format = options.format or ("single-file" if out.suffix.lower() == ".safetensors" else "diffusers")
+    pipeline, modules = _model_modules(options.model)
+    weighted = []
+    for spec in options.lora:
+        path, weight = parse_weighted_path(spec)
+        weighted.append((_read_for_model(path, modules).lora, weight))
+    apply_loras(modules, weighted)
+    dtype = precision_dtype(options.precision)
+    if file_format == "single-file":
+        from tunelab.formats.sd_checkpoint import save_single_file
+
+        save_single_file(pipeline, out, dtype=dtype, metadata={"tunelab_merge": _record(options)})
+    else:
+        if out.suffix.lower() == ".safetensors":
+            raise TunelabError(f"--format diffusers writes a folder, not a .safetensors file ({out})")
+        pipeline.to(dtype=dtype).save_pretrained(out)
+    print(f"wrote {out} ({file_format}, {options.precision}, {len(weighted)} LoRA{'s' if len(weighted) > 1 else ''} merged)")
+    return out
+
+
+def combine(inputs: LorasInput, options: CombineOptions) -> Path:
+    from tunelab.errors import TunelabError
+    from tunelab.formats.lora_io import base_model_version, read_lora_file
+    from tunelab.formats.safetensors_io import precision_dtype
+    from tunelab.lora.combine import WeightedLora, combine_svd, concat
+    from tunelab.methods.lora import parse_weighted_path
+
+    if options.mode == "svd" and options.rank is None:
+        raise TunelabError("--mode svd needs --rank")
+    if options.mode == "concat" and options.rank is not None:
+        raise TunelabError("--rank applies to --mode svd; concat keeps every rank (resize the result to change it)")
+    files, weighted = [], []
+    for spec in inputs.loras:
+        path, weight = parse_weighted_path(spec)
+        files.append(read_lora_file(path))
+        weighted.append(WeightedLora(files[-1].lora, weight, path.name))
+    if options.mode == "concat":
+        combined = concat(weighted)
+    else:
+        combined, report = combine_svd(weighted, options.rank)
+        _print_kept(report)
+    versions = {base_model_version(loaded.lora, loaded.metadata) for loaded in files} - {"unknown"}
+    if len(versions) > 1:
+        raise TunelabError(f"the LoRAs are for different base models ({', '.join(sorted(versions))})")
+    carried = {"tunelab_combine": json.dumps({**asdict(options), "loras": inputs.loras}, sort_keys=True)}
+    dtype = precision_dtype(options.precision) if options.precision else _common_dtype(loaded.lora for loaded in files)
+    return _save_lora(combined, options.out, options.format or files[0].format, dtype, carried, versions.pop() if versions else "unknown")
+
+
+def resize(inputs: FileInput, options: ResizeOptions) -> Path:
+    from tunelab.formats.lora_io import base_model_version, read_lora_file
+    from tunelab.formats.safetensors_io import precision_dtype
+    from tunelab.lora.resize import Dynamic, resize_lora
+
+    loaded = read_lora_file(inputs.file)
+    dynamic = Dynamic.parse(options.dynamic) if options.dynamic is not None else None
+    resized, report = resize_lora(loaded.lora, options.rank, dynamic)
+    _print_kept(report)
+    carried = {**loaded.metadata, "tunelab_resize": _record(options)}
+    dtype = precision_dtype(options.precision) if options.precision else _common_dtype([loaded.lora])
+    version = base_model_version(loaded.lora, loaded.metadata)
+    return _save_lora(resized, options.out, options.format or loaded.format, dtype, carried, version)
+
+
+def convert(inputs: FileInput, options: ConvertOptions) -> Path:
+    from tunelab.formats.lora_io import base_model_version, read_lora_file
+    from tunelab.formats.safetensors_io import precision_dtype
+
+    loaded = read_lora_file(inputs.file)
+    dtype = precision_dtype(options.precision) if options.precision else _common_dtype([loaded.lora])
+    version = base_model_version(loaded.lora, loaded.metadata)
+    return _save_lora(loaded.lora, options.out, options.to, dtype, loaded.metadata, version)
+
+
+def info(inputs: FileInput, options: InfoOptions) -> None:
+    from tunelab.formats.lora_io import read_lora_file
+    from tunelab.lora.info import render, summarize
+
+    loaded = read_lora_file(inputs.file)
+    summary = summarize(loaded.lora, loaded.metadata, loaded.format, loaded.path)
+    print(json.dumps(summary, indent=2) if options.json else render(summary, options.modules))
+
+
+def precision_report(inputs: FileInput, options: PrecisionReportOptions) -> None:
+    from tunelab.formats.lora_io import encoded_size
+    from tunelab.lora.info import human_size
+    from tunelab.lora.precision import PRECISIONS, PROBE_TIMESTEPS, denoiser_probe, precision_deviations
+
+    pipeline, modules = _model_modules(options.model)
+    pipeline.to(_device(options.device))
+    loaded = _read_for_model(Path(inputs.file), modules)
+    deviations, effect = precision_deviations(modules, loaded.lora, denoiser_probe(pipeline, options.prompt, options.seed), options.weight)
+    print(f"{loaded.path.name} on {options.model}: denoiser output at timesteps {'/'.join(map(str, PROBE_TIMESTEPS))}, "
+          f"prompt {options.prompt!r}, LoRA weight {options.weight:g}; the model runs in fp32, the LoRA is rounded to each precision")
+    print(f"{'precision':<10} {'file size':>12} {'max |dev|':>11} {'rms dev':>11} {'dev / effect':>13}")
+    for row in deviations:
+        lora = {key: module.to(PRECISIONS[row.precision]) for key, module in loaded.lora.items()}
+        size = encoded_size(lora, loaded.format, loaded.metadata)
+        print(f"{row.precision:<10} {human_size(size):>12} {row.max_abs:>11.3g} {row.rms:>11.3g} {row.relative:>13.3%}")
+    print(f"dev: difference from the fp32 LoRA's output; effect: rms of the fp32 LoRA's own change to the output ({effect:.3g})")
+
+
+# ----------------------------------------------------------------------------- wiring
+
+# tool -> (help, positional input schema or None, options schema, function)
+TOOLS: dict[str, tuple[str, type | None, type, Callable]] = {
+    "extract": ("extract a LoRA from a base and a fine-tuned model by SVD", None, ExtractOptions, extract),
+    "merge": ("bake LoRAs into a model and save it (diffusers folder or single file)", None, MergeOptions, merge),
+    "combine": ("merge several LoRAs into one: stacked ranks or SVD at a new rank", LorasInput, CombineOptions, combine),
+    "resize": ("change a LoRA's rank by SVD, keeping its scale", FileInput, ResizeOptions, resize),
+    "convert": ("rewrite a LoRA as kohya or PEFT, optionally in another precision", FileInput, ConvertOptions, convert),
+    "info": ("show a LoRA file's modules, ranks, alphas, precision, size and metadata", FileInput, InfoOptions, info),
+    "precision-report": (
+        "file size and denoiser-output deviation of a LoRA stored in fp32, fp16 and bf16",
+        FileInput,
+        PrecisionReportOptions,
+        precision_report,
+    ),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tunelab.config import add_arguments as add_schema_arguments
+
+    tools = parser.add_subparsers(dest="tool", required=True, parser_class=type(parser))
+    for name, (help_text, inputs, schema, _) in TOOLS.items():
+        sub = tools.add_parser(name, help=help_text, description=help_text)
+        if inputs is LorasInput:
+            sub.add_argument("loras", nargs="+", metavar="FILE[:WEIGHT]", help="LoRA files, each with an optional weight")
+        elif inputs is FileInput:
+            sub.add_argument("file", metavar="FILE", help="LoRA file (kohya, LyCORIS LoCon or PEFT/diffusers)")
+        sub.add_argument("--config", help="YAML or TOML file with any of the options below")
+        add_schema_arguments(sub, [schema])
+
+
+def run(args: argparse.Namespace) -> None:
+    from tunelab.config import resolve
+
+    _, inputs, schema, function = TOOLS[args.tool]
+    internal = {"_module", "debug", "command", "tool", "config"}
+    cli_values = {key: value for key, value in vars(args).items() if key not in internal}
+    schemas = [inputs, schema] if inputs is not None else [schema]
+    resolved = resolve(schemas, cli_values, args.config)
+    function(*resolved)
