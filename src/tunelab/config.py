@@ -21,6 +21,11 @@ from typing import Any, Literal
 from tunelab.errors import TunelabError
 
 
+def option(help_text: str, repeat: bool = False, **kwargs):
+    """A dataclass field that is also a flag: its help text, and `repeat` for `--flag A --flag B` lists."""
+    return dataclasses.field(metadata={"help": help_text, "repeat": repeat}, **kwargs)
+
+
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 

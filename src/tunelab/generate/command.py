@@ -3,59 +3,57 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-
-def _opt(help_text: str, repeat: bool = False, **kwargs):
-    return field(metadata={"help": help_text, "repeat": repeat}, **kwargs)
+from tunelab.config import option
 
 
 @dataclass
 class GenerateOptions:
-    model: str = _opt("preset name, diffusers folder or checkpoint file")
-    prompt: str = _opt("text prompt")
-    out: str = _opt("output .png file, or a folder for several images")
-    negative_prompt: str = _opt("negative prompt", default="")
-    seed: int = _opt("seed of a CPU torch.Generator, as in diffusers; image i uses seed + i", default=0)
-    steps: int = _opt("sampling steps", default=20)
-    sampler: str = _opt("sampler name: euler, euler_a, ddim, dpm++_2m, dpm++_2m_karras, dpm++_2m_sde_karras, ...", default="dpm++_2m_karras")
-    guidance: float = _opt("classifier-free guidance scale", default=7.0)
-    width: int | None = _opt("image width (default: the model's native size)", default=None)
-    height: int | None = _opt("image height (default: the model's native size)", default=None)
-    count: int = _opt("number of images", default=1)
-    lora: list[str] = _opt("LoRA file with optional weight, FILE[:WEIGHT]; repeat the flag for several", repeat=True, default_factory=list)
-    embedding: list[str] = _opt(
+    model: str = option("preset name, diffusers folder or checkpoint file")
+    prompt: str = option("text prompt")
+    out: str = option("output .png file, or a folder for several images")
+    negative_prompt: str = option("negative prompt", default="")
+    seed: int = option("seed of a CPU torch.Generator, as in diffusers; image i uses seed + i", default=0)
+    steps: int = option("sampling steps", default=20)
+    sampler: str = option("sampler name: euler, euler_a, ddim, dpm++_2m, dpm++_2m_karras, dpm++_2m_sde_karras, ...", default="dpm++_2m_karras")
+    guidance: float = option("classifier-free guidance scale", default=7.0)
+    width: int | None = option("image width (default: the model's native size)", default=None)
+    height: int | None = option("image height (default: the model's native size)", default=None)
+    count: int = option("number of images", default=1)
+    lora: list[str] = option("LoRA file with optional weight, FILE[:WEIGHT]; repeat the flag for several", repeat=True, default_factory=list)
+    embedding: list[str] = option(
         "textual-inversion embedding, FILE[:TOKEN] (default token: the name in the file, else the file name); repeatable",
         repeat=True, default_factory=list,
     )
-    hypernetwork: list[str] = _opt("hypernetwork file with optional strength, FILE[:STRENGTH]; repeatable", repeat=True, default_factory=list)
-    lora_weight: float | None = _opt("one weight for every LoRA, replacing the ones given with them", default=None)
-    precision: Literal["fp32", "fp16", "bf16"] = _opt("inference dtype", default="fp32")
-    device: str = _opt("torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...", default="auto")
-    adapters_dir: str | None = _opt(
+    hypernetwork: list[str] = option("hypernetwork file with optional strength, FILE[:STRENGTH]; repeatable", repeat=True, default_factory=list)
+    lora_weight: float | None = option("one weight for every LoRA, replacing the ones given with them", default=None)
+    precision: Literal["fp32", "fp16", "bf16"] = option("inference dtype", default="fp32")
+    device: str = option("torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...", default="auto")
+    adapters_dir: str | None = option(
         "folder for <lora:NAME:W> and <hypernet:NAME:W> prompt tags (NAME = file stem); its embeddings/ subfolder "
         "is loaded as tokens named after the files",
         default=None,
     )
-    vae_tiling: bool = _opt("decode the image in tiles: large images in little memory", default=False)
-    vae_slicing: bool = _opt("decode a batch one image at a time", default=False)
-    cpu_offload: bool = _opt(
+    vae_tiling: bool = option("decode the image in tiles: large images in little memory", default=False)
+    vae_slicing: bool = option("decode a batch one image at a time", default=False)
+    cpu_offload: bool = option(
         "keep each model on the CPU until it runs (diffusers' enable_model_cpu_offload): less GPU memory; needs CUDA",
         default=False,
     )
-    from_png: str | None = _opt(
+    from_png: str | None = option(
         "regenerate the image in this PNG (written by tunelab generate) from its recorded options; flags given override them",
         default=None,
     )
-    grid_x: str | None = _opt(
+    grid_x: str | None = option(
         "X/Y grid columns, PARAM=v1,v2,... over seed, steps, guidance, sampler or lora_weight; "
         "writes OUT/grid.png and the cells beside it (or OUT.png and OUT-cells/)",
         default=None,
     )
-    grid_y: str | None = _opt("X/Y grid rows, PARAM=v1,v2,... (as --grid-x)", default=None)
-    prompt_weighting: bool = _opt(
+    grid_y: str | None = option("X/Y grid rows, PARAM=v1,v2,... (as --grid-x)", default=None)
+    prompt_weighting: bool = option(
         "A1111 prompt syntax: (text:1.3), (text), [text], BREAK, prompts over 75 tokens; --no-prompt-weighting passes the text as is",
         default=True,
     )
@@ -95,7 +93,12 @@ def prepare(options: GenerateOptions) -> Session:
 
     from tunelab.errors import TunelabError
     from tunelab.formats.safetensors_io import precision_dtype
-    from tunelab.generate.prompt_tags import attach_folder_embeddings, extract_tags, folder_embeddings, resolve_adapter
+    from tunelab.generate.prompt_tags import (
+        attach_folder_embeddings,
+        extract_tags,
+        folder_embeddings,
+        resolve_adapter,
+    )
     from tunelab.generate.samplers import make_scheduler
     from tunelab.methods.hypernetwork import attach_hypernetworks
     from tunelab.methods.lora import attach_loras, parse_weighted_path

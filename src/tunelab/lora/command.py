@@ -8,93 +8,93 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal
+
+from tunelab.config import option
 
 Precision = Literal["fp32", "fp16", "bf16"]
 LoraLayout = Literal["kohya", "peft"]
 
 
-def _opt(help_text: str, repeat: bool = False, **kwargs):
-    return field(metadata={"help": help_text, "repeat": repeat}, **kwargs)
 
 
 # Positional arguments: resolved with the options (so they get the same type checks), parsed by hand.
 @dataclass
 class FileInput:
-    file: str = _opt("LoRA file (kohya, LyCORIS LoCon or PEFT/diffusers .safetensors)")
+    file: str = option("LoRA file (kohya, LyCORIS LoCon or PEFT/diffusers .safetensors)")
 
 
 @dataclass
 class LorasInput:
-    loras: list[str] = _opt("LoRA files, each with an optional weight: FILE[:WEIGHT]")
+    loras: list[str] = option("LoRA files, each with an optional weight: FILE[:WEIGHT]")
 
 
 @dataclass
 class ExtractOptions:
-    base: str = _opt("base model: preset name, diffusers folder or checkpoint file")
-    tuned: str = _opt("fine-tuned model of the same architecture (e.g. a DreamBooth result)")
-    out: str = _opt("output LoRA file (.safetensors)")
-    rank: int = _opt("rank of linear layers and 1x1 convolutions (a module that allows less gets its full rank)")
-    alpha: float | None = _opt("alpha of every module (default: --rank); each module's alpha / rank is folded into its up", default=None)
-    conv_rank: int | None = _opt("rank of 3x3 convolutions; without it they are left out", default=None)
-    clamp_quantile: float = _opt("clamp factor values to this quantile of their absolute values, as kohya does (1: no clamp)", default=0.99)
-    min_diff: float = _opt("leave the text encoder out when none of its weights differs by more than this", default=0.01)
-    precision: Precision = _opt("dtype of the saved LoRA", default="fp32")
-    format: LoraLayout = _opt("file layout: kohya (A1111, ComfyUI, diffusers) or peft (diffusers' save_lora_weights)", default="kohya")
-    device: str = _opt("torch device for the SVDs: auto (CUDA when present), cpu, cuda, cuda:1, ...", default="auto")
+    base: str = option("base model: preset name, diffusers folder or checkpoint file")
+    tuned: str = option("fine-tuned model of the same architecture (e.g. a DreamBooth result)")
+    out: str = option("output LoRA file (.safetensors)")
+    rank: int = option("rank of linear layers and 1x1 convolutions (a module that allows less gets its full rank)")
+    alpha: float | None = option("alpha of every module (default: --rank); each module's alpha / rank is folded into its up", default=None)
+    conv_rank: int | None = option("rank of 3x3 convolutions; without it they are left out", default=None)
+    clamp_quantile: float = option("clamp factor values to this quantile of their absolute values, as kohya does (1: no clamp)", default=0.99)
+    min_diff: float = option("leave the text encoder out when none of its weights differs by more than this", default=0.01)
+    precision: Precision = option("dtype of the saved LoRA", default="fp32")
+    format: LoraLayout = option("file layout: kohya (A1111, ComfyUI, diffusers) or peft (diffusers' save_lora_weights)", default="kohya")
+    device: str = option("torch device for the SVDs: auto (CUDA when present), cpu, cuda, cuda:1, ...", default="auto")
 
 
 @dataclass
 class MergeOptions:
-    model: str = _opt("model to merge into: preset name, diffusers folder or checkpoint file")
-    out: str = _opt("output: a folder (diffusers) or a .safetensors file (single-file)")
-    lora: list[str] = _opt("LoRA file with optional weight, FILE[:WEIGHT]; repeat the flag for several", repeat=True, default_factory=list)
-    format: Literal["diffusers", "single-file"] | None = _opt(
+    model: str = option("model to merge into: preset name, diffusers folder or checkpoint file")
+    out: str = option("output: a folder (diffusers) or a .safetensors file (single-file)")
+    lora: list[str] = option("LoRA file with optional weight, FILE[:WEIGHT]; repeat the flag for several", repeat=True, default_factory=list)
+    format: Literal["diffusers", "single-file"] | None = option(
         "output layout (default: single-file when --out ends in .safetensors, else diffusers)", default=None
     )
-    precision: Precision = _opt("dtype of the saved model", default="fp32")
+    precision: Precision = option("dtype of the saved model", default="fp32")
 
 
 @dataclass
 class CombineOptions:
-    out: str = _opt("output LoRA file (.safetensors)")
-    mode: Literal["concat", "svd"] = _opt("concat: stack ranks (exactly the weighted sum); svd: re-factorise the sum at --rank", default="concat")
-    rank: int | None = _opt("rank of the result (svd mode)", default=None)
-    format: LoraLayout | None = _opt("file layout (default: that of the first input)", default=None)
-    precision: Precision | None = _opt("dtype of the result (default: that of the inputs, fp32 if they differ)", default=None)
+    out: str = option("output LoRA file (.safetensors)")
+    mode: Literal["concat", "svd"] = option("concat: stack ranks (exactly the weighted sum); svd: re-factorise the sum at --rank", default="concat")
+    rank: int | None = option("rank of the result (svd mode)", default=None)
+    format: LoraLayout | None = option("file layout (default: that of the first input)", default=None)
+    precision: Precision | None = option("dtype of the result (default: that of the inputs, fp32 if they differ)", default=None)
 
 
 @dataclass
 class ResizeOptions:
-    out: str = _opt("output LoRA file (.safetensors)")
-    rank: int | None = _opt("new rank; with --dynamic, the largest rank it may choose", default=None)
-    dynamic: str | None = _opt("rank per module from its spectrum: sv_ratio=X, sv_fro=X or sv_cumulative=X", default=None)
-    format: LoraLayout | None = _opt("file layout (default: that of the input)", default=None)
-    precision: Precision | None = _opt("dtype of the result (default: that of the input)", default=None)
+    out: str = option("output LoRA file (.safetensors)")
+    rank: int | None = option("new rank; with --dynamic, the largest rank it may choose", default=None)
+    dynamic: str | None = option("rank per module from its spectrum: sv_ratio=X, sv_fro=X or sv_cumulative=X", default=None)
+    format: LoraLayout | None = option("file layout (default: that of the input)", default=None)
+    precision: Precision | None = option("dtype of the result (default: that of the input)", default=None)
 
 
 @dataclass
 class ConvertOptions:
-    to: LoraLayout = _opt("layout to write")
-    out: str = _opt("output LoRA file (.safetensors)")
-    precision: Precision | None = _opt("dtype of the result (default: that of the input)", default=None)
+    to: LoraLayout = option("layout to write")
+    out: str = option("output LoRA file (.safetensors)")
+    precision: Precision | None = option("dtype of the result (default: that of the input)", default=None)
 
 
 @dataclass
 class InfoOptions:
-    json: bool = _opt("print the summary as JSON", default=False)
-    modules: bool = _opt("list every module", default=False)
+    json: bool = option("print the summary as JSON", default=False)
+    modules: bool = option("list every module", default=False)
 
 
 @dataclass
 class PrecisionReportOptions:
-    model: str = _opt("model the LoRA is for: preset name, diffusers folder or checkpoint file")
-    prompt: str = _opt("prompt the denoiser is conditioned on", default="a photo")
-    seed: int = _opt("seed of the fixed noise the denoiser sees", default=0)
-    weight: float = _opt("LoRA weight", default=1.0)
-    device: str = _opt("torch device: auto (CUDA when present), cpu, cuda, ...", default="auto")
+    model: str = option("model the LoRA is for: preset name, diffusers folder or checkpoint file")
+    prompt: str = option("prompt the denoiser is conditioned on", default="a photo")
+    seed: int = option("seed of the fixed noise the denoiser sees", default=0)
+    weight: float = option("LoRA weight", default=1.0)
+    device: str = option("torch device: auto (CUDA when present), cpu, cuda, ...", default="auto")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -307,7 +307,12 @@ def info(inputs: FileInput, options: InfoOptions) -> None:
 def precision_report(inputs: FileInput, options: PrecisionReportOptions) -> None:
     from tunelab.formats.lora_io import encoded_size
     from tunelab.lora.info import human_size
-    from tunelab.lora.precision import PRECISIONS, PROBE_TIMESTEPS, denoiser_probe, precision_deviations
+    from tunelab.lora.precision import (
+        PRECISIONS,
+        PROBE_TIMESTEPS,
+        denoiser_probe,
+        precision_deviations,
+    )
 
     pipeline, modules = _model_modules(options.model)
     pipeline.to(_device(options.device))

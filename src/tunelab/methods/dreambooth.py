@@ -9,30 +9,27 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
 
+from tunelab.config import option
 from tunelab.errors import TunelabError
 from tunelab.methods.base import parameter_groups
 
 
-def _opt(help_text: str, **kwargs):
-    return field(metadata={"help": help_text}, **kwargs)
-
-
 @dataclass
 class DreamBoothOptions:
-    train_text_encoder: bool = _opt("fine-tune the text encoder too", default=False)
-    text_encoder_lr: float | None = _opt("learning rate of the text encoder (default: --learning-rate)", default=None)
-    text_encoder_stop_step: int | None = _opt("freeze the text encoder again after this step", default=None)
-    full_bf16: bool = _opt("keep the trained weights in bf16 too (less memory, less precise updates)", default=False)
-    ema: bool = _opt("keep an exponential moving average of the trained weights and save it", default=False)
-    ema_decay: float = _opt("EMA decay per step", default=0.9999)
-    single_file: bool = _opt("also write OUT/model.safetensors in the original Stable Diffusion layout", default=False)
-    save_precision: Literal["fp32", "fp16", "bf16"] = _opt("dtype of the saved model", default="fp32")
+    train_text_encoder: bool = option("fine-tune the text encoder too", default=False)
+    text_encoder_lr: float | None = option("learning rate of the text encoder (default: --learning-rate)", default=None)
+    text_encoder_stop_step: int | None = option("freeze the text encoder again after this step", default=None)
+    full_bf16: bool = option("keep the trained weights in bf16 too (less memory, less precise updates)", default=False)
+    ema: bool = option("keep an exponential moving average of the trained weights and save it", default=False)
+    ema_decay: float = option("EMA decay per step", default=0.9999)
+    single_file: bool = option("also write OUT/model.safetensors in the original Stable Diffusion layout", default=False)
+    save_precision: Literal["fp32", "fp16", "bf16"] = option("dtype of the saved model", default="fp32")
 
 
 class DreamBoothMethod:

@@ -15,13 +15,14 @@ Several hypernetworks compose in the order attached, as in A1111.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
+from tunelab.config import option
 from tunelab.errors import TunelabError
 from tunelab.formats.hypernetwork import HypernetworkFile, HypernetworkStructure
 
@@ -54,26 +55,24 @@ Activation = Literal["linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sig
 WeightInit = Literal["Normal", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal"]
 
 
-def _opt(help_text: str, **kwargs):
-    return field(metadata={"help": help_text}, **kwargs)
 
 
 @dataclass
 class HypernetworkOptions:
-    layer_structure: list[float] = _opt(
+    layer_structure: list[float] = option(
         "layer widths relative to the context width, first and last 1 (A1111: 1 2 1)", default_factory=lambda: [1.0, 2.0, 1.0]
     )
-    activation: Activation = _opt("activation after each hidden layer", default="linear")
-    layer_norm: bool = _opt("layer normalization after each layer", default=False)
-    use_dropout: bool = _opt("dropout (0.3) after hidden layers while training", default=False)
-    last_layer_dropout: bool = _opt("with --use-dropout, also after the last hidden layer", default=False)
-    weight_init: WeightInit = _opt("weight initialization", default="Normal")
-    activate_output: bool = _opt("apply the activation after the last layer too", default=False)
-    context_widths: list[int] = _opt(
+    activation: Activation = option("activation after each hidden layer", default="linear")
+    layer_norm: bool = option("layer normalization after each layer", default=False)
+    use_dropout: bool = option("dropout (0.3) after hidden layers while training", default=False)
+    last_layer_dropout: bool = option("with --use-dropout, also after the last hidden layer", default=False)
+    weight_init: WeightInit = option("weight initialization", default="Normal")
+    activate_output: bool = option("apply the activation after the last layer too", default=False)
+    context_widths: list[int] = option(
         "context widths to make modules for (default: every attention's: the text width and the denoiser's widths)",
         default_factory=list,
     )
-    name: str = _opt("name stored in the file", default="hypernetwork")
+    name: str = option("name stored in the file", default="hypernetwork")
 
 
 class HypernetworkMLP(nn.Module):
@@ -250,7 +249,10 @@ class HypernetworkMethod:
         self.step = step
 
     def save(self, out_dir: Path, metadata: dict[str, str]) -> Path:
-        from tunelab.formats.hypernetwork import write_hypernetwork_pt, write_hypernetwork_safetensors
+        from tunelab.formats.hypernetwork import (
+            write_hypernetwork_pt,
+            write_hypernetwork_safetensors,
+        )
 
         hypernetwork_file = self.hypernetwork.to_file(self.options.name, self.step)
         write_hypernetwork_pt(hypernetwork_file, Path(out_dir) / self.pt_artifact_name)

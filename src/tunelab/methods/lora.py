@@ -2,37 +2,36 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
 
+from tunelab.config import option
 from tunelab.errors import TunelabError
-from tunelab.methods.base import parameter_groups
 from tunelab.lora.model import LoraModule, LoraSet
+from tunelab.methods.base import parameter_groups
 
 TargetGroup = Literal["attention", "feedforward", "conv"]
 ADAPTER_NAME = "default"
 
 
-def _opt(help_text: str, **kwargs):
-    return field(metadata={"help": help_text}, **kwargs)
 
 
 @dataclass
 class LoraOptions:
-    rank: int = _opt("LoRA rank r", default=4)
-    alpha: float | None = _opt("LoRA alpha; the update is scaled by alpha / rank (default: rank)", default=None)
-    dropout: float = _opt("dropout on the LoRA path during training", default=0.0)
-    targets: list[TargetGroup] = _opt(
+    rank: int = option("LoRA rank r", default=4)
+    alpha: float | None = option("LoRA alpha; the update is scaled by alpha / rank (default: rank)", default=None)
+    dropout: float = option("dropout on the LoRA path during training", default=0.0)
+    targets: list[TargetGroup] = option(
         "module groups to adapt: attention, feedforward, conv", default_factory=lambda: ["attention"]
     )
-    train_unet: bool = _opt("train a LoRA on the denoiser", default=True)
-    train_text_encoder: bool = _opt("train a LoRA on the text encoder(s)", default=False)
-    text_encoder_lr: float | None = _opt("learning rate for the text-encoder LoRA (default: --learning-rate)", default=None)
-    format: Literal["kohya", "peft"] = _opt("file layout of lora.safetensors", default="kohya")
-    save_precision: Literal["fp32", "fp16", "bf16"] = _opt("dtype of the saved LoRA weights", default="fp32")
+    train_unet: bool = option("train a LoRA on the denoiser", default=True)
+    train_text_encoder: bool = option("train a LoRA on the text encoder(s)", default=False)
+    text_encoder_lr: float | None = option("learning rate for the text-encoder LoRA (default: --learning-rate)", default=None)
+    format: Literal["kohya", "peft"] = option("file layout of lora.safetensors", default="kohya")
+    save_precision: Literal["fp32", "fp16", "bf16"] = option("dtype of the saved LoRA weights", default="fp32")
 
 
 class LoraMethod:

@@ -10,12 +10,13 @@ matrix), so the model outside the new rows stays bit-identical.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
 
+from tunelab.config import option
 from tunelab.errors import TunelabError
 
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
@@ -37,16 +38,14 @@ TEMPLATES = {
 }
 
 
-def _opt(help_text: str, **kwargs):
-    return field(metadata={"help": help_text}, **kwargs)
 
 
 @dataclass
 class TextualInversionOptions:
-    token: str = _opt("the new token to learn, e.g. '<sks-toy>'; it must not be in the vocabulary yet")
-    init_word: str = _opt("word whose embedding the vectors start from, e.g. 'toy' (one token, or --vectors tokens)")
-    vectors: int = _opt("embedding vectors for the token (more: more capacity, fewer prompt tokens left)", default=1)
-    templates: Literal["object", "style"] = _opt(
+    token: str = option("the new token to learn, e.g. '<sks-toy>'; it must not be in the vocabulary yet")
+    init_word: str = option("word whose embedding the vectors start from, e.g. 'toy' (one token, or --vectors tokens)")
+    vectors: int = option("embedding vectors for the token (more: more capacity, fewer prompt tokens left)", default=1)
+    templates: Literal["object", "style"] = option(
         "prompt templates for captions that are just the token or do not name it", default="object"
     )
 
@@ -185,7 +184,10 @@ class TextualInversionMethod:
         return Embedding(vectors, name=self.options.token, step=self.step)
 
     def save(self, out_dir: Path, metadata: dict[str, str]) -> Path:
-        from tunelab.formats.embedding import write_embedding_pt, write_embedding_safetensors
+        from tunelab.formats.embedding import (
+            write_embedding_pt,
+            write_embedding_safetensors,
+        )
 
         embedding = self.embedding()
         write_embedding_pt(embedding, Path(out_dir) / self.pt_artifact_name)

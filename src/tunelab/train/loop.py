@@ -7,7 +7,6 @@ it is saved, the family says how prompts are encoded and what the target is.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 
