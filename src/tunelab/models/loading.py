@@ -30,10 +30,20 @@ def _load_diffusers_folder(folder: Path, torch_dtype: torch.dtype):
         raise TunelabError(f"cannot load diffusers folder {folder}: {error}".splitlines()[0]) from None
 
 
+def _quiet_progress_bars() -> None:
+    # Per-component "Loading pipeline components" / "Loading weights" bars drown the run's own bar.
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def load_pipeline(reference: str | Path, *, torch_dtype: torch.dtype = torch.float32, seed: int = 0):
     """Everything a model flag accepts resolves here."""
     from tunelab.models.presets import PRESETS, build_preset
 
+    _quiet_progress_bars()
     reference = str(reference)
     if reference in PRESETS:
         return build_preset(reference, seed=seed).to(dtype=torch_dtype)
