@@ -161,3 +161,21 @@ def test_latent_cache_encodes_each_image_once_and_changes_nothing(tmp_path, subj
     _, plain = run(options_for(tmp_path / "c", subject_images, steps=8, random_flip=True))
     _, cached = run(options_for(tmp_path / "d", subject_images, steps=8, random_flip=True, cache_latents=True))
     assert all(torch.equal(plain[k], cached[k]) for k in plain)
+
+
+def test_aspect_ratio_buckets_train_on_mixed_shapes(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from tunelab.models.sd import StableDiffusionFamily
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for index, size in enumerate([(64, 32), (64, 32), (32, 64), (32, 64)]):  # wide and tall
+        Image.new("RGB", size, (40 * index, 120, 200)).save(folder / f"{index}.png")
+    shapes = []
+    original = StableDiffusionFamily.latent_distribution
+    monkeypatch.setattr(StableDiffusionFamily, "latent_distribution",
+                        lambda self, px: shapes.append(tuple(px.shape[2:])) or original(self, px))
+    _, saved = run(options_for(tmp_path / "out", folder, buckets=True, batch_size=2, steps=4))
+    assert saved and len(set(shapes)) == 2  # both buckets seen, never mixed in one batch
+    assert all(h != w for h, w in shapes)
