@@ -103,3 +103,32 @@ def test_pickle_without_named_tensors_is_refused(tmp_path):
         load_state_dict(tmp_path / "bare.pt")
     with pytest.raises(TunelabError, match="no tensors"):
         load_state_dict(tmp_path / "no-tensors.pt")
+
+
+def _safetensors_bytes(header: dict, data: bytes) -> bytes:
+    """A .safetensors file written by hand, so its header can lie."""
+    import json
+
+    encoded = json.dumps(header).encode()
+    return len(encoded).to_bytes(8, "little") + encoded + data
+
+
+@pytest.mark.parametrize(
+    "case,header,data",
+    [
+        ("invalid JSON", None, b""),
+        ("offsets past the end", {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, bytes(8)),
+        ("overlapping tensors", {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                                 "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12)),
+        ("shape that does not match the bytes", {"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8)),
+        ("unknown dtype", {"w": {"dtype": "X99", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)),
+    ],
+)
+def test_malformed_safetensors_are_refused_whole(tmp_path, case, header, data):
+    path = tmp_path / "bad.safetensors"
+    if header is None:
+        path.write_bytes((5).to_bytes(8, "little") + b"{oops" + bytes(8))
+    else:
+        path.write_bytes(_safetensors_bytes(header, data))
+    with pytest.raises(TunelabError, match="bad.safetensors: not a valid .safetensors file"):
+        load_state_dict(path)
