@@ -62,3 +62,13 @@ def test_generate_matches_plain_diffusers_call(tmp_path):
     expected = pipeline("a blue star", num_inference_steps=5, guidance_scale=3, width=48, height=32,
                         generator=torch.Generator().manual_seed(4)).images[0]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "x.png")), np.asarray(expected))
+
+
+def test_explicit_seeds_make_one_image_each(tmp_path):
+    args = ["generate", "--model", "tiny-sd", "--prompt", "a red circle", "--steps", "3", "--sampler", "euler"]
+    assert run_cli(*args, "--seeds", "7", "3", "--out", tmp_path / "listed") == 0
+    files = sorted((tmp_path / "listed").iterdir())
+    assert [f.name for f in files] == ["000-7.png", "001-3.png"]
+    assert run_cli(*args, "--seed", "3", "--out", tmp_path / "three.png") == 0
+    assert np.array_equal(np.asarray(Image.open(files[1])), np.asarray(Image.open(tmp_path / "three.png")))
+    assert read_record(files[0])["seed"] == 7

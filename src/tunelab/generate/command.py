@@ -23,6 +23,7 @@ class GenerateOptions:
     width: int | None = option("image width (default: the model's native size)", default=None)
     height: int | None = option("image height (default: the model's native size)", default=None)
     count: int = option("number of images", default=1)
+    seeds: list[int] = option("explicit seeds, one image each (instead of --seed and --count)", default_factory=list)
     lora: list[str] = option("LoRA file with optional weight, FILE[:WEIGHT]; repeat the flag for several", repeat=True, default_factory=list)
     embedding: list[str] = option(
         "textual-inversion embedding, FILE[:TOKEN] (default token: the name in the file, else the file name); repeatable",
@@ -66,11 +67,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_schema_arguments(parser, [GenerateOptions])
 
 
-def output_paths(out: str, count: int, seed: int) -> list[Path]:
+def image_seeds(options: GenerateOptions) -> list[int]:
+    """--seeds as given, else --count consecutive seeds from --seed (A1111's batch behaviour)."""
+    return list(options.seeds) or [options.seed + index for index in range(options.count)]
+
+
+def output_paths(out: str, seeds: list[int]) -> list[Path]:
     out_path = Path(out)
-    if out_path.suffix.lower() == ".png" and count == 1:
+    if out_path.suffix.lower() == ".png" and len(seeds) == 1:
         return [out_path]
-    return [out_path / f"{index:03d}-{seed + index}.png" for index in range(count)]
+    return [out_path / f"{index:03d}-{seed}.png" for index, seed in enumerate(seeds)]
 
 
 @dataclass
@@ -190,7 +196,7 @@ def image_record(session: Session, options: GenerateOptions, seed: int) -> dict:
 
 
 # Options that say where and how many images go, not how one image is made.
-_NOT_RECORDED = ("out", "count", "from_png", "grid_x", "grid_y")
+_NOT_RECORDED = ("out", "count", "seeds", "from_png", "grid_x", "grid_y")
 
 
 def reproducible_options(options: GenerateOptions, seed: int, session: Session) -> dict:
@@ -211,9 +217,9 @@ def generate(options: GenerateOptions) -> list[Path]:
         return generate_grid(options)
     session = prepare(options)
     prompt_inputs = text_inputs(session, options)  # the same for every seed: encode once
-    paths = output_paths(options.out, options.count, options.seed)
-    for index, path in enumerate(paths):
-        seed = options.seed + index
+    seeds = image_seeds(options)
+    paths = output_paths(options.out, seeds)
+    for seed, path in zip(seeds, paths):
         save_png(render(session, options, seed, prompt_inputs), path, image_record(session, options, seed))
     return paths
 
