@@ -81,3 +81,17 @@ def test_debug_shows_the_traceback(tmp_path):
 
     with pytest.raises(TunelabError):
         run_cli("--debug", "generate", "--model", "nothing-here", "--prompt", "x", "--out", tmp_path / "a.png")
+
+
+def test_a_lora_for_another_architecture_is_one_clear_line(tmp_path, capsys):
+    import torch
+
+    from tunelab.formats.lora_io import write_lora
+    from tunelab.lora.model import LoraModule
+
+    to_q = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    for name, module_key, width in [("wide", to_q, 320), ("elsewhere", to_q.replace("down_blocks.0", "down_blocks.3"), 16)]:
+        path = tmp_path / f"{name}.safetensors"
+        write_lora({module_key: LoraModule(torch.randn(4, width), torch.randn(width, 4), 4.0)}, path, "kohya", {})
+        code = run_cli("generate", "--model", "tiny-sd", "--prompt", "x", "--out", tmp_path / "a.png", "--lora", path)
+        assert_one_line_error(capsys, code, "does not fit this model (a LoRA for another architecture?)")

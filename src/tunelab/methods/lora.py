@@ -134,11 +134,21 @@ def parse_weighted_path(spec: str) -> tuple[Path, float]:
 
 
 def attach_loras(pipeline, loras: list[tuple[Path, float]]) -> list[str]:
-    """Load LoRA files with diffusers' own loader (the one users' pipelines use) and weight them."""
+    """Load LoRA files with diffusers' own loader (the one users' pipelines use) and weight them.
+
+    Each file is first checked against the model's own modules, so a LoRA for another
+    architecture is one clear error naming what does not fit, before anything is loaded.
+    """
+    from tunelab.formats.lora_io import read_lora
+    from tunelab.lora.merge import check_fits
+    from tunelab.lora.modules import adaptable_modules
+
+    weight_shapes = {key: tuple(module.weight.shape) for key, module in adaptable_modules(pipeline).items()}
     names = []
     for index, (path, _) in enumerate(loras):
         if not path.is_file():
             raise TunelabError(f"LoRA file not found: {path}")
+        check_fits(read_lora(path)[0], weight_shapes, str(path))
         name = f"lora{index}"
         try:
             pipeline.load_lora_weights(str(path), adapter_name=name)
