@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
+    args._argv = list(argv) if argv is not None else sys.argv[1:]  # for commands that start copies of themselves
     from tunelab.train.stopping import TrainingInterrupted
 
     try:

@@ -227,7 +227,7 @@ def generate(options: GenerateOptions) -> list[Path]:
 def run(args: argparse.Namespace) -> None:
     from tunelab.config import resolve
 
-    internal = {"_module", "debug", "command", "config"}
+    internal = {"_module", "_argv", "debug", "command", "config"}
     cli_values = {key: value for key, value in vars(args).items() if key not in internal}
     if cli_values.get("from_png"):
         from tunelab.generate.png_info import read_options

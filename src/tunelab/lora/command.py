@@ -365,7 +365,7 @@ def run(args: argparse.Namespace) -> None:
     from tunelab.config import resolve
 
     _, inputs, schema, function = TOOLS[args.tool]
-    internal = {"_module", "debug", "command", "tool", "config"}
+    internal = {"_module", "_argv", "debug", "command", "tool", "config"}
     cli_values = {key: value for key, value in vars(args).items() if key not in internal}
     schemas = [inputs, schema] if inputs is not None else [schema]
     resolved = resolve(schemas, cli_values, args.config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDPMScheduler
 
-from tunelab.models.family import NoisyBatch
+from tunelab.models.family import Generators, NoisyBatch, draw
 
 
 class StableDiffusionFamily:
@@ -73,14 +73,14 @@ class StableDiffusionFamily:
         distribution = vae.encode(pixel_values).latent_dist
         return distribution.mean, distribution.std
 
-    def sample_latents(self, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def sample_latents(self, mean: torch.Tensor, std: torch.Tensor, generator: Generators) -> torch.Tensor:
         from diffusers.utils.torch_utils import randn_tensor
 
         # Drawn as diffusers' DiagonalGaussianDistribution.sample draws, so cached and fresh agree exactly.
         noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return (mean + std * noise) * self.pipeline.vae.config.scaling_factor
 
-    def encode_images(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode_images(self, pixel_values: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         return self.sample_latents(*self.latent_distribution(pixel_values), generator)
 
     def encode_prompts(self, captions: list[str]) -> dict[str, torch.Tensor]:
@@ -92,16 +92,15 @@ class StableDiffusionFamily:
         hidden = text_encoder(ids)[0]  # (B, 77, D)
         return {"encoder_hidden_states": hidden}
 
-    def add_noise(self, latents: torch.Tensor, noise_offset: float, generator: torch.Generator | None) -> NoisyBatch:
-        batch_size = latents.shape[0]
-        noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents)
+    def add_noise(self, latents: torch.Tensor, noise_offset: float, generator: Generators) -> NoisyBatch:
+        batch_size, channels = latents.shape[:2]
+        noise = draw(generator, batch_size, lambda g, n: torch.randn((n, *latents.shape[1:]), generator=g)).to(latents)
         if noise_offset:
             # Per-channel offset lets the model learn overall brightness (very dark or light images).
-            offset = torch.randn((batch_size, latents.shape[1], 1, 1), generator=generator, device="cpu").to(latents)
+            offset = draw(generator, batch_size, lambda g, n: torch.randn((n, channels, 1, 1), generator=g)).to(latents)
             noise = noise + noise_offset * offset
-        timesteps = torch.randint(
-            0, self.noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator, device="cpu"
-        ).to(latents.device)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = draw(generator, batch_size, lambda g, n: torch.randint(0, steps, (n,), generator=g)).to(latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if self.prediction_type == "epsilon":
             target = noise

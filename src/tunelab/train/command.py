@@ -24,17 +24,21 @@ def run(args: argparse.Namespace) -> None:
 
     from tunelab.config import resolve, to_dict
     from tunelab.methods import method_class
+    from tunelab.train.launch import inside_launched_process, relaunch
     from tunelab.train.loop import train
     from tunelab.train.output import check_output_folder
 
     method_type = method_class(args.method)
-    internal = {"_module", "debug", "command", "method", "config"}
+    internal = {"_module", "_argv", "debug", "command", "method", "config"}
     cli_values = {key: value for key, value in vars(args).items() if key not in internal}
     options, method_options = resolve([TrainOptions, method_type.options_schema], cli_values, args.config)
     # The technique is part of the run: a config.yaml written here is also a valid --config file.
     resolved = {"technique": args.method, **to_dict(options, method_options)}
     method = method_type(method_options)
     check_output_folder(Path(options.out), resolved, options.overwrite)
+    if options.num_processes > 1 and not inside_launched_process():
+        relaunch(args._argv, options.num_processes, options.mixed_precision)
+        return
     artifact = train(options, method, resolved)
     if artifact is not None:
         print(f"saved {artifact}")

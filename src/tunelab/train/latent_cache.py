@@ -22,7 +22,7 @@ class LatentCache:
     def __len__(self) -> int:
         return len(self._store)
 
-    def encode_images(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode_images(self, pixel_values: torch.Tensor, generator=None) -> torch.Tensor:
         keys = [hashlib.sha1(image.cpu().numpy().tobytes()).hexdigest() for image in pixel_values]
         missing = [index for index, key in enumerate(keys) if key not in self._store]
         if missing:

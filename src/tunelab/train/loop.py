@@ -70,6 +70,23 @@ def make_loader(dataset, options: TrainOptions, collate):
     return loader, sampler
 
 
+def stop_requested(accelerator, stop) -> bool:
+    """Every process stops at the same step: a signal seen by any of them counts for all."""
+    if accelerator.num_processes == 1:
+        return stop.requested
+    flag = torch.tensor([1.0 if stop.requested else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def sample_generators(seed: int, epoch: int, positions: range, stream: int) -> list[torch.Generator]:
+    """One generator per training sample, seeded by what the sample is (run seed, epoch, place in the
+    epoch's order): its noise is then the same however the global batch is split over processes, and
+    after a resume. `stream` keeps the VAE's sampling apart from the diffusion noise."""
+    return [
+        torch.Generator().manual_seed(hash((seed, stream, epoch, position)) & 0x7FFF_FFFF_FFFF_FFFF) for position in positions
+    ]
+
+
 def gradients_finite(accelerator, parameters, max_grad_norm: float) -> bool:
     """Clip (when asked) and report whether every gradient is finite."""
     if max_grad_norm > 0:
@@ -227,11 +244,7 @@ def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
     if accelerator.is_main_process and options.log_with != "none":
         accelerator.init_trackers("tunelab", config={k: str(v) for k, v in resolved_config.items()})
 
-    generators = {
-        "noise": torch.Generator().manual_seed(options.seed + accelerator.process_index),
-        # The VAE's own sampling gets a stream of its own, so caching latents changes nothing else.
-        "latents": torch.Generator().manual_seed(options.seed + 7919 + accelerator.process_index),
-    }
+    generators: dict[str, torch.Generator] = {}  # all randomness of a step comes from sample_generators
     progress = Progress()
     if resume_from is not None:
         progress = load_training_state(resume_from, optimizer, lr_scheduler, accelerator.scaler, generators, method)
@@ -263,9 +276,17 @@ def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
         for batch in batches:
             progress.batches_in_epoch += 1
             with accelerator.accumulate(*prepared_modules):
-                latents = image_encoder.encode_images(batch["pixel_values"], generators["latents"]).to(weight_dtype)  # (B, C, h, w)
+                # This micro-batch's place in the epoch's order, counted over all processes.
+                micro_batch = (progress.batches_in_epoch - 1) * accelerator.num_processes + accelerator.process_index
+                size = batch["pixel_values"].shape[0]
+                positions = range(micro_batch * size, (micro_batch + 1) * size)
+                latents = image_encoder.encode_images(
+                    batch["pixel_values"], sample_generators(options.seed, progress.epoch, positions, stream=1)
+                ).to(weight_dtype)  # (B, C, h, w)
                 conditioning = family.encode_prompts(method.training_captions(batch["captions"]))
-                noisy = family.add_noise(latents, options.noise_offset, generators["noise"])
+                noisy = family.add_noise(
+                    latents, options.noise_offset, sample_generators(options.seed, progress.epoch, positions, stream=0)
+                )
                 prediction = family.predict(noisy, conditioning)
                 loss, instance_loss, prior_loss = diffusion_losses(
                     prediction,
@@ -312,7 +333,7 @@ def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
                         write_samples(accelerator, family, method, options, out_dir, progress.step, resolution, prepared_modules, stop)
                     if options.checkpoint_every and progress.step % options.checkpoint_every == 0:
                         checkpoint()
-            if stop.requested:
+            if stop_requested(accelerator, stop):
                 folder = checkpoint() if accelerator.is_main_process else None
                 raise TrainingInterrupted(
                     f"stopped by {stop.signal_name} at step {progress.step}; checkpoint {folder}; "

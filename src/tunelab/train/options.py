@@ -49,3 +49,7 @@ class TrainOptions:
     overwrite: bool = option("reuse an output folder that holds a different run", default=False)
     log_with: Literal["tensorboard", "none"] = option("training log backend (logs under OUT/logs)", default="tensorboard")
     num_workers: int = option("data-loader worker processes", default=0)
+    num_processes: int = option(
+        "training processes, started by accelerate: one per GPU, or CPU processes (gloo) without a GPU; "
+        "--batch-size is per process", default=1,
+    )

@@ -1,0 +1,38 @@
+"""Two training processes (accelerate, gloo on the CPU) reach what one process reaches with the same global batch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from tunelab.methods.lora import LoraMethod, LoraOptions
+from tunelab.train.checkpoints import complete_checkpoints
+from tunelab.train.loop import train
+from tunelab.train.options import TrainOptions
+
+COMMON = dict(model="tiny-sd", prompt="a photo of sks toy", steps=3, learning_rate=1e-3, log_with="none")
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, subject_images):
+    single = train(TrainOptions(images=str(subject_images), out=str(tmp_path / "one"), batch_size=2, **COMMON),
+                   LoraMethod(LoraOptions()), {})
+    result = subprocess.run(
+        [sys.executable, "-m", "tunelab.cli", "train", "lora", "--model", "tiny-sd", "--images", str(subject_images),
+         "--prompt", COMMON["prompt"], "--out", str(tmp_path / "two"), "--steps", "3", "--learning-rate", "1e-3",
+         "--log-with", "none", "--batch-size", "1", "--num-processes", "2", "--checkpoint-every", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("saved ") == 1  # one process writes the artifact
+    expected, got = load_file(single), load_file(tmp_path / "two" / "lora.safetensors")
+    assert set(expected) == set(got)
+    trained = max(expected[k].abs().max().item() for k in expected if "lora_up" in k)
+    assert trained > 1e-4
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=trained * 1e-3, rtol=1e-3)
+    # Checkpoints written once each, complete, nothing half-written left behind.
+    assert [p.name for p in complete_checkpoints(tmp_path / "two")] == ["step-0000001", "step-0000002", "step-0000003"]
+    assert not [p for p in (tmp_path / "two" / "checkpoints").iterdir() if p.name.startswith(".")]
