@@ -36,3 +36,31 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, su
     # Checkpoints written once each, complete, nothing half-written left behind.
     assert [p.name for p in complete_checkpoints(tmp_path / "two")] == ["step-0000001", "step-0000002", "step-0000003"]
     assert not [p for p in (tmp_path / "two" / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_sigterm_stops_every_process_at_the_same_step_with_one_checkpoint(tmp_path, subject_images):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunelab.cli", "train", "lora", "--model", "tiny-sd", "--images", str(subject_images),
+         "--prompt", COMMON["prompt"], "--out", str(out), "--steps", "100000", "--log-with", "none",
+         "--num-processes", "2", "--checkpoint-every", "5", "--keep-last", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 300
+    while not complete_checkpoints(out) and time.time() < deadline:  # wait until training is under way
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    import re
+
+    stopped_at = {int(step) for step in re.findall(r"stopped by SIGTERM at step (\d+)", stderr)}
+    assert len(stopped_at) == 1  # the processes that report it agree on the step
+    step = stopped_at.pop()
+    assert "--resume latest" in stderr
+    last = complete_checkpoints(out)[-1]
+    assert last.name == f"step-{step:07d}" and (last / "params.safetensors").is_file()
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -38,6 +39,34 @@ def relaunch(argv: list[str], num_processes: int, mixed_precision: str) -> None:
         "--mixed_precision", mixed_precision, "--dynamo_backend", "no",
         "-m", "tunelab.cli", *without_num_processes(argv),
     ]
-    code = subprocess.call(command, env=env)
+    launcher = subprocess.Popen(command, env=env)
+    stop = {"requested": False}
+
+    def forward(signum, frame):
+        # A scheduler's SIGTERM (or a Ctrl-C) reaches this process. The training processes get it
+        # (they then stop together, with a checkpoint); torchrun's agent would kill them instead.
+        stop["requested"] = True
+        for pid in _children(launcher.pid) or [launcher.pid]:
+            os.kill(pid, signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = launcher.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if stop["requested"]:
+        from tunelab.train.stopping import TrainingInterrupted
+
+        raise TrainingInterrupted("training stopped on request (see above); continue with the same command and --resume latest")
     if code != 0:
         raise TunelabError(f"the {num_processes} training processes stopped with exit status {code} (their messages are above)")
+
+
+def _children(pid: int) -> list[int]:
+    """Direct child processes (Linux /proc); empty where that is not available."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listing:
+            return [int(child) for child in listing.read().split()]
+    except OSError:
+        return []
