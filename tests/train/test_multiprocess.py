@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -64,3 +65,31 @@ def test_sigterm_stops_every_process_at_the_same_step_with_one_checkpoint(tmp_pa
     last = complete_checkpoints(out)[-1]
     assert last.name == f"step-{step:07d}" and (last / "params.safetensors").is_file()
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_a_signal_to_one_process_stops_all_of_them_at_the_same_step(tmp_path, subject_images):
+    import re
+    import signal
+    import time
+
+    from tunelab.train.launch import _children
+
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunelab.cli", "train", "lora", "--model", "tiny-sd", "--images", str(subject_images),
+         "--prompt", COMMON["prompt"], "--out", str(out), "--steps", "100000", "--log-with", "none",
+         "--num-processes", "2", "--checkpoint-every", "5", "--keep-last", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 300
+    while not complete_checkpoints(out) and time.time() < deadline:
+        time.sleep(0.5)
+    launcher = _children(process.pid)[0]
+    workers = _children(launcher)
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGTERM)  # only the second process hears it
+    _, stderr = process.communicate(timeout=120)
+    steps = {int(s) for s in re.findall(r"stopped by .*? at step (\d+)", stderr)}
+    assert len(re.findall(r"stopped by .*? at step", stderr)) == 2 and len(steps) == 1, stderr[-3000:]
+    assert "a stop request to another process" in stderr
+    assert complete_checkpoints(out)[-1].name == f"step-{steps.pop():07d}"

@@ -336,7 +336,7 @@ def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
             if stop_requested(accelerator, stop):
                 folder = checkpoint() if accelerator.is_main_process else None
                 raise TrainingInterrupted(
-                    f"stopped by {stop.signal_name} at step {progress.step}; checkpoint {folder}; "
+                    f"stopped by {stop.signal_name or 'a stop request to another process'} at step {progress.step}; checkpoint {folder}; "
                     f"continue with the same command and --resume latest"
                 )
             if progress.step >= options.steps:
