@@ -179,3 +179,16 @@ def test_aspect_ratio_buckets_train_on_mixed_shapes(tmp_path, monkeypatch):
     _, saved = run(options_for(tmp_path / "out", folder, buckets=True, batch_size=2, steps=4))
     assert saved and len(set(shapes)) == 2  # both buckets seen, never mixed in one batch
     assert all(h != w for h, w in shapes)
+
+
+@pytest.mark.parametrize("technique,expected", [("lora", 1e-4), ("dreambooth", 5e-6)])
+def test_each_technique_brings_its_own_default_learning_rate(tmp_path, subject_images, technique, expected):
+    import yaml
+
+    from helpers import run_cli
+
+    assert run_cli("train", technique, "--model", "tiny-sd", "--images", subject_images, "--prompt", "a photo of sks toy",
+                   "--out", tmp_path, "--steps", "1", "--log-with", "none", "--checkpoint-every", "1") == 0
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["learning_rate"] == expected
+    state = torch.load(tmp_path / "checkpoints" / "step-0000001" / "state.pt", weights_only=True)
+    assert {group["lr"] for group in state["optimizer"]["param_groups"]} == {expected}

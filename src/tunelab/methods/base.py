@@ -11,6 +11,7 @@ import torch
 class Method(Protocol):
     name: ClassVar[str]
     options_schema: ClassVar[type]  # dataclass of the technique's own options
+    default_learning_rate: ClassVar[float]  # used when --learning-rate is not given
     default_prompt: ClassVar[str | None]  # caption for uncaptioned images when --prompt is not given
 
     def __init__(self, options: Any) -> None: ...

@@ -34,6 +34,7 @@ class DreamBoothOptions:
 
 class DreamBoothMethod:
     name: ClassVar[str] = "dreambooth"
+    default_learning_rate: ClassVar[float] = 5e-6  # full fine-tuning: diffusers' DreamBooth default
     options_schema: ClassVar[type] = DreamBoothOptions
     default_prompt: ClassVar[str | None] = None
 

@@ -202,6 +202,7 @@ def _structure_from_options(options: HypernetworkOptions) -> HypernetworkStructu
 
 class HypernetworkMethod:
     name: ClassVar[str] = "hypernetwork"
+    default_learning_rate: ClassVar[float] = 1e-5  # A1111's default
     options_schema: ClassVar[type] = HypernetworkOptions
     artifact_name: ClassVar[str] = "hypernetwork.safetensors"
     pt_artifact_name: ClassVar[str] = "hypernetwork.pt"

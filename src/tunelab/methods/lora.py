@@ -36,6 +36,7 @@ class LoraOptions:
 
 class LoraMethod:
     name: ClassVar[str] = "lora"
+    default_learning_rate: ClassVar[float] = 1e-4  # the usual LoRA rate (kohya, diffusers)
     options_schema: ClassVar[type] = LoraOptions
     artifact_name: ClassVar[str] = "lora.safetensors"
     default_prompt: ClassVar[str | None] = None

@@ -61,6 +61,7 @@ class _EncoderRows:
 
 class TextualInversionMethod:
     name: ClassVar[str] = "textual_inversion"
+    default_learning_rate: ClassVar[float] = 5e-3  # A1111's default
     options_schema: ClassVar[type] = TextualInversionOptions
     artifact_name: ClassVar[str] = "embedding.safetensors"
     pt_artifact_name: ClassVar[str] = "embedding.pt"

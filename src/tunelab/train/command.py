@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from dataclasses import replace
     from pathlib import Path
 
     from tunelab.config import resolve, to_dict
@@ -32,6 +33,8 @@ def run(args: argparse.Namespace) -> None:
     internal = {"_module", "_argv", "debug", "command", "method", "config"}
     cli_values = {key: value for key, value in vars(args).items() if key not in internal}
     options, method_options = resolve([TrainOptions, method_type.options_schema], cli_values, args.config)
+    if options.learning_rate is None:
+        options = replace(options, learning_rate=method_type.default_learning_rate)  # recorded as used
     # The technique is part of the run: a config.yaml written here is also a valid --config file.
     resolved = {"technique": args.method, **to_dict(options, method_options)}
     method = method_type(method_options)

@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def make_optimizer(options: TrainOptions, groups: list[dict], device: torch.device):
+def make_optimizer(options: TrainOptions, groups: list[dict], device: torch.device, default_learning_rate: float):
+    learning_rate = options.learning_rate if options.learning_rate is not None else default_learning_rate
     if options.optimizer == "adamw8bit":
         if device.type != "cuda":
             raise TunelabError("--optimizer adamw8bit needs a CUDA GPU; use adamw on this machine")
@@ -29,9 +30,9 @@ def make_optimizer(options: TrainOptions, groups: list[dict], device: torch.devi
             import bitsandbytes as bnb
         except ImportError:
             raise TunelabError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
-        return bnb.optim.AdamW8bit(groups, lr=options.learning_rate, weight_decay=options.weight_decay)
+        return bnb.optim.AdamW8bit(groups, lr=learning_rate, weight_decay=options.weight_decay)
     # foreach keeps the step to a few fused kernels instead of one per tensor.
-    return torch.optim.AdamW(groups, lr=options.learning_rate, weight_decay=options.weight_decay, foreach=True)
+    return torch.optim.AdamW(groups, lr=learning_rate, weight_decay=options.weight_decay, foreach=True)
 
 
 def make_lr_scheduler(options: TrainOptions, optimizer):
@@ -229,7 +230,7 @@ def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
         family.enable_gradient_checkpointing()
 
     trainable = method.trainable_modules()
-    optimizer = make_optimizer(options, method.trainable_parameters(), accelerator.device)
+    optimizer = make_optimizer(options, method.trainable_parameters(), accelerator.device, method.default_learning_rate)
     lr_scheduler = make_lr_scheduler(options, optimizer)
     loader, order = make_loader(dataset, options, collate)  # order: its sampler, shuffled by (seed, epoch)
     prepared = accelerator.prepare(*trainable.values(), optimizer, loader, lr_scheduler)

@@ -18,7 +18,10 @@ class TrainOptions:
     resolution: int | None = option("training resolution in pixels (default: the model's native size)", default=None)
     batch_size: int = option("images per micro-batch", default=1)
     gradient_accumulation: int = option("micro-batches per optimizer step", default=1)
-    learning_rate: float = option("learning rate", default=1e-4)
+    learning_rate: float | None = option(
+        "learning rate (default: the technique's: lora 1e-4, dreambooth 5e-6, textual_inversion 5e-3, hypernetwork 1e-5)",
+        default=None,
+    )
     lr_scheduler: Literal["constant", "cosine", "linear"] = option("learning-rate schedule after warm-up", default="constant")
     lr_warmup_steps: int = option("linear warm-up steps", default=0)
     optimizer: Literal["adamw", "adamw8bit"] = option("adamw, or adamw8bit (bitsandbytes, GPU only)", default="adamw")
