@@ -10,8 +10,8 @@ import sys
 
 # Sub-command -> (help, module with `add_arguments(parser)` and `run(args)`); modules load only when used.
 COMMANDS = {
-    "train": ("train a technique (lora, ...) on a folder of images", "tunelab.train.command"),
-    "generate": ("generate images, optionally with LoRAs", "tunelab.generate.command"),
+    "train": ("train a technique (lora, dreambooth, textual_inversion, hypernetwork) on a folder of images", "tunelab.train.command"),
+    "generate": ("generate images, with LoRAs, embeddings and hypernetworks", "tunelab.generate.command"),
     "lora": ("LoRA tools: extract, merge, combine, resize, convert, info, precision-report", "tunelab.lora.command"),
 }
 
