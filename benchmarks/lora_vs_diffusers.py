@@ -53,6 +53,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_model  # benchmarks/machine.py, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / ".bench"
 
@@ -163,14 +165,7 @@ def capture(cmd: list[str]) -> str:
 
 
 def machine_info(python: str, script: Path) -> list[str]:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         mem_kib = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
         mem = f"{mem_kib / 1024 / 1024:.1f} GiB"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import torch
 from safetensors.torch import load_file
@@ -39,25 +42,26 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, su
     assert not [p for p in (tmp_path / "two" / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
-def test_sigterm_stops_every_process_at_the_same_step_with_one_checkpoint(tmp_path, subject_images):
-    import signal
-    import time
-
-    out = tmp_path / "run"
+def start_long_two_process_run(out, images) -> subprocess.Popen:
+    """A 2-process run with no end in sight, returned once its first checkpoint shows it is training."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tunelab.cli", "train", "lora", "--model", "tiny-sd", "--images", str(subject_images),
+        [sys.executable, "-m", "tunelab.cli", "train", "lora", "--model", "tiny-sd", "--images", str(images),
          "--prompt", COMMON["prompt"], "--out", str(out), "--steps", "100000", "--log-with", "none",
          "--num-processes", "2", "--checkpoint-every", "5", "--keep-last", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.time() + 300
-    while not complete_checkpoints(out) and time.time() < deadline:  # wait until training is under way
+    while not complete_checkpoints(out) and time.time() < deadline:
         time.sleep(0.5)
+    return process
+
+
+def test_sigterm_stops_every_process_at_the_same_step_with_one_checkpoint(tmp_path, subject_images):
+    out = tmp_path / "run"
+    process = start_long_two_process_run(out, subject_images)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
-    import re
-
     stopped_at = {int(step) for step in re.findall(r"stopped by SIGTERM at step (\d+)", stderr)}
     assert len(stopped_at) == 1  # the processes that report it agree on the step
     step = stopped_at.pop()
@@ -68,22 +72,10 @@ def test_sigterm_stops_every_process_at_the_same_step_with_one_checkpoint(tmp_pa
 
 
 def test_a_signal_to_one_process_stops_all_of_them_at_the_same_step(tmp_path, subject_images):
-    import re
-    import signal
-    import time
-
     from tunelab.train.launch import _children
 
     out = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tunelab.cli", "train", "lora", "--model", "tiny-sd", "--images", str(subject_images),
-         "--prompt", COMMON["prompt"], "--out", str(out), "--steps", "100000", "--log-with", "none",
-         "--num-processes", "2", "--checkpoint-every", "5", "--keep-last", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    deadline = time.time() + 300
-    while not complete_checkpoints(out) and time.time() < deadline:
-        time.sleep(0.5)
+    process = start_long_two_process_run(out, subject_images)
     launcher = _children(process.pid)[0]
     workers = _children(launcher)
     assert len(workers) == 2

@@ -141,7 +141,7 @@ KILL_DURING_SAVE = textwrap.dedent('''
 
     original = state.save_training_state
     def save_then_die_at_step_3(folder, *args, **kwargs):
-        progress = args[4]
+        progress = args[3]  # (optimizer, lr_scheduler, scaler, progress, method)
         if progress.step == 3:
             (folder / "params.safetensors").write_bytes(b"half a file")
             os.kill(os.getpid(), signal.SIGKILL)

@@ -35,10 +35,8 @@ class StableDiffusionFamily:
     @property
     def base_model_version(self) -> str:
         """kohya's name for the base, as UIs read it from LoRA metadata."""
-        return "sd_v1" if self.pipeline.unet.config.cross_attention_dim == 768 or self._is_tiny() else "sd_v2"
-
-    def _is_tiny(self) -> bool:
-        return self.pipeline.unet.config.cross_attention_dim < 768
+        # SD 2.x is the 1024-wide OpenCLIP text encoder; SD 1.x and the small test models are called sd_v1.
+        return "sd_v2" if self.pipeline.unet.config.cross_attention_dim == 1024 else "sd_v1"
 
     @property
     def native_resolution(self) -> int:

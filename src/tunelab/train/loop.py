@@ -171,19 +171,15 @@ def write_samples(accelerator, family, method, options: TrainOptions, out_dir: P
 def train(options: TrainOptions, method, resolved_config: dict) -> Path:
     from accelerate.state import AcceleratorState
 
+    from tunelab.train.stopping import StopRequest
+
     try:
-        return _train(options, method, resolved_config)
+        with StopRequest() as stop:
+            return _run(options, method, resolved_config, stop)
     finally:
         # accelerate keeps mixed precision in process-wide state; clear it so the next run in this
         # process (tests, the comparison bench) may choose its own.
         AcceleratorState._reset_state()
-
-
-def _train(options: TrainOptions, method, resolved_config: dict) -> Path:
-    from tunelab.train.stopping import StopRequest
-
-    with StopRequest() as stop:
-        return _run(options, method, resolved_config, stop)
 
 
 def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
@@ -245,17 +241,16 @@ def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
     if accelerator.is_main_process and options.log_with != "none":
         accelerator.init_trackers("tunelab", config={k: str(v) for k, v in resolved_config.items()})
 
-    generators: dict[str, torch.Generator] = {}  # all randomness of a step comes from sample_generators
     progress = Progress()
     if resume_from is not None:
-        progress = load_training_state(resume_from, optimizer, lr_scheduler, accelerator.scaler, generators, method)
+        progress = load_training_state(resume_from, optimizer, lr_scheduler, accelerator.scaler, method)
         logger.info("resumed from %s at step %d", resume_from, progress.step)
     elif options.resume == "latest":
         logger.info("no checkpoint in %s yet: starting from the beginning", out_dir)
 
     def checkpoint() -> Path:
         def contents(folder: Path) -> None:
-            save_training_state(folder, optimizer, lr_scheduler, accelerator.scaler, generators, progress, method)
+            save_training_state(folder, optimizer, lr_scheduler, accelerator.scaler, progress, method)
             method.save(folder, metadata)
 
         return save_checkpoint(out_dir, progress.step, options.keep_last, contents)

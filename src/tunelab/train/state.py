@@ -2,7 +2,7 @@
 
 Saved per checkpoint: the optimised parameters (safetensors), and in `state.pt`
 (tensors and plain Python values only, read back with weights_only=True) the
-optimizer, LR scheduler and grad-scaler states, every random generator, the
+optimizer, LR scheduler and grad-scaler states, the torch/CUDA/Python random states, the
 technique's own extra state (e.g. EMA) and the data position.
 """
 
@@ -38,7 +38,7 @@ def _parameters(optimizer) -> dict[str, torch.nn.Parameter]:
     }
 
 
-def save_training_state(folder: Path, optimizer, lr_scheduler, scaler, generators: dict, progress: Progress, method) -> None:
+def save_training_state(folder: Path, optimizer, lr_scheduler, scaler, progress: Progress, method) -> None:
     from tunelab.formats.safetensors_io import save_tensors
 
     save_tensors({name: p.detach() for name, p in _parameters(optimizer).items()}, folder / PARAMS_FILE)
@@ -46,7 +46,6 @@ def save_training_state(folder: Path, optimizer, lr_scheduler, scaler, generator
         "optimizer": optimizer.state_dict(),
         "lr_scheduler": lr_scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "generators": {name: generator.get_state() for name, generator in generators.items()},
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "python_rng": random.getstate(),
@@ -56,7 +55,7 @@ def save_training_state(folder: Path, optimizer, lr_scheduler, scaler, generator
     torch.save(state, folder / STATE_FILE)
 
 
-def load_training_state(folder: Path, optimizer, lr_scheduler, scaler, generators: dict, method) -> Progress:
+def load_training_state(folder: Path, optimizer, lr_scheduler, scaler, method) -> Progress:
     from tunelab.formats.safe_load import load_state_dict
 
     params = _parameters(optimizer)
@@ -71,8 +70,6 @@ def load_training_state(folder: Path, optimizer, lr_scheduler, scaler, generator
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     if scaler is not None and state["scaler"] is not None:
         scaler.load_state_dict(state["scaler"])
-    for name, generator in generators.items():
-        generator.set_state(state["generators"][name])
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
