@@ -38,10 +38,6 @@ def cache_folder(root: Path, identity: str, class_prompt: str, resolution: int, 
     return root / digest
 
 
-def existing_class_images(folder: Path) -> list[Path]:
-    return sorted(folder.glob("class-*.png")) if folder.is_dir() else []
-
-
 def ensure_class_images(
     pipeline, folder: Path, class_prompt: str, count: int, resolution: int, steps: int, seed: int, show_progress: bool = True,
     stop=None,
