@@ -63,11 +63,11 @@ def test_class_images_are_generated_once_and_reused(tmp_path, subject_images, mo
 
 
 def test_prior_loss_is_part_of_the_objective(tmp_path, subject_images, monkeypatch):
-    from tunelab.train import loop
+    from tunelab.train import step
 
     seen = []
-    original = loop.diffusion_losses
-    monkeypatch.setattr(loop, "diffusion_losses", lambda *a: seen.append(a[3].clone()) or original(*a))
+    original = step.diffusion_losses
+    monkeypatch.setattr(step, "diffusion_losses", lambda *a: seen.append(a[3].clone()) or original(*a))
     run(options_for(tmp_path, subject_images, tmp_path / "cache", batch_size=2, steps=1))
     assert seen[0].tolist() == [False, False, True, True]  # instance images, then their class images
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from tunelab.errors import TunelabError
 from tunelab.methods.dreambooth import DreamBoothMethod, DreamBoothOptions
 from tunelab.methods.lora import LoraMethod, LoraOptions
-from tunelab.train import loop
+from tunelab.train import step as train_step
 from tunelab.train.checkpoints import complete_checkpoints, resolve_resume
 from tunelab.train.loop import train
 from tunelab.train.options import TrainOptions
@@ -34,8 +34,8 @@ def options_for(out, images, **overrides) -> TrainOptions:
 
 def record_losses(monkeypatch) -> list[float]:
     losses = []
-    original = loop.diffusion_losses
-    monkeypatch.setattr(loop, "diffusion_losses", lambda *a: (lambda r: losses.append(r[0].item()) or r)(original(*a)))
+    original = train_step.diffusion_losses
+    monkeypatch.setattr(train_step, "diffusion_losses", lambda *a: (lambda r: losses.append(r[0].item()) or r)(original(*a)))
     return losses
 
 

@@ -11,38 +11,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from tunelab.errors import TunelabError
 from tunelab.train.options import TrainOptions
+from tunelab.train.step import prepare_step
 
 logger = logging.getLogger(__name__)
-
-WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def make_optimizer(options: TrainOptions, groups: list[dict], device: torch.device, default_learning_rate: float):
-    learning_rate = options.learning_rate if options.learning_rate is not None else default_learning_rate
-    if options.optimizer == "adamw8bit":
-        if device.type != "cuda":
-            raise TunelabError("--optimizer adamw8bit needs a CUDA GPU; use adamw on this machine")
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise TunelabError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
-        return bnb.optim.AdamW8bit(groups, lr=learning_rate, weight_decay=options.weight_decay)
-    # foreach keeps the step to a few fused kernels instead of one per tensor.
-    return torch.optim.AdamW(groups, lr=learning_rate, weight_decay=options.weight_decay, foreach=True)
-
-
-def make_lr_scheduler(options: TrainOptions, optimizer):
-    from diffusers.optimization import get_scheduler
-
-    name = "constant_with_warmup" if options.lr_scheduler == "constant" else options.lr_scheduler
-    return get_scheduler(
-        name, optimizer, num_warmup_steps=options.lr_warmup_steps, num_training_steps=options.steps
-    )
-
 
 def make_loader(dataset, options: TrainOptions, collate):
     from torch.utils.data import DataLoader
@@ -77,37 +51,6 @@ def stop_requested(accelerator, stop) -> bool:
         return stop.requested
     flag = torch.tensor([1.0 if stop.requested else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
-
-
-def sample_generators(seed: int, epoch: int, positions: range, stream: int) -> list[torch.Generator]:
-    """One generator per training sample, seeded by what the sample is (run seed, epoch, place in the
-    epoch's order): its noise is then the same however the global batch is split over processes, and
-    after a resume. `stream` keeps the VAE's sampling apart from the diffusion noise."""
-    return [
-        torch.Generator().manual_seed(hash((seed, stream, epoch, position)) & 0x7FFF_FFFF_FFFF_FFFF) for position in positions
-    ]
-
-
-def gradients_finite(accelerator, parameters, max_grad_norm: float) -> bool:
-    """Clip (when asked) and report whether every gradient is finite."""
-    if max_grad_norm > 0:
-        norm = accelerator.clip_grad_norm_(parameters, max_grad_norm)
-    else:
-        norm = torch.linalg.vector_norm(
-            torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in parameters if p.grad is not None])
-        )
-    return bool(torch.isfinite(norm))
-
-
-def diffusion_losses(
-    prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, is_prior: torch.Tensor, prior_weight: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, instance, prior) losses; class images (is_prior) form the prior-preservation term."""
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
-    per_sample = per_sample * weights
-    instance = per_sample[~is_prior].mean()
-    prior = per_sample[is_prior].mean() if is_prior.any() else torch.zeros((), device=per_sample.device)
-    return instance + prior_weight * prior, instance, prior
 
 
 def build_training_data(options: TrainOptions, method, family, resolution: int, accelerator, stop):
@@ -191,7 +134,6 @@ def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
     from tunelab.models.family import family_for
     from tunelab.models.loading import load_pipeline
     from tunelab.train.checkpoints import resolve_resume, save_checkpoint
-    from tunelab.train.latent_cache import LatentCache
     from tunelab.train.output import record_run
     from tunelab.train.prior import validate_prior_options
     from tunelab.train.state import Progress, load_training_state, save_training_state
@@ -209,7 +151,6 @@ def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
         project_dir=str(out_dir / "logs"),
     )
     set_seed(options.seed)
-    weight_dtype = WEIGHT_DTYPES[options.mixed_precision]
 
     pipeline = load_pipeline(options.model, seed=options.seed)
     family = family_for(pipeline)
@@ -218,22 +159,10 @@ def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
     if dataset.skipped:
         logger.warning("skipped %d unusable image(s); first: %s (%s)", len(dataset.skipped), *dataset.skipped[0])
 
-    for module in family.frozen_modules().values():
-        module.requires_grad_(False)
-        module.to(accelerator.device, dtype=weight_dtype)
-    method.setup(family)
-    if options.gradient_checkpointing:
-        family.enable_gradient_checkpointing()
-
-    trainable = method.trainable_modules()
-    optimizer = make_optimizer(options, method.trainable_parameters(), accelerator.device, method.default_learning_rate)
-    lr_scheduler = make_lr_scheduler(options, optimizer)
+    step = prepare_step(options, method, family, accelerator)
+    optimizer, lr_scheduler = step.optimizer, step.lr_scheduler
     loader, order = make_loader(dataset, options, collate)  # order: its sampler, shuffled by (seed, epoch)
-    prepared = accelerator.prepare(*trainable.values(), optimizer, loader, lr_scheduler)
-    prepared_modules, (optimizer, loader, lr_scheduler) = prepared[: len(trainable)], prepared[len(trainable) :]
-    for name, module in zip(trainable, prepared_modules):
-        family.set_module(name, module)
-        module.train()
+    loader = accelerator.prepare(loader)
 
     metadata = {"tunelab_config": to_json(resolved_config), "tunelab_method": method.name}
     if accelerator.is_main_process:
@@ -255,8 +184,6 @@ def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
 
         return save_checkpoint(out_dir, progress.step, options.keep_last, contents)
 
-    image_encoder = LatentCache(family) if options.cache_latents else family
-    trainable_params = [p for group in optimizer.param_groups for p in group["params"]]
     bar = tqdm(total=options.steps, initial=progress.step, desc=f"train {method.name}",
                disable=not accelerator.is_local_main_process)
     started = time.perf_counter()
@@ -271,39 +198,10 @@ def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
             batches.set_epoch(progress.epoch)
         for batch in batches:
             progress.batches_in_epoch += 1
-            with accelerator.accumulate(*prepared_modules):
-                # This micro-batch's place in the epoch's order, counted over all processes.
-                micro_batch = (progress.batches_in_epoch - 1) * accelerator.num_processes + accelerator.process_index
-                size = batch["pixel_values"].shape[0]
-                positions = range(micro_batch * size, (micro_batch + 1) * size)
-                latents = image_encoder.encode_images(
-                    batch["pixel_values"], sample_generators(options.seed, progress.epoch, positions, stream=1)
-                ).to(weight_dtype)  # (B, C, h, w)
-                conditioning = family.encode_prompts(method.training_captions(batch["captions"]))
-                noisy = family.add_noise(
-                    latents, options.noise_offset, sample_generators(options.seed, progress.epoch, positions, stream=0)
-                )
-                prediction = family.predict(noisy, conditioning)
-                loss, instance_loss, prior_loss = diffusion_losses(
-                    prediction,
-                    noisy.target,
-                    family.loss_weights(noisy.timesteps, options.min_snr_gamma),
-                    batch["is_prior"].to(prediction.device),
-                    options.prior_loss_weight,
-                )
-                accelerator.backward(loss)
-                finite = True
-                if accelerator.sync_gradients:
-                    gradients_ok = gradients_finite(accelerator, trainable_params, options.max_grad_norm)
-                    # Under fp16 the grad scaler skips overflowing steps itself and lowers its scale.
-                    finite = bool(torch.isfinite(loss)) and (gradients_ok or accelerator.scaler is not None)
-                if finite:
-                    optimizer.step()
-                    lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
+            result = step(batch, progress.epoch, progress.batches_in_epoch - 1)
+            if not result.synced:
                 continue
-            if not finite:
+            if not result.finite:
                 progress.skipped_steps += 1
                 progress.nonfinite_in_a_row += 1
                 logger.warning("step %d: NaN/inf loss or gradients; step skipped (%d in a row)",
@@ -317,16 +215,17 @@ def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
                 progress.nonfinite_in_a_row = 0
                 progress.step += 1
                 method.after_step(progress.step)
-                logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
+                logs = {"loss": result.loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
                 if options.class_prompt is not None:
-                    logs |= {"instance_loss": instance_loss.detach().item(), "prior_loss": prior_loss.detach().item()}
+                    logs |= {"instance_loss": result.instance_loss.detach().item(),
+                             "prior_loss": result.prior_loss.detach().item()}
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4f}" if k != "lr" else f"{v:.2e}" for k, v in logs.items()})
                 if options.log_with != "none":
                     accelerator.log(logs, step=progress.step)
                 if accelerator.is_main_process:
                     if options.sample_every and progress.step % options.sample_every == 0:
-                        write_samples(accelerator, family, method, options, out_dir, progress.step, resolution, prepared_modules, stop)
+                        write_samples(accelerator, family, method, options, out_dir, progress.step, resolution, step.modules, stop)
                     if options.checkpoint_every and progress.step % options.checkpoint_every == 0:
                         checkpoint()
             if stop_requested(accelerator, stop):

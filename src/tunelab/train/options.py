@@ -29,9 +29,40 @@ class TrainOptions:
     max_grad_norm: float = option("gradient clipping norm (0 disables)", default=1.0)
     mixed_precision: Literal["no", "fp16", "bf16"] = option("mixed precision for the frozen weights and compute", default="no")
     gradient_checkpointing: bool = option("trade compute for memory in the denoiser and text encoder", default=False)
+    gradient_checkpointing_mode: Literal["full", "selective"] = option(
+        "with --gradient-checkpointing: full recomputes each denoiser block; selective keeps its matmul, "
+        "convolution and attention outputs and recomputes only element-wise ops (less recompute, less saved)",
+        default="full",
+    )
     cache_latents: bool = option("encode each distinct training image with the VAE once", default=False)
+    cache_text_embeddings: bool = option(
+        "encode each distinct caption with the text encoder(s) once (needs frozen text encoders)", default=False
+    )
+    compile: Literal["none", "regional", "full"] = option(
+        "torch.compile the denoiser: regional compiles each repeated block once (short warm-up), full the whole model",
+        default="none",
+    )
+    attention_backend: Literal["auto", "flash", "efficient", "cudnn", "math"] = option(
+        "attention kernels; auto is PyTorch's choice except cuDNN on a GPU (its backward failed on Flux shapes)",
+        default="auto",
+    )
+    adamw_implementation: Literal["auto", "foreach", "fused"] = option(
+        "AdamW kernels: fused (one kernel per step) or foreach; auto: fused on a GPU, foreach on the CPU", default="auto"
+    )
+    channels_last: bool = option("channels-last memory layout for the denoiser's convolutions", default=False)
+    lora_fp32_inputs: bool = option(
+        "under mixed precision, cast activations to fp32 before LoRA layers (PEFT's default; autocast casts them "
+        "straight back, so the result is the same; off by default)",
+        default=False,
+    )
     min_snr_gamma: float | None = option("min-SNR-gamma loss weighting, e.g. 5 (off by default)", default=None)
     noise_offset: float = option("noise offset, e.g. 0.05 (0 disables)", default=0.0)
+    timestep_sampling: Literal["sigmoid", "uniform", "flux_shift"] | None = option(
+        "flow-matching models (Flux.1): how sigma is drawn; sigmoid (logit-normal, the default), uniform, "
+        "or flux_shift (Flux.1's resolution-dependent shift)", default=None,
+    )
+    flow_shift: float | None = option("flow-matching models: shift sigma toward noise, s*sigma/(1+(s-1)*sigma), e.g. 3 (default 1: none)", default=None)
+    flux_guidance: float | None = option("Flux.1-dev: value fed to the guidance embedding while training (default 1.0)", default=None)
     seed: int = option("random seed for weights init, data order and noise", default=0)
     center_crop: bool = option("center crop (else a seeded random crop)", default=True)
     random_flip: bool = option("random horizontal flips", default=False)

@@ -1,0 +1,160 @@
+"""One training step: what `tunelab train` runs for every micro-batch and `tunelab bench speed` times.
+
+`prepare_step` turns a loaded model family and a technique into a ready step: frozen weights
+cast and placed, the technique set up, the speed options applied, the optimizer and schedule
+built and the trained modules handed to accelerate. Calling the step runs one micro-batch:
+images -> latents, captions -> conditioning, noise -> denoiser -> weighted MSE -> backward, and
+at a step boundary the finite check, clipping and the optimizer.
+
+Like the loop around it, it never branches on technique or model family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from tunelab.errors import TunelabError
+from tunelab.train.options import TrainOptions
+
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def make_optimizer(options: TrainOptions, groups: list[dict], device: torch.device, default_learning_rate: float):
+    learning_rate = options.learning_rate if options.learning_rate is not None else default_learning_rate
+    if options.optimizer == "adamw8bit":
+        if device.type != "cuda":
+            raise TunelabError("--optimizer adamw8bit needs a CUDA GPU; use adamw on this machine")
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise TunelabError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
+        return bnb.optim.AdamW8bit(groups, lr=learning_rate, weight_decay=options.weight_decay)
+    from tunelab.train.speed import adamw_kernel
+
+    # foreach: a few multi-tensor kernels instead of several per tensor; fused: one kernel for the whole update.
+    return torch.optim.AdamW(groups, lr=learning_rate, weight_decay=options.weight_decay, **adamw_kernel(options, device))
+
+
+def make_lr_scheduler(options: TrainOptions, optimizer):
+    from diffusers.optimization import get_scheduler
+
+    name = "constant_with_warmup" if options.lr_scheduler == "constant" else options.lr_scheduler
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=options.lr_warmup_steps, num_training_steps=options.steps
+    )
+
+
+def sample_generators(seed: int, epoch: int, positions: range, stream: int) -> list[torch.Generator]:
+    """One generator per training sample, seeded by what the sample is (run seed, epoch, place in the
+    epoch's order): its noise is then the same however the global batch is split over processes, and
+    after a resume. `stream` keeps the VAE's sampling apart from the diffusion noise."""
+    return [
+        torch.Generator().manual_seed(hash((seed, stream, epoch, position)) & 0x7FFF_FFFF_FFFF_FFFF) for position in positions
+    ]
+
+
+def gradients_finite(accelerator, parameters, max_grad_norm: float) -> bool:
+    """Clip (when asked) and report whether every gradient is finite."""
+    if max_grad_norm > 0:
+        norm = accelerator.clip_grad_norm_(parameters, max_grad_norm)
+    else:
+        norm = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in parameters if p.grad is not None])
+        )
+    return bool(torch.isfinite(norm))
+
+
+def diffusion_losses(
+    prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, is_prior: torch.Tensor, prior_weight: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, instance, prior) losses; class images (is_prior) form the prior-preservation term."""
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none")  # (B, ...) any latent layout
+    per_sample = per_sample.flatten(1).mean(dim=1) * weights  # (B,)
+    instance = per_sample[~is_prior].mean()
+    prior = per_sample[is_prior].mean() if is_prior.any() else torch.zeros((), device=per_sample.device)
+    return instance + prior_weight * prior, instance, prior
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor
+    instance_loss: torch.Tensor
+    prior_loss: torch.Tensor
+    synced: bool  # an optimizer-step boundary (the last micro-batch of a gradient-accumulation cycle)
+    finite: bool  # loss and gradients finite, so the optimizer stepped
+
+
+class TrainingStep:
+    """One micro-batch of training on prepared modules; see `prepare_step`."""
+
+    def __init__(self, accelerator, family, method, options: TrainOptions, optimizer, lr_scheduler, modules: list):
+        from tunelab.train.latent_cache import LatentCache
+        from tunelab.train.speed import attention_context
+        from tunelab.train.text_cache import TextEmbeddingCache
+
+        self.accelerator, self.family, self.method, self.options = accelerator, family, method, options
+        self.optimizer, self.lr_scheduler, self.modules = optimizer, lr_scheduler, modules
+        self.weight_dtype = WEIGHT_DTYPES[options.mixed_precision]
+        self.image_encoder = LatentCache(family) if options.cache_latents else family
+        self.prompt_encoder = TextEmbeddingCache(family) if options.cache_text_embeddings else family
+        self.trainable_parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        self.attention = attention_context(options.attention_backend, accelerator.device)
+
+    def __call__(self, batch: dict, epoch: int, batch_index: int) -> StepResult:
+        """`batch_index`: this process's micro-batch count in the epoch before this one (0 for the first)."""
+        accelerator, family, options = self.accelerator, self.family, self.options
+        with accelerator.accumulate(*self.modules):
+            # This micro-batch's place in the epoch's order, counted over all processes.
+            micro_batch = batch_index * accelerator.num_processes + accelerator.process_index
+            size = batch["pixel_values"].shape[0]
+            positions = range(micro_batch * size, (micro_batch + 1) * size)
+            latents = self.image_encoder.encode_images(
+                batch["pixel_values"], sample_generators(options.seed, epoch, positions, stream=1)
+            ).to(self.weight_dtype)  # (B, C, h, w)
+            conditioning = self.prompt_encoder.encode_prompts(self.method.training_captions(batch["captions"]))
+            noisy = family.add_noise(latents, options.noise_offset, sample_generators(options.seed, epoch, positions, stream=0))
+            with self.attention():
+                prediction = family.predict(noisy, conditioning)
+                loss, instance_loss, prior_loss = diffusion_losses(
+                    prediction,
+                    noisy.target,
+                    family.loss_weights(noisy.timesteps, options.min_snr_gamma),
+                    batch["is_prior"].to(prediction.device),
+                    options.prior_loss_weight,
+                )
+                accelerator.backward(loss)
+            finite = True
+            if accelerator.sync_gradients:
+                gradients_ok = gradients_finite(accelerator, self.trainable_parameters, options.max_grad_norm)
+                # Under fp16 the grad scaler skips overflowing steps itself and lowers its scale.
+                finite = bool(torch.isfinite(loss)) and (gradients_ok or accelerator.scaler is not None)
+            if finite:
+                self.optimizer.step()
+                self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss, instance_loss, prior_loss, synced=accelerator.sync_gradients, finite=finite)
+
+
+def prepare_step(options: TrainOptions, method, family, accelerator) -> TrainingStep:
+    """Freeze and place the model, set the technique up, apply the speed options, build the optimizer
+    and schedule, and hand the trained modules to accelerate."""
+    from tunelab.train.speed import apply_speed_options
+
+    weight_dtype = WEIGHT_DTYPES[options.mixed_precision]
+    for module in family.frozen_modules().values():
+        module.requires_grad_(False)
+        module.to(accelerator.device, dtype=weight_dtype)
+    method.setup(family)
+    trainable = method.trainable_modules()
+    apply_speed_options(options, family, trainable)
+    optimizer = make_optimizer(options, method.trainable_parameters(), accelerator.device, method.default_learning_rate)
+    lr_scheduler = make_lr_scheduler(options, optimizer)
+    prepared = accelerator.prepare(*trainable.values(), optimizer, lr_scheduler)
+    modules, (optimizer, lr_scheduler) = list(prepared[: len(trainable)]), prepared[len(trainable) :]
+    for name, module in zip(trainable, modules):
+        family.set_module(name, module)
+        module.train()
+    return TrainingStep(accelerator, family, method, options, optimizer, lr_scheduler, modules)
