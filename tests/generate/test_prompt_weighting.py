@@ -53,13 +53,18 @@ def test_unbalanced_brackets_warn(caplog):
     assert "2 unclosed" in caplog.text
 
 
+def embeds(pipeline, prompt, negative_prompt=""):
+    inputs = encode_prompt_pair(pipeline, prompt, negative_prompt)
+    return inputs["prompt_embeds"], inputs["negative_prompt_embeds"]
+
+
 @pytest.fixture(scope="module")
 def pipeline():
     return build_preset("tiny-sd")
 
 
 def test_plain_prompt_encodes_exactly_as_diffusers(pipeline):
-    ours = encode_prompt_pair(pipeline, "a photo of sks toy", "blurry")
+    ours = embeds(pipeline, "a photo of sks toy", "blurry")
     theirs = pipeline.encode_prompt("a photo of sks toy", "cpu", 1, True, "blurry")
     assert ours[0].shape == (1, 77, pipeline.text_encoder.config.hidden_size)
     assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
@@ -76,13 +81,13 @@ def test_weights_scale_only_the_weighted_tokens(pipeline):
     expected[1 + red:1 + red_end] = [1.5] * (red_end - red)  # +1: BOS
     assert window.weights == expected
 
-    plain, _ = encode_prompt_pair(pipeline, "a red car")  # (1, 77, D)
+    plain, _ = embeds(pipeline, "a red car")  # (1, 77, D)
     weights = torch.tensor(window.weights)
     unrestored = apply_weights(plain, weights, restore_mean=False)
     changed = (unrestored != plain).any(dim=-1)[0]  # (77,)
     assert changed.tolist() == [weight != 1.0 for weight in expected]
 
-    weighted, _ = encode_prompt_pair(pipeline, "a (red:1.5) car")
+    weighted, _ = embeds(pipeline, "a (red:1.5) car")
     assert torch.allclose(weighted.mean(), plain.mean(), atol=1e-6)  # mean restoration
     ratio = weighted / plain  # (1, 77, D): one constant off the weighted tokens, 1.5x it on them
     scale = ratio[0, 0, 0]
@@ -98,9 +103,9 @@ def test_long_prompt_and_break_make_windows_and_negative_is_padded(pipeline):
     windows = prompt_windows(pipeline, tokenizer, long_prompt)
     assert [w.length for w in windows] == [77, n_tokens - 75 + 2]
     assert all(w.token_ids[0] == tokenizer.bos_token_id and len(w.token_ids) == 77 for w in windows)
-    positive, negative = encode_prompt_pair(pipeline, long_prompt, "blurry")
+    positive, negative = embeds(pipeline, long_prompt, "blurry")
     assert positive.shape == negative.shape == (1, 154, pipeline.text_encoder.config.hidden_size)
-    empty, _ = encode_prompt_pair(pipeline, "")
+    empty, _ = embeds(pipeline, "")
     assert torch.equal(negative[:, 77:], empty)  # padded with the empty prompt's encoding
 
     first, second = prompt_windows(pipeline, tokenizer, "a cat BREAK a dog")

@@ -102,8 +102,11 @@ def test_other_lycoris_algorithms_and_unknown_keys_are_refused(tmp_path, capsys,
     assert not (tmp_path / "out.safetensors").exists()
 
 
-def test_original_block_names_are_refused_until_sdxl_support(tmp_path, capsys):
+def test_original_block_names_are_read_as_sdxl_modules(tmp_path, capsys):
+    from tunelab.formats.lora_io import read_lora
+
     name = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
     path = save_tensors({f"{name}.lora_down.weight": torch.ones(2, 8), f"{name}.lora_up.weight": torch.ones(8, 2)}, tmp_path / "sgm.safetensors")
-    assert run_cli("lora", "info", path) == 2
-    assert "original (SGM) UNet block names (lora_unet_input_blocks_4_1_" in capsys.readouterr().err
+    assert list(read_lora(path)[0]) == ["unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"]
+    assert run_cli("lora", "info", path) == 0
+    assert "unet 1" in capsys.readouterr().out

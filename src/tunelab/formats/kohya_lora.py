@@ -1,10 +1,14 @@
 """kohya-ss LoRA files: `lora_unet_<path>.lora_down.weight`, `.lora_up.weight`, `.alpha`, `ss_*` metadata.
 
-These are what A1111, ComfyUI, Forge and diffusers' `load_lora_weights` read.
+These are what A1111, ComfyUI, Forge and diffusers' `load_lora_weights` read. SD 1.x/2.x files
+use diffusers' block names (`lora_unet_down_blocks_0_...`); SDXL files the original SGM ones
+(`lora_unet_input_blocks_4_1_...`, text encoders `lora_te1_` / `lora_te2_`), both read and SGM
+written for SDXL; Flux files are kohya's Flux layout (formats/kohya_flux.py).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Iterable
@@ -14,6 +18,7 @@ import torch
 from tunelab.errors import TunelabError
 from tunelab.formats.module_paths import from_file_path, to_file_path
 from tunelab.formats.safetensors_io import save_tensors
+from tunelab.formats.sd_checkpoint import original_module_path, unet_module_map
 from tunelab.lora.model import LoraModule, LoraSet, split_component
 
 # Component -> kohya key prefix. Two text encoders (SDXL) are te1/te2; one is plain te.
@@ -31,16 +36,33 @@ def kohya_prefixes(components: Iterable[str]) -> dict[str, str]:
     return {**_DENOISER_PREFIXES, **_text_encoder_prefixes(components)}
 
 
-def kohya_name(key: str, prefixes: dict[str, str]) -> str:
+def kohya_name(key: str, prefixes: dict[str, str], sgm: bool = False) -> str:
+    """`sgm`: UNet modules under their original (SGM) block names, as SDXL files have them."""
     component, module_path = split_component(key)
-    return f"{prefixes[component]}_{to_file_path(component, module_path).replace('.', '_')}"
+    path = to_file_path(component, module_path)
+    if sgm and component == "unet":
+        original = original_module_path(path, sdxl_module_map())
+        if original is None:
+            raise TunelabError(f"{key} has no place in SDXL's original UNet layout")
+        path = original
+    return f"{prefixes[component]}_{path.replace('.', '_')}"
 
 
-def to_kohya_tensors(lora: LoraSet) -> dict[str, torch.Tensor]:
+def is_sdxl(base_model_version: str | None) -> bool:
+    return bool(base_model_version) and base_model_version.startswith("sdxl")
+
+
+def to_kohya_tensors(lora: LoraSet, base_model_version: str | None = None) -> dict[str, torch.Tensor]:
+    """kohya tensors; Flux LoRAs (transformer modules) in kohya's Flux layout, SDXL ones in SGM block names."""
+    from tunelab.formats.kohya_flux import DENOISER, to_kohya_flux_tensors
+
+    if any(split_component(key)[0] == DENOISER for key in lora):
+        return to_kohya_flux_tensors(lora)
     prefixes = kohya_prefixes(split_component(key)[0] for key in lora)
+    sgm = is_sdxl(base_model_version) or "text_encoder_2" in prefixes
     tensors: dict[str, torch.Tensor] = {}
     for key, module in lora.items():
-        name = kohya_name(key, prefixes)
+        name = kohya_name(key, prefixes, sgm)
         tensors[f"{name}.lora_down.weight"] = module.down
         tensors[f"{name}.lora_up.weight"] = module.up
         tensors[f"{name}.alpha"] = torch.tensor(float(module.alpha), dtype=module.down.dtype)
@@ -80,7 +102,7 @@ def kohya_metadata(lora: LoraSet, base_model_version: str, extra: dict[str, str]
 
 
 def write_kohya_lora(lora: LoraSet, path: Path, metadata: dict[str, str]) -> Path:
-    return save_tensors(to_kohya_tensors(lora), path, metadata)
+    return save_tensors(to_kohya_tensors(lora, metadata.get("ss_base_model_version")), path, metadata)
 
 
 def is_kohya_lora(keys: Iterable[str]) -> bool:
@@ -133,13 +155,38 @@ def _module_names(tensors: dict[str, torch.Tensor]) -> list[str]:
     return sorted({key.split(".", 1)[0] for key in tensors if key.endswith(".lora_down.weight")})
 
 
-def _refuse_original_block_names(names: list[str]) -> None:
-    original = next((name for name in names if name.startswith(_ORIGINAL_BLOCK_PREFIXES)), None)
-    if original is not None:
-        raise TunelabError(
-            f"this kohya file uses the original (SGM) UNet block names ({original}), as SDXL LoRAs do; "
-            "only diffusers block names (lora_unet_down_blocks_...) are read so far"
-        )
+@functools.cache
+def sdxl_module_map() -> dict[str, str]:
+    """diffusers UNet module path -> SGM path, for SDXL's UNet (from the config shipped for single files).
+
+    Exact for SDXL and for any UNet laid out like it level by level (2 layers per level, attention
+    from the second level on), which `tiny-sdxl` is."""
+    from types import SimpleNamespace
+
+    from tunelab.models.single_file import CONFIGS_DIR
+
+    config = json.loads((CONFIGS_DIR / "sdxl" / "unet" / "config.json").read_text())
+    return unet_module_map(SimpleNamespace(class_embed_type=None, **config), added_embeddings=True)
+
+
+@functools.cache
+def _sgm_to_diffusers_names() -> list[tuple[str, str]]:
+    """(SGM kohya name part, diffusers kohya name part), longest first: `input_blocks_4_1` -> `down_blocks_1_attentions_0`."""
+    pairs = {original.replace(".", "_"): diffusers.replace(".", "_") for diffusers, original in sdxl_module_map().items()}
+    return sorted(pairs.items(), key=lambda pair: len(pair[0]), reverse=True)
+
+
+def from_sgm_name(name: str) -> str:
+    """A kohya UNet name in SGM blocks (`lora_unet_input_blocks_4_1_proj_in`) in diffusers blocks
+    (`lora_unet_down_blocks_1_attentions_0_proj_in`); other names unchanged."""
+    prefix = "lora_unet_"
+    if not name.startswith(prefix):
+        return name
+    rest = name[len(prefix) :]
+    for original, diffusers in _sgm_to_diffusers_names():
+        if rest == original or rest.startswith(original + "_"):
+            return prefix + diffusers + rest[len(original) :]
+    return name
 
 
 def _resolver(module_keys: Iterable[str] | None):
@@ -160,14 +207,19 @@ def from_kohya_tensors(tensors: dict[str, torch.Tensor], module_keys: Iterable[s
     """
     from tunelab.formats.lycoris import TUCKER_CORE, fold_tucker
 
+    from tunelab.formats.kohya_flux import from_kohya_flux_tensors, is_kohya_flux
+
     names = _module_names(tensors)
-    _refuse_original_block_names(names)
     resolve = _resolver(module_keys)
+    if is_kohya_flux(names):
+        lora, used = from_kohya_flux_tensors(tensors, names, resolve)
+        _refuse_leftovers(tensors, used)
+        return lora
     lora: LoraSet = {}
     unknown = []
     used = set()
     for name in names:
-        key = resolve(name)
+        key = resolve(from_sgm_name(name) if name.startswith(_ORIGINAL_BLOCK_PREFIXES) else name)
         if key is None:
             unknown.append(name)
             continue
@@ -187,7 +239,11 @@ def from_kohya_tensors(tensors: dict[str, torch.Tensor], module_keys: Iterable[s
         raise TunelabError(
             f"{len(unknown)} LoRA modules match nothing in this model: {shown}; is it a LoRA for another architecture?"
         )
+    _refuse_leftovers(tensors, used)
+    return lora
+
+
+def _refuse_leftovers(tensors: dict[str, torch.Tensor], used: set[str]) -> None:
     leftover = sorted(set(tensors) - used)
     if leftover:
         raise TunelabError(f"unrecognised keys in this kohya LoRA file ({leftover[0]}, {len(leftover)} in all); refusing to guess what they do")
-    return lora

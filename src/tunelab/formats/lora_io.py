@@ -67,9 +67,15 @@ def read_lora(path: Path, module_keys: Iterable[str] | None = None) -> tuple[Lor
 
 
 def base_model_version(lora: LoraSet, metadata: dict[str, str]) -> str:
-    """kohya's base-model name: the file's own, else read off the cross-attention width (768: SD 1.x, 1024: SD 2.x)."""
+    """kohya's base-model name: the file's own, else read off the modules (a transformer: Flux.1; two text
+    encoders: SDXL) or the cross-attention width (768: SD 1.x, 1024: SD 2.x)."""
     if metadata.get("ss_base_model_version"):
         return metadata["ss_base_model_version"]
+    components = {key.split(".", 1)[0] for key in lora}
+    if "transformer" in components:
+        return "flux1"
+    if "text_encoder_2" in components:
+        return "sdxl_base_v1-0"
     for key, module in lora.items():
         if key.startswith("unet.") and key.endswith("attn2.to_k"):
             return {768: "sd_v1", 1024: "sd_v2"}.get(module.down.shape[1], "unknown")

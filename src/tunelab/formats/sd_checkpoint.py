@@ -65,6 +65,16 @@ def save_single_file(
     return save_tensors(tensors, path, metadata=header)  # atomic write, refuses NaN/inf weights
 
 
+def require_writable(pipeline) -> None:
+    """Refuse, before any work, a pipeline this writer has no layout for (e.g. SDXL)."""
+    if type(pipeline).__name__ != "StableDiffusionPipeline":
+        raise TunelabError(
+            f"--single-file writes Stable Diffusion 1.x checkpoints; a {type(pipeline).__name__} is saved as a diffusers folder only"
+        )
+    unet_module_map(pipeline.unet.config)
+    vae_module_map(pipeline.vae.config)
+
+
 def pipeline_to_original_state_dict(pipeline) -> dict[str, torch.Tensor]:
     """The pipeline's UNet, VAE and SD 1.x text encoder under their original Stable Diffusion names."""
     state: dict[str, torch.Tensor] = {}
@@ -103,9 +113,12 @@ def sd1_text_encoder_to_original(text_encoder) -> dict[str, torch.Tensor]:
     return {name.removeprefix("text_model."): tensor for name, tensor in state.items()}
 
 
-def unet_module_map(config) -> ModuleMap:
-    """Where each diffusers UNet module lives in the original UNetModel, from the UNet config."""
-    layers = _sd_unet_layers_per_block(config)
+def unet_module_map(config, added_embeddings: bool = False) -> ModuleMap:
+    """Where each diffusers UNet module lives in the original UNetModel, from the UNet config.
+
+    `added_embeddings` allows SDXL's size/pooled-text embedding (`label_emb`); only LoRA names use
+    that, since single files are written for SD 1.x only."""
+    layers = _sd_unet_layers_per_block(config, added_embeddings)
     module_map: ModuleMap = {
         "conv_in": "input_blocks.0.0",
         "time_embedding.linear_1": "time_embed.0",
@@ -113,6 +126,8 @@ def unet_module_map(config) -> ModuleMap:
         "conv_norm_out": "out.0",
         "conv_out": "out.2",
     }
+    if added_embeddings:
+        module_map |= {"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
     # Each down level fills `layers` input slots (resnet [+ attention]) and then one downsampler
     # slot, except the last level, which does not downsample. input_blocks.0 is conv_in.
     down_slots = layers + 1
@@ -173,7 +188,7 @@ def vae_module_map(config) -> ModuleMap:
     return module_map
 
 
-def _sd_unet_layers_per_block(config) -> int:
+def _sd_unet_layers_per_block(config, added_embeddings: bool = False) -> int:
     def refuse(reason: str) -> TunelabError:
         return TunelabError(f"cannot write this UNet in the original Stable Diffusion layout: {reason}")
 
@@ -184,7 +199,7 @@ def _sd_unet_layers_per_block(config) -> int:
         raise refuse("it has a different number of down and up blocks")
     if config.mid_block_type != "UNetMidBlock2DCrossAttn":
         raise refuse(f"unsupported middle block {config.mid_block_type}")
-    if config.class_embed_type is not None or config.addition_embed_type is not None:
+    if config.class_embed_type is not None or config.addition_embed_type not in (None, "text_time" if added_embeddings else None):
         raise refuse("it has class or added-condition embeddings (SDXL-style)")
     return _single_layer_count(config.layers_per_block, refuse)
 
@@ -225,6 +240,12 @@ def _rename(state: Mapping[str, torch.Tensor], module_map: ModuleMap, component:
             raise TunelabError(f"cannot write the {component} in the original Stable Diffusion layout: {name!r} {problem}")
         renamed[original] = tensor
     return renamed
+
+
+def original_module_path(module_path: str, module_map: ModuleMap) -> str | None:
+    """A diffusers module's path in the original layout (None where the map has no place for it)."""
+    name = _original_name(module_path + ".weight", module_map)
+    return None if name is None else name.removesuffix(".weight")
 
 
 def _original_name(name: str, module_map: ModuleMap) -> str | None:

@@ -18,7 +18,10 @@ class GenerateOptions:
     negative_prompt: str = option("negative prompt", default="")
     seed: int = option("seed of a CPU torch.Generator, as in diffusers; image i uses seed + i", default=0)
     steps: int = option("sampling steps", default=20)
-    sampler: str = option("sampler name: euler, euler_a, ddim, dpm++_2m, dpm++_2m_karras, dpm++_2m_sde_karras, ...", default="dpm++_2m_karras")
+    sampler: str | None = option(
+        "sampler name: euler, euler_a, ddim, dpm++_2m, dpm++_2m_karras, dpm++_2m_sde_karras, ... (default dpm++_2m_karras; "
+        "Flux.1: euler or heun, default euler)", default=None,
+    )
     guidance: float = option("classifier-free guidance scale", default=7.0)
     width: int | None = option("image width (default: the model's native size)", default=None)
     height: int | None = option("image height (default: the model's native size)", default=None)
@@ -92,6 +95,7 @@ class Session:
     scheduler_config: object  # the model's own, so each sampler is built from it and not from another sampler's
     width: int
     height: int
+    family: object  # the model family: native size, and whether prompts take A1111 weighting
 
 
 def prepare(options: GenerateOptions) -> Session:
@@ -109,6 +113,7 @@ def prepare(options: GenerateOptions) -> Session:
     from tunelab.methods.hypernetwork import attach_hypernetworks
     from tunelab.methods.lora import attach_loras, parse_weighted_path
     from tunelab.methods.textual_inversion import attach_embeddings, parse_token_path
+    from tunelab.models.family import family_for
     from tunelab.models.loading import load_pipeline
 
     if options.grid_x is None and options.grid_y is not None:
@@ -127,13 +132,14 @@ def prepare(options: GenerateOptions) -> Session:
     embeddings = [parse_token_path(spec) for spec in options.embedding]
     hypernetworks = [parse_weighted_path(spec) for spec in options.hypernetwork] + tagged["hypernet"]
     pipeline = load_pipeline(options.model, torch_dtype=precision_dtype(options.precision))
+    family = family_for(pipeline)
     scheduler_config = pipeline.scheduler.config
     pipeline.scheduler = make_scheduler(options.sampler, scheduler_config)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if options.device == "auto" else options.device
     if options.cpu_offload and not (torch.cuda.is_available() and device.startswith("cuda")):
         raise TunelabError(f"--cpu-offload needs a CUDA GPU (device here: {device})")
     # With offloading, only the denoiser goes to the GPU now, so hypernetworks (hooks, not submodules) attach there.
-    (pipeline.unet if options.cpu_offload else pipeline).to(device)
+    (family.module(family.denoiser_name) if options.cpu_offload else pipeline).to(device)
     lora_names = attach_loras(pipeline, loras)
     tokens = attach_embeddings(pipeline, embeddings)
     loaded_embeddings = [(path, token) for (path, _), token in zip(embeddings, tokens)]
@@ -146,19 +152,24 @@ def prepare(options: GenerateOptions) -> Session:
         pipeline.vae.enable_slicing()
     if options.cpu_offload:
         pipeline.enable_model_cpu_offload(device=device)
-    native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    native = family.native_resolution
     return Session(pipeline, loras, loaded_embeddings, hypernetworks, prompt_text, lora_names, scheduler_config,
-                   options.width or native, options.height or native)
+                   options.width or native, options.height or native, family)
 
 
 def text_inputs(session: Session, options: GenerateOptions) -> dict:
     """The pipeline's prompt arguments: weighted embeddings (A1111 syntax), or the plain text."""
+    if not session.family.prompt_weighting:
+        from tunelab.errors import TunelabError
+
+        if options.negative_prompt:
+            raise TunelabError("this model (Flux.1, guidance-distilled) takes no negative prompt; leave --negative-prompt out")
+        return {"prompt": session.prompt_text, "max_sequence_length": session.family.max_sequence_length}
     if not options.prompt_weighting:
         return {"prompt": session.prompt_text, "negative_prompt": options.negative_prompt or None}
     from tunelab.generate.prompt_encoding import encode_prompt_pair
 
-    prompt_embeds, negative_embeds = encode_prompt_pair(session.pipeline, session.prompt_text, options.negative_prompt)
-    return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
+    return encode_prompt_pair(session.pipeline, session.prompt_text, options.negative_prompt)
 
 
 def render(session: Session, options: GenerateOptions, seed: int, prompt_inputs: dict):
@@ -176,13 +187,15 @@ def render(session: Session, options: GenerateOptions, seed: int, prompt_inputs:
 
 def image_record(session: Session, options: GenerateOptions, seed: int) -> dict:
     """Everything needed to make this image again (`--from-png`), plus the A1111-style summary fields."""
+    from tunelab.generate.samplers import sampler_name
+
     return {
         "model": options.model,
         "prompt": options.prompt,
         "negative_prompt": options.negative_prompt,
         "seed": seed,
         "steps": options.steps,
-        "sampler": options.sampler,
+        "sampler": sampler_name(options.sampler, session.scheduler_config),
         "guidance": options.guidance,
         "width": session.width,
         "height": session.height,

@@ -1,10 +1,12 @@
-"""Weighted prompts -> `prompt_embeds` / `negative_prompt_embeds` for a Stable Diffusion pipeline, as A1111 does.
+"""Weighted prompts -> `prompt_embeds` / `negative_prompt_embeds` for SD and SDXL pipelines, as A1111 does.
 
 The prompt's tokens are cut into windows of 75 (a `BREAK` starts a new one); each window is
 wrapped in BOS/EOS, padded to 77, encoded on its own, and the windows are concatenated along the
 sequence axis. Each token's output vector is multiplied by its weight, then the window is scaled
 so its mean is what it was before ("mean restoration"). A plain prompt of <= 75 tokens gives the
-same tensor as diffusers' own `encode_prompt`.
+same tensor as diffusers' own `encode_prompt`. SDXL runs this for each of its two text encoders (the
+family says which hidden layer each contributes) and puts them side by side; its pooled vector is the
+second encoder's, from the first window.
 """
 
 from __future__ import annotations
@@ -63,30 +65,55 @@ def apply_weights(hidden: torch.Tensor, weights: torch.Tensor, restore_mean: boo
 
 
 @torch.no_grad()
-def encode_windows(text_encoder, windows: list[Window], device) -> torch.Tensor:
-    """Each window through the text encoder on its own, weighted, then joined along the sequence."""
-    encoded = []
+def encode_windows(family, name: str, windows: list[Window], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each window through one text encoder on its own, weighted, then joined along the sequence;
+    with the pooled vector of the first window where the encoder has one (SDXL), as A1111 does."""
+    text_encoder = family.module(name)
+    encoded, pooled = [], None
     for window in windows:
         ids = torch.tensor([window.token_ids], device=device)  # (1, 77)
         attention_mask = None
         if getattr(text_encoder.config, "use_attention_mask", False):
             attention_mask = (torch.arange(ids.shape[1], device=device) < window.length).long()[None]  # (1, 77)
-        hidden = text_encoder(ids, attention_mask=attention_mask)[0]  # (1, 77, D)
+        hidden, window_pooled = family.encode_text(name, ids, attention_mask)  # (1, 77, D), (1, P) or None
         hidden = hidden.to(dtype=text_encoder.dtype, device=device)
+        if pooled is None and window_pooled is not None:
+            pooled = window_pooled.to(dtype=text_encoder.dtype, device=device)
         if any(weight != 1.0 for weight in window.weights):
             hidden = apply_weights(hidden, torch.tensor(window.weights, device=device))
         encoded.append(hidden)
-    return torch.cat(encoded, dim=1)  # (1, 77 * n_windows, D)
+    return torch.cat(encoded, dim=1), pooled  # (1, 77 * n_windows, D)
 
 
-def encode_prompt_pair(pipeline, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-    """(prompt_embeds, negative_prompt_embeds), the shorter padded with empty windows to the other's length."""
-    tokenizer, text_encoder = pipeline.tokenizer, pipeline.text_encoder
+def encode_prompt(family, windows_per_encoder: dict[str, list[Window]], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Every text encoder's windows, side by side along the feature axis (SDXL: 768 + 1280 = 2048)."""
+    hidden_states, pooled = [], None
+    for name, windows in windows_per_encoder.items():
+        hidden, encoder_pooled = encode_windows(family, name, windows, device)
+        hidden_states.append(hidden)
+        pooled = encoder_pooled if encoder_pooled is not None else pooled
+    return torch.cat(hidden_states, dim=-1), pooled
+
+
+def encode_prompt_pair(pipeline, prompt: str, negative_prompt: str = "") -> dict[str, torch.Tensor]:
+    """The pipeline's prompt arguments: `prompt_embeds` and `negative_prompt_embeds` (plus the pooled
+    pair for SDXL), the shorter of the two padded with empty windows to the other's length."""
+    from tunelab.models.family import family_for
+
+    family = family_for(pipeline)
     device = pipeline._execution_device
-    positive = prompt_windows(pipeline, tokenizer, prompt)
-    negative = prompt_windows(pipeline, tokenizer, negative_prompt)
-    empty = _close_window(tokenizer, [], [])  # A1111 pads with the empty prompt's encoding
-    count = max(len(positive), len(negative))
-    positive += [empty] * (count - len(positive))
-    negative += [empty] * (count - len(negative))
-    return encode_windows(text_encoder, positive, device), encode_windows(text_encoder, negative, device)
+    windows = {}
+    for name in family.text_encoder_names:
+        tokenizer = family.tokenizer_for(name)
+        windows[name] = (prompt_windows(pipeline, tokenizer, prompt), prompt_windows(pipeline, tokenizer, negative_prompt))
+    count = max(len(side) for pair in windows.values() for side in pair)
+    for name, (positive, negative) in windows.items():
+        empty = _close_window(family.tokenizer_for(name), [], [])  # A1111 pads with the empty prompt's encoding
+        positive += [empty] * (count - len(positive))
+        negative += [empty] * (count - len(negative))
+    prompt_embeds, pooled = encode_prompt(family, {name: pair[0] for name, pair in windows.items()}, device)
+    negative_embeds, negative_pooled = encode_prompt(family, {name: pair[1] for name, pair in windows.items()}, device)
+    inputs = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
+    if pooled is not None:
+        inputs |= {"pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
+    return inputs

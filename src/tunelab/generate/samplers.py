@@ -29,15 +29,38 @@ SAMPLERS: dict[str, tuple[str, dict]] = {
 }
 
 
-def make_scheduler(name: str, base_config):
-    """A scheduler of the named kind, keeping the model's own beta schedule and prediction type."""
+# Flow-matching models (Flux.1) integrate an ODE in sigma; A1111/Forge call the same samplers by these names.
+FLOW_SAMPLERS: dict[str, tuple[str, dict]] = {
+    "euler": ("FlowMatchEulerDiscreteScheduler", {}),
+    "heun": ("FlowMatchHeunDiscreteScheduler", {}),
+}
+DEFAULT_SAMPLER = "dpm++_2m_karras"
+DEFAULT_FLOW_SAMPLER = "euler"
+
+
+def _is_flow_matching(base_config) -> bool:
+    return str(base_config.get("_class_name", "")).startswith("FlowMatch")
+
+
+def sampler_name(name: str | None, base_config) -> str:
+    """The name given, or the model's default sampler (dpm++_2m_karras; euler for flow-matching models)."""
+    if name is not None:
+        return name
+    return DEFAULT_FLOW_SAMPLER if _is_flow_matching(base_config) else DEFAULT_SAMPLER
+
+
+def make_scheduler(name: str | None, base_config):
+    """A scheduler of the named kind, keeping the model's own beta schedule (or flow shift) and prediction type."""
     import diffusers
 
-    if name not in SAMPLERS:
+    name = sampler_name(name, base_config)
+    table = FLOW_SAMPLERS if _is_flow_matching(base_config) else SAMPLERS
+    if name not in table:
         import difflib
 
-        close = difflib.get_close_matches(name, SAMPLERS, n=1)
+        close = difflib.get_close_matches(name, table, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise TunelabError(f"unknown sampler {name!r}{hint}; available: {', '.join(SAMPLERS)}")
-    class_name, overrides = SAMPLERS[name]
+        kind = "for a flow-matching model (Flux.1) " if table is FLOW_SAMPLERS else ""
+        raise TunelabError(f"unknown sampler {name!r} {kind}{hint}; available: {', '.join(table)}".replace("  ", " "))
+    class_name, overrides = table[name]
     return getattr(diffusers, class_name).from_config(base_config, **overrides)

@@ -49,6 +49,13 @@ class DreamBoothMethod:
         self._ema = None
 
     def setup(self, family) -> None:
+        from tunelab.models.family import require_technique
+
+        require_technique(family, self.name)
+        if self.options.single_file:
+            from tunelab.formats.sd_checkpoint import require_writable
+
+            require_writable(family.pipeline)  # refused now, not after the run
         self.family = family
         names = [family.denoiser_name] + (list(family.text_encoder_names) if self.options.train_text_encoder else [])
         # The trainer has cast frozen weights to the mixed-precision dtype; bf16 trained weights need bf16 compute.
@@ -111,7 +118,7 @@ class DreamBoothMethod:
         """A pipeline holding the weights to save (EMA if kept) in `dtype`, leaving the training model untouched."""
         pipeline = self.family.pipeline
         components = dict(pipeline.components)
-        for name in ("vae", "text_encoder", "unet"):
+        for name in self.family.frozen_modules():  # vae, text encoder(s), denoiser
             module = components[name]
             use_ema = self._ema is not None and name in self._modules
             if use_ema or any(p.dtype != dtype for p in module.parameters()):

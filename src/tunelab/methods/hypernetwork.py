@@ -220,6 +220,9 @@ class HypernetworkMethod:
         self.step = 0
 
     def setup(self, family) -> None:
+        from tunelab.models.family import require_technique
+
+        require_technique(family, self.name)
         self.family = family
         denoiser = family.module(family.denoiser_name)
         available = context_widths(denoiser)
@@ -282,11 +285,12 @@ def load_hypernetwork(path: Path, denoiser: nn.Module) -> Hypernetwork:
 
 def attach_hypernetworks(pipeline, specs: list[tuple[Path, float]]) -> list[HypernetworkHooks]:
     """Load hypernetwork files onto the pipeline's denoiser with their strengths, in order."""
-    from tunelab.models.family import family_for
+    from tunelab.models.family import family_for, require_technique
 
     if not specs:
         return []
     family = family_for(pipeline)
+    require_technique(family, "hypernetwork")
     denoiser = family.module(family.denoiser_name)
     device = next(denoiser.parameters()).device
     hooks = []

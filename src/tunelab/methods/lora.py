@@ -60,9 +60,12 @@ class LoraMethod:
     def setup(self, family) -> None:
         from peft import LoraConfig, inject_adapter_in_model
 
+        from tunelab.models.family import require_technique
+
+        require_technique(family, self.name)
         self.family = family
         for name in self._component_names(family):
-            groups = family.lora_targets[name]
+            groups = family.lora_targets.get(name, {})  # e.g. Flux's T5 takes no LoRA
             suffixes = sorted({s for group in self.options.targets for s in groups.get(group, ())})
             if not suffixes:
                 continue
@@ -100,6 +103,8 @@ class LoraMethod:
         """The trained adapters as format-free tensors."""
         from peft.utils import get_peft_model_state_dict
 
+        from tunelab.formats.module_paths import from_file_path
+
         lora: LoraSet = {}
         for name, module in self._modules.items():
             state = get_peft_model_state_dict(module, adapter_name=ADAPTER_NAME)
@@ -108,7 +113,8 @@ class LoraMethod:
                     continue
                 path = key[: -len(".lora_A.weight")]
                 up = state[f"{path}.lora_B.weight"]
-                lora[f"{name}.{path}"] = LoraModule(down.detach().float(), up.detach().float(), self.alpha)
+                # Keys never carry CLIP's `text_model.` level (CLIPTextModelWithProjection still has it).
+                lora[f"{name}.{from_file_path(name, path)}"] = LoraModule(down.detach().float(), up.detach().float(), self.alpha)
         return lora
 
     def save(self, out_dir: Path, metadata: dict[str, str]) -> Path:
@@ -137,10 +143,15 @@ def parse_weighted_path(spec: str) -> tuple[Path, float]:
 def attach_loras(pipeline, loras: list[tuple[Path, float]]) -> list[str]:
     """Load LoRA files with diffusers' own loader (the one users' pipelines use) and weight them.
 
-    Each file is first checked against the model's own modules, so a LoRA for another
-    architecture is one clear error naming what does not fit, before anything is loaded.
+    Each file is read here (any layout tunelab reads: kohya, SGM, kohya Flux, PEFT, LoCon) and
+    checked against the model's own modules, so a LoRA for another architecture is one clear
+    error naming what does not fit; diffusers then loads the same weights in its own (PEFT)
+    layout, alphas included, so what it computes does not depend on its converters (which know
+    Flux.1's widths only).
     """
-    from tunelab.formats.lora_io import read_lora
+    import tempfile
+
+    from tunelab.formats.lora_io import read_lora, write_lora
     from tunelab.lora.merge import check_fits
     from tunelab.lora.modules import adaptable_modules
 
@@ -149,10 +160,13 @@ def attach_loras(pipeline, loras: list[tuple[Path, float]]) -> list[str]:
     for index, (path, _) in enumerate(loras):
         if not path.is_file():
             raise TunelabError(f"LoRA file not found: {path}")
-        check_fits(read_lora(path)[0], weight_shapes, str(path))
+        lora = read_lora(path)[0]
+        check_fits(lora, weight_shapes, str(path))
         name = f"lora{index}"
         try:
-            pipeline.load_lora_weights(str(path), adapter_name=name)
+            with tempfile.TemporaryDirectory() as folder:
+                peft_file = write_lora(lora, Path(folder) / "lora.safetensors", "peft", {})
+                pipeline.load_lora_weights(str(peft_file), adapter_name=name)
         except (ValueError, KeyError, RuntimeError, OSError) as error:
             raise TunelabError(f"cannot load LoRA {path}: {str(error).splitlines()[0]}") from None
         names.append(name)

@@ -89,6 +89,9 @@ class TextualInversionMethod:
         return self.options.token
 
     def setup(self, family) -> None:
+        from tunelab.models.family import require_technique
+
+        require_technique(family, self.name)
         self.family = family
         self._random = random.Random(torch.initial_seed())  # templates repeat with the run's seed
         for name in family.text_encoder_names:
@@ -208,11 +211,12 @@ def attach_embeddings(pipeline, specs: list[tuple[Path, str | None]]) -> list[st
 
     The token is the one given, else the name the file holds, else the file name (as A1111 does)."""
     from tunelab.formats.embedding import read_embedding
-    from tunelab.models.family import family_for
+    from tunelab.models.family import family_for, require_technique
 
     if not specs:
         return []
     family = family_for(pipeline)
+    require_technique(family, "textual_inversion")
     tokens = []
     for path, token in specs:
         if not path.is_file():

@@ -14,9 +14,46 @@ import torch
 from tunelab.errors import TunelabError
 
 
+def _tiny_vae(**overrides):
+    """SD's VAE structure at two levels (a 2x VAE); SDXL and Flux change its latent scaling."""
+    from diffusers import AutoencoderKL
+
+    settings = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+    return AutoencoderKL(**{**settings, **overrides})
+
+
+def _tiny_clip(model_class, tokenizer, hidden_size: int, **extra):
+    """A two-layer CLIP text encoder (CLIPTextModel, or CLIPTextModelWithProjection for SDXL's second)."""
+    from transformers import CLIPTextConfig
+
+    return model_class(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **extra,
+        )
+    )
+
+
 def build_tiny_sd(seed: int = 0):
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
     from tunelab.models.tokenizer import build_clip_tokenizer
 
@@ -36,30 +73,9 @@ def build_tiny_sd(seed: int = 0):
         norm_num_groups=8,
     )
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-    )
+    vae = _tiny_vae()
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = _tiny_clip(CLIPTextModel, tokenizer, hidden_size=32)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -81,7 +97,125 @@ def build_tiny_sd(seed: int = 0):
     )
 
 
-PRESETS: dict[str, Callable[..., object]] = {"tiny-sd": build_tiny_sd}
+def build_tiny_sdxl(seed: int = 0):
+    """SDXL's structure in miniature: CLIP-L-like and bigG-like text encoders of different widths (32
+    and 48, so their embedding files differ), pooled projection, `text_time` size conditioning, and
+    the UNet laid out as SDXL's (2 layers per level, the first level without attention, then
+    attention levels with more transformer layers), so SGM block names map exactly as on SDXL."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from tunelab.models.tokenizer import build_clip_tokenizer
+
+    tokenizer, tokenizer_2 = build_clip_tokenizer(), build_clip_tokenizer()
+    time_embed_dim, pooled_dim = 8, 32
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16,  # latent side: 32 px images through a 2x VAE
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        cross_attention_dim=32 + 48,  # both encoders' hidden states, concatenated
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=6 * time_embed_dim + pooled_dim,  # 6 time ids + pooled text
+        norm_num_groups=8,
+    )
+    torch.manual_seed(seed + 1)
+    vae = _tiny_vae(scaling_factor=0.13025)
+    torch.manual_seed(seed + 2)
+    text_encoder = _tiny_clip(CLIPTextModel, tokenizer, hidden_size=32)
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = _tiny_clip(CLIPTextModelWithProjection, tokenizer_2, hidden_size=48, projection_dim=pooled_dim)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+    )
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+    )
+
+
+# Flux.1's latent side at its default size is 128 (1024 px); the tiny model is trained and sampled at 32 px.
+TINY_FLUX_SAMPLE_SIZE = 16
+
+
+def build_tiny_flux(seed: int = 0):
+    """Flux.1-dev's structure in miniature: one double-stream and one single-stream block, rotary
+    axes, guidance embedding, a 16-channel-packed latent (4 VAE channels x 2x2 patches), a CLIP
+    text encoder for the pooled vector and a T5 encoder for the sequence."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    from tunelab.models.tokenizer import build_clip_tokenizer, build_t5_tokenizer
+
+    tokenizer, tokenizer_2 = build_clip_tokenizer(), build_t5_tokenizer()
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * 4,  # VAE channels x packed 2x2 patch
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,  # T5 width
+        pooled_projection_dim=32,  # CLIP width
+        guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),
+    )
+    torch.manual_seed(seed + 1)
+    vae = _tiny_vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+    torch.manual_seed(seed + 2)
+    text_encoder = _tiny_clip(CLIPTextModel, tokenizer, hidden_size=32)
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_2),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            is_encoder_decoder=False,
+            pad_token_id=tokenizer_2.pad_token_id,
+            eos_token_id=tokenizer_2.eos_token_id,
+        )
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
+    )
+    pipeline = FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+    pipeline.default_sample_size = TINY_FLUX_SAMPLE_SIZE
+    return pipeline
+
+
+PRESETS: dict[str, Callable[..., object]] = {"tiny-sd": build_tiny_sd, "tiny-sdxl": build_tiny_sdxl, "tiny-flux": build_tiny_flux}
 
 
 def build_preset(name: str, seed: int = 0):

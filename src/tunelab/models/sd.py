@@ -5,10 +5,21 @@ from __future__ import annotations
 import torch
 from diffusers import DDPMScheduler
 
-from tunelab.models.family import Generators, NoisyBatch, draw
+from tunelab.errors import TunelabError
+from tunelab.models.family import ALL_TECHNIQUES, Generators, NoisyBatch, VaeLatentsMixin, draw, draw_noise, tokenize
+
+# TrainOptions fields that only flow-matching models (Flux) read.
+FLOW_OPTIONS = ("timestep_sampling", "flow_shift", "flux_guidance")
 
 
-class StableDiffusionFamily:
+def refuse_flow_options(options, family_name: str) -> None:
+    given = [name for name in FLOW_OPTIONS if options is not None and getattr(options, name) is not None]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise TunelabError(f"{flag} applies to flow-matching models (Flux.1); {family_name} models are trained with DDPM noise")
+
+
+class StableDiffusionFamily(VaeLatentsMixin):
     name = "sd"
     denoiser_name = "unet"
     text_encoder_names = ("text_encoder",)
@@ -25,8 +36,12 @@ class StableDiffusionFamily:
         },
     }
 
-    def __init__(self, pipeline):
+    techniques = ALL_TECHNIQUES
+    prompt_weighting = True  # generation encodes A1111-weighted prompts itself (generate/prompt_encoding.py)
+
+    def __init__(self, pipeline, options=None):
         self.pipeline = pipeline
+        refuse_flow_options(options, "Stable Diffusion")
         # Training always uses the DDPM forward process of the model's own beta schedule.
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.prediction_type = self.noise_scheduler.config.prediction_type
@@ -42,61 +57,23 @@ class StableDiffusionFamily:
     def native_resolution(self) -> int:
         return self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
 
-    def module(self, name: str) -> torch.nn.Module:
-        return getattr(self.pipeline, name)
-
-    def tokenizer_for(self, text_encoder_name: str):
-        """The tokenizer that feeds a text encoder (text_encoder <- tokenizer, text_encoder_2 <- tokenizer_2)."""
-        return getattr(self.pipeline, text_encoder_name.replace("text_encoder", "tokenizer"))
-
-    def set_module(self, name: str, module: torch.nn.Module) -> None:
-        # The trainer may hand back a wrapped module (e.g. DDP); the pipeline keeps the plain one.
-        setattr(self, f"_wrapped_{name}", module)
-
-    def _forward_module(self, name: str) -> torch.nn.Module:
-        return getattr(self, f"_wrapped_{name}", None) or self.module(name)
-
-    def frozen_modules(self) -> dict[str, torch.nn.Module]:
-        return {"vae": self.pipeline.vae, "text_encoder": self.pipeline.text_encoder, "unet": self.pipeline.unet}
-
     def enable_gradient_checkpointing(self) -> None:
         self.pipeline.unet.enable_gradient_checkpointing()
-        self.pipeline.text_encoder.gradient_checkpointing_enable()
+        for name in self.text_encoder_names:
+            self.module(name).gradient_checkpointing_enable()
 
-    @torch.no_grad()
-    def latent_distribution(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The VAE's Gaussian over latents: (mean, std), each (B, 4, H/f, W/f)."""
-        vae = self.pipeline.vae
-        pixel_values = pixel_values.to(device=vae.device, dtype=vae.dtype)  # (B, 3, H, W) in [-1, 1]
-        distribution = vae.encode(pixel_values).latent_dist
-        return distribution.mean, distribution.std
-
-    def sample_latents(self, mean: torch.Tensor, std: torch.Tensor, generator: Generators) -> torch.Tensor:
-        from diffusers.utils.torch_utils import randn_tensor
-
-        # Drawn as diffusers' DiagonalGaussianDistribution.sample draws, so cached and fresh agree exactly.
-        noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return (mean + std * noise) * self.pipeline.vae.config.scaling_factor
-
-    def encode_images(self, pixel_values: torch.Tensor, generator: Generators = None) -> torch.Tensor:
-        return self.sample_latents(*self.latent_distribution(pixel_values), generator)
+    def encode_text(self, name: str, ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """(hidden states (B, 77, D), pooled or None) of one text encoder, as the denoiser takes them."""
+        return self._forward_module(name)(ids, attention_mask=attention_mask)[0], None
 
     def encode_prompts(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        tokenizer = self.pipeline.tokenizer
-        text_encoder = self._forward_module("text_encoder")
-        ids = tokenizer(
-            captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids.to(self.pipeline.text_encoder.device)  # (B, 77)
-        hidden = text_encoder(ids)[0]  # (B, 77, D)
+        ids = tokenize(self.pipeline.tokenizer, captions).to(self.pipeline.text_encoder.device)  # (B, 77)
+        hidden, _ = self.encode_text("text_encoder", ids)  # (B, 77, D)
         return {"encoder_hidden_states": hidden}
 
     def add_noise(self, latents: torch.Tensor, noise_offset: float, generator: Generators) -> NoisyBatch:
-        batch_size, channels = latents.shape[:2]
-        noise = draw(generator, batch_size, lambda g, n: torch.randn((n, *latents.shape[1:]), generator=g)).to(latents)
-        if noise_offset:
-            # Per-channel offset lets the model learn overall brightness (very dark or light images).
-            offset = draw(generator, batch_size, lambda g, n: torch.randn((n, channels, 1, 1), generator=g)).to(latents)
-            noise = noise + noise_offset * offset
+        batch_size = latents.shape[0]
+        noise = draw_noise(latents, noise_offset, generator)
         steps = self.noise_scheduler.config.num_train_timesteps
         timesteps = draw(generator, batch_size, lambda g, n: torch.randint(0, steps, (n,), generator=g)).to(latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)

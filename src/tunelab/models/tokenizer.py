@@ -51,3 +51,18 @@ def build_clip_tokenizer(words=DEFAULT_WORDS, model_max_length: int = 77) -> CLI
     vocab_tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: index for index, token in enumerate(vocab_tokens)}
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def build_t5_tokenizer(words=DEFAULT_WORDS, model_max_length: int = 64):
+    """A T5-style (SentencePiece unigram) tokenizer: each word one `▁word` piece, any other text
+    falls back to single characters; ids 0, 1, 2 are <pad>, </s>, <unk> as in T5."""
+    import string
+
+    from transformers import T5Tokenizer
+
+    characters = string.ascii_letters + string.digits + string.punctuation
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + word, -3.0) for word in sorted(set(w.lower() for w in words))]
+    # A word piece (-3) always beats spelling the word out; a lone character costs more than one after a space.
+    vocab += [("\u2581" + c, -9.0) for c in characters] + [(c, -10.0) for c in characters]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)

@@ -153,7 +153,7 @@ def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
     set_seed(options.seed)
 
     pipeline = load_pipeline(options.model, seed=options.seed)
-    family = family_for(pipeline)
+    family = family_for(pipeline, options)
     resolution = options.resolution or family.native_resolution
     dataset, collate = build_training_data(options, method, family, resolution, accelerator, stop)
     if dataset.skipped:
