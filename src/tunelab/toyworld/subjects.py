@@ -1,0 +1,67 @@
+"""Subjects the toyworld base has never seen: a pattern of two new colours on a known shape.
+
+Each subject's class word is its shape, which the base draws in solid base colours, so
+"a circle" is the class prior and "a sks circle" the subject, as "a dog" / "a sks dog".
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from tunelab.errors import TunelabError
+from tunelab.toyworld.world import BACKGROUND_COLOURS, Look, Scene, place, render
+
+
+@dataclass(frozen=True)
+class Subject:
+    name: str
+    token: str  # the identifier in prompts
+    look: Look
+
+    @property
+    def class_word(self) -> str:
+        return self.look.shape
+
+    @property
+    def prompt(self) -> str:
+        return f"a {self.token} {self.class_word}"
+
+    @property
+    def class_prompt(self) -> str:
+        return f"a {self.class_word}"
+
+    def scenes(self, count: int, seed: int) -> list[Scene]:
+        """Varied size, place and background; seed 0 gives the training renders, others held-out ones."""
+        rng = random.Random(f"{self.name}/{seed}")
+        return [place(rng, self.look, BACKGROUND_COLOURS[(index + seed) % len(BACKGROUND_COLOURS)]) for index in range(count)]
+
+
+SUBJECTS = {
+    subject.name: subject
+    for subject in (
+        Subject("bullseye", "sks", Look("circle", ("orange", "purple"), "rings")),
+        Subject("checker", "zwx", Look("square", ("pink", "orange"), "quadrants")),
+        Subject("flag", "ohwx", Look("triangle", ("purple", "pink"), "bands")),
+    )
+}
+TRAINING_RENDERS = 5
+
+
+def subject_named(name: str) -> Subject:
+    if name not in SUBJECTS:
+        raise TunelabError(f"unknown toyworld subject {name!r}; subjects: {', '.join(SUBJECTS)}")
+    return SUBJECTS[name]
+
+
+def write_training_images(subject: Subject, folder: Path, count: int = TRAINING_RENDERS, captions: bool = True) -> Path:
+    """The subject's training renders as PNGs, with caption files ("a sks circle") unless captions=False."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, scene in enumerate(subject.scenes(count, seed=0)):
+        Image.fromarray(render(scene)).save(folder / f"{subject.name}_{index}.png")
+        if captions:
+            (folder / f"{subject.name}_{index}.txt").write_text(subject.prompt + "\n")
+    return folder
