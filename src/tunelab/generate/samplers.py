@@ -39,7 +39,8 @@ DEFAULT_FLOW_SAMPLER = "euler"
 
 
 def _is_flow_matching(base_config) -> bool:
-    return str(base_config.get("_class_name", "")).startswith("FlowMatch")
+    # A scheduler's config holds its own settings only; the shift ones are FlowMatch*'s alone.
+    return "shift" in base_config and "base_image_seq_len" in base_config
 
 
 def sampler_name(name: str | None, base_config) -> str:
