@@ -13,6 +13,10 @@ COMMANDS = {
     "train": ("train a technique (lora, dreambooth, textual_inversion, hypernetwork) on a folder of images", "tunelab.train.command"),
     "generate": ("generate images, with LoRAs, embeddings and hypernetworks", "tunelab.generate.command"),
     "lora": ("LoRA tools: extract, merge, combine, resize, convert, info, precision-report", "tunelab.lora.command"),
+    "bench": ("benchmarks: `bench speed` times tunelab's training step beside the reference step", "tunelab.bench.command"),
+    "compare": ("run techniques side by side on one model and subject: time, memory, size, cost, quality", "tunelab.compare.command"),
+    "demo": ("compare the four techniques on a built-in toyworld subject (no download; minutes on a laptop)", "tunelab.compare.demo"),
+    "toyworld": ("toyworld, the built-in world: pretrain its base, write a subject's images, score a base", "tunelab.toyworld.command"),
 }
 
 
@@ -50,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     # Library chatter (missing torchvision, progress of every pipeline call) is noise on a CLI.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -59,25 +63,19 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def main(argv: list[str] | None = None) -> int:
-    _quiet_libraries()
-    import logging
-
+def run_guarded(work, debug: bool = False) -> int:
+    """Run `work()`; failures become one line on stderr and an exit code (2 bad input, 130 stopped, 1 a bug)."""
     from tunelab.errors import TunelabError
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
-    args._argv = list(argv) if argv is not None else sys.argv[1:]  # for commands that start copies of themselves
     from tunelab.train.stopping import TrainingInterrupted
 
     try:
-        importlib.import_module(args._module).run(args)
+        work()
         return 0
     except TrainingInterrupted as error:
         print(f"tunelab: {error}", file=sys.stderr)
         return 130
     except TunelabError as error:
-        if args.debug:
+        if debug:
             raise
         print(f"tunelab: error: {error}", file=sys.stderr)
         return 2
@@ -85,10 +83,20 @@ def main(argv: list[str] | None = None) -> int:
         print("tunelab: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # an unexpected failure still gets one line; --debug shows where
-        if args.debug:
+        if debug:
             raise
         print(f"tunelab: internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    args._argv = list(argv) if argv is not None else sys.argv[1:]  # for commands that start copies of themselves
+    return run_guarded(lambda: importlib.import_module(args._module).run(args), args.debug)
 
 
 def entry() -> None:

@@ -126,15 +126,24 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return {str(key).replace("-", "_"): value for key, value in data.items()}
 
 
+def checked_values(schemas, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Values written by a user (a file, a list entry) checked against the schemas' options and typed."""
+    fields = _schema_fields(schemas)
+    checked = {}
+    for key, value in values.items():
+        key = str(key).replace("-", "_")
+        if key not in fields:
+            raise TunelabError(f"unknown option {key!r} in {where}{_closest(key, fields)}")
+        checked[key] = coerce(key, value, fields[key][1])
+    return checked
+
+
 def resolve(schemas, cli_values: dict[str, Any], config_path: str | Path | None = None) -> list[Any]:
-    """Build one instance per schema from defaults, then the file, then the command line."""
+    """Build one instance per schema from defaults, then the file, then the command line (or a program's values)."""
     fields = _schema_fields(schemas)
     merged: dict[str, Any] = {}
     if config_path is not None:
-        for key, value in read_config_file(config_path).items():
-            if key not in fields:
-                raise TunelabError(f"unknown option {key!r} in {config_path}{_closest(key, fields)}")
-            merged[key] = coerce(key, value, fields[key][1])
+        merged = checked_values(schemas, read_config_file(config_path), str(config_path))
     for key, value in cli_values.items():
         merged[key] = coerce(key, value, fields[key][1])
     instances = []

@@ -12,7 +12,7 @@ from tunelab.errors import TunelabError
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
-def _load_diffusers_folder(folder: Path, torch_dtype: torch.dtype):
+def load_diffusers_folder(folder: Path, torch_dtype: torch.dtype):
     import diffusers
 
     index = json.loads((folder / "model_index.json").read_text())
@@ -51,7 +51,7 @@ def load_pipeline(reference: str | Path, *, torch_dtype: torch.dtype = torch.flo
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise TunelabError(f"{path} is a folder but not a diffusers model (no model_index.json)")
-        return _load_diffusers_folder(path, torch_dtype)
+        return load_diffusers_folder(path, torch_dtype)
     if path.is_file():
         if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise TunelabError(f"{path}: not a model checkpoint (expected {', '.join(CHECKPOINT_SUFFIXES)})")

@@ -31,7 +31,7 @@ def _tiny_vae(**overrides):
     return AutoencoderKL(**{**settings, **overrides})
 
 
-def _tiny_clip(model_class, tokenizer, hidden_size: int, **extra):
+def tiny_clip(model_class, tokenizer, hidden_size: int, positions: int = 77, **extra):
     """A two-layer CLIP text encoder (CLIPTextModel, or CLIPTextModelWithProjection for SDXL's second)."""
     from transformers import CLIPTextConfig
 
@@ -42,7 +42,7 @@ def _tiny_clip(model_class, tokenizer, hidden_size: int, **extra):
             intermediate_size=2 * hidden_size,
             num_hidden_layers=2,
             num_attention_heads=4,
-            max_position_embeddings=77,
+            max_position_embeddings=positions,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
@@ -51,8 +51,15 @@ def _tiny_clip(model_class, tokenizer, hidden_size: int, **extra):
     )
 
 
+def sd_pipeline(**components):
+    """A Stable Diffusion pipeline of these components, without the NSFW checker (never needed here)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
 def build_tiny_sd(seed: int = 0):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     from tunelab.models.tokenizer import build_clip_tokenizer
@@ -75,7 +82,7 @@ def build_tiny_sd(seed: int = 0):
     torch.manual_seed(seed + 1)
     vae = _tiny_vae()
     torch.manual_seed(seed + 2)
-    text_encoder = _tiny_clip(CLIPTextModel, tokenizer, hidden_size=32)
+    text_encoder = tiny_clip(CLIPTextModel, tokenizer, hidden_size=32)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -85,16 +92,7 @@ def build_tiny_sd(seed: int = 0):
         steps_offset=1,
         prediction_type="epsilon",
     )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return sd_pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
 
 
 def build_tiny_sdxl(seed: int = 0):
@@ -130,9 +128,9 @@ def build_tiny_sdxl(seed: int = 0):
     torch.manual_seed(seed + 1)
     vae = _tiny_vae(scaling_factor=0.13025)
     torch.manual_seed(seed + 2)
-    text_encoder = _tiny_clip(CLIPTextModel, tokenizer, hidden_size=32)
+    text_encoder = tiny_clip(CLIPTextModel, tokenizer, hidden_size=32)
     torch.manual_seed(seed + 3)
-    text_encoder_2 = _tiny_clip(CLIPTextModelWithProjection, tokenizer_2, hidden_size=48, projection_dim=pooled_dim)
+    text_encoder_2 = tiny_clip(CLIPTextModelWithProjection, tokenizer_2, hidden_size=48, projection_dim=pooled_dim)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -183,7 +181,7 @@ def build_tiny_flux(seed: int = 0):
     torch.manual_seed(seed + 1)
     vae = _tiny_vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
     torch.manual_seed(seed + 2)
-    text_encoder = _tiny_clip(CLIPTextModel, tokenizer, hidden_size=32)
+    text_encoder = tiny_clip(CLIPTextModel, tokenizer, hidden_size=32)
     torch.manual_seed(seed + 3)
     text_encoder_2 = T5EncoderModel(
         T5Config(

@@ -19,25 +19,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_schema_arguments(sub, [TrainOptions, schema])
 
 
-def run(args: argparse.Namespace) -> None:
+def prepare_run(method_name: str, values: dict, config_path=None):
+    """Options, technique and the resolved configuration of one training run, as `tunelab train` builds them."""
     from dataclasses import replace
-    from pathlib import Path
 
     from tunelab.config import resolve, to_dict
     from tunelab.methods import method_class
+
+    method_type = method_class(method_name)
+    options, method_options = resolve([TrainOptions, method_type.options_schema], values, config_path)
+    if options.learning_rate is None:
+        options = replace(options, learning_rate=method_type.default_learning_rate)  # recorded as used
+    # The technique is part of the run: a config.yaml written here is also a valid --config file.
+    resolved = {"technique": method_name, **to_dict(options, method_options)}
+    return options, method_type(method_options), resolved
+
+
+def run(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from tunelab.train.launch import inside_launched_process, relaunch
     from tunelab.train.loop import train
     from tunelab.train.output import check_output_folder
 
-    method_type = method_class(args.method)
     internal = {"_module", "_argv", "debug", "command", "method", "config"}
     cli_values = {key: value for key, value in vars(args).items() if key not in internal}
-    options, method_options = resolve([TrainOptions, method_type.options_schema], cli_values, args.config)
-    if options.learning_rate is None:
-        options = replace(options, learning_rate=method_type.default_learning_rate)  # recorded as used
-    # The technique is part of the run: a config.yaml written here is also a valid --config file.
-    resolved = {"technique": args.method, **to_dict(options, method_options)}
-    method = method_type(method_options)
+    options, method, resolved = prepare_run(args.method, cli_values, args.config)
     check_output_folder(Path(options.out), resolved, options.overwrite)
     if options.num_processes > 1 and not inside_launched_process():
         relaunch(args._argv, options.num_processes, options.mixed_precision)

@@ -1,0 +1,127 @@
+"""results.json, report.md and a self-contained report.html (images inline, plots as SVG)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+COLUMNS = (  # (key, heading, format)
+    ("technique", "technique", "{}"),
+    ("train_seconds", "train s", "{:.1f}"),
+    ("steps_per_second", "steps/s", "{:.2f}"),
+    ("peak_memory_mb", "peak MB", "{:.0f}"),
+    ("trainable_params", "trainable params", "{:,}"),
+    ("artifact_bytes", "artifact bytes", "{:,}"),
+    ("usd", "USD", "{:.5f}"),
+    ("subject_fidelity", "subject fidelity", "{:.3f}"),
+    ("prompt_fidelity", "prompt fidelity", "{:.3f}"),
+    ("prior_drift", "prior drift", "{:+.3f}"),
+    ("diversity", "diversity", "{:.3f}"),
+)
+PUBLIC_KEYS = ("name", "technique", "train_seconds", "steps", "steps_per_second", "peak_memory_mb", "trainable_params",
+               "artifact", "artifact_bytes", "usd", "subject_fidelity", "prompt_fidelity", "prior_drift",
+               "class_preservation", "diversity", "samples", "sample_prompts", "loss_curve")
+
+
+def _cell(record: dict, key: str, form: str) -> str:
+    value = record.get(key)
+    return "n/a" if value is None else form.format(value)
+
+
+def public_records(records: list[dict]) -> list[dict]:
+    return [{key: record.get(key) for key in PUBLIC_KEYS} for record in records]
+
+
+def markdown(records: list[dict], title: str, notes: list[str]) -> str:
+    lines = [f"# {title}", "", *notes, "", "| experiment | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+             "|---" * (len(COLUMNS) + 1) + "|"]
+    for record in records:
+        lines.append(f"| {record['name']} | " + " | ".join(_cell(record, k, f) for k, _, f in COLUMNS) + " |")
+    lines += ["", "Sample grids (rows: the subject prompt, prompts asking for a background or place, the class prompt; "
+              "the same seeds in every column): `experiments/NAME/samples.png`.", ""]
+    return "\n".join(lines)
+
+
+def _polyline_svg(series: dict[str, list[tuple[float, float]]], width=480, height=220, x_label="step", y_label="loss") -> str:
+    points = [p for values in series.values() for p in values]
+    if not points:
+        return "<p>no loss curves (the base is not trained)</p>"
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1, y0, y1 = min(xs), max(xs) or 1, min(ys), max(ys)
+    span_x, span_y = (x1 - x0) or 1, (y1 - y0) or 1
+    colours = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 40}">',
+             f'<rect x="40" y="0" width="{width - 40}" height="{height}" fill="none" stroke="#999"/>']
+    for index, (name, values) in enumerate(series.items()):
+        coords = " ".join(f"{40 + (x - x0) / span_x * (width - 40):.1f},{height - (y - y0) / span_y * height:.1f}" for x, y in values)
+        colour = colours[index % len(colours)]
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{coords}"/>')
+        parts.append(f'<text x="{50 + index * 110}" y="{height + 32}" fill="{colour}" font-size="12">{html.escape(name)}</text>')
+    parts.append(f'<text x="0" y="12" font-size="11">{y1:.3g}</text><text x="0" y="{height}" font-size="11">{y0:.3g}</text>')
+    parts.append(f'<text x="{width // 2}" y="{height + 14}" font-size="11">{x_label}</text>')
+    parts.append(f'<text x="42" y="12" font-size="11">{y_label}</text></svg>')
+    return "".join(parts)
+
+
+def _scatter_svg(records: list[dict], width=480, height=240) -> str:
+    """Quality (subject fidelity) against cost (USD), one labelled point per experiment."""
+    points = [(r["usd"], r["subject_fidelity"], r["name"]) for r in records if r.get("subject_fidelity") is not None]
+    if not points:
+        return "<p>no quality scores (the subject is not a toyworld subject)</p>"
+    top_x = max(p[0] for p in points) or 1
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 30}">',
+             f'<rect x="40" y="0" width="{width - 60}" height="{height}" fill="none" stroke="#999"/>']
+    for usd, fidelity, name in points:
+        x, y = 40 + usd / top_x * (width - 80), height - fidelity * height
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="#1f77b4"/>')
+        parts.append(f'<text x="{x + 6:.1f}" y="{y - 4:.1f}" font-size="11">{html.escape(name)}</text>')
+    parts.append(f'<text x="0" y="12" font-size="11">1.0</text><text x="0" y="{height}" font-size="11">0</text>')
+    parts.append(f'<text x="{width // 2 - 60}" y="{height + 20}" font-size="11">cost, USD (0 to {top_x:.4g})</text>')
+    parts.append('<text x="42" y="12" font-size="11">subject fidelity</text></svg>')
+    return "".join(parts)
+
+
+def _inline_png(path: str | None) -> str:
+    if not path or not Path(path).is_file():
+        return "<p>no samples</p>"
+    encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img alt="samples" src="data:image/png;base64,{encoded}" style="image-rendering: pixelated">'
+
+
+def html_report(records: list[dict], title: str, notes: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in COLUMNS)
+    rows = "".join(
+        f"<tr><td>{html.escape(r['name'])}</td>" + "".join(f"<td>{html.escape(_cell(r, k, f))}</td>" for k, _, f in COLUMNS) + "</tr>"
+        for r in records
+    )
+    grids = "".join(
+        f"<h3>{html.escape(r['name'])} ({html.escape(r['technique'])})</h3>"
+        + (f"<p class=prompts>rows: {' · '.join(html.escape(p) for p in r['sample_prompts'].values())}</p>" if r.get("sample_prompts") else "")
+        + _inline_png(r.get("samples"))
+        for r in records
+    )
+    curves = _polyline_svg({r["name"]: r["loss_curve"] for r in records if r.get("loss_curve")})
+    notes_html = "".join(f"<p>{html.escape(note)}</p>" for note in notes)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child,th:first-child{{text-align:left}}
+.prompts{{color:#555;font-size:90%}}</style></head>
+<body><h1>{html.escape(title)}</h1>{notes_html}
+<h2>Results</h2><table><tr><th>experiment</th>{head}</tr>{rows}</table>
+<h2>Quality against cost</h2>{_scatter_svg(records)}
+<h2>Loss curves</h2>{curves}
+<h2>Samples</h2><p>Rows: the subject prompt; prompts asking for a background or a place; the class prompt. Columns: the same seeds for every experiment.</p>{grids}
+</body></html>
+"""
+
+
+def write_reports(records: list[dict], out: Path, title: str, notes: list[str]) -> dict[str, Path]:
+    records = public_records(records)
+    paths = {"json": out / "results.json", "markdown": out / "report.md", "html": out / "report.html"}
+    paths["json"].write_text(json.dumps(records, indent=2) + "\n")
+    paths["markdown"].write_text(markdown(records, title, notes))
+    paths["html"].write_text(html_report(records, title, notes))
+    return paths

@@ -1,0 +1,183 @@
+"""Run a comparison: the base and each experiment in its own process, results kept per experiment.
+
+OUT/
+  compare.json           the shared settings this folder's results belong to
+  experiments/NAME/      the experiment's training output, result.json, samples.png
+  results.json report.md report.html
+An experiment whose result.json exists for the same settings is not run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tunelab.compare.config import CompareConfig, Experiment
+from tunelab.errors import TunelabError
+
+LOCK = ".compare.lock"
+
+
+class FolderLock:
+    """One comparison per output folder at a time; a lock left by a dead process is taken over."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / LOCK
+
+    def __enter__(self):
+        try:
+            descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            owner = self.path.read_text().strip()
+            if owner.isdigit() and _alive(int(owner)):
+                raise TunelabError(f"{self.path.parent} is in use by another compare run (pid {owner}); use another --out") from None
+            self.path.unlink(missing_ok=True)
+            return self.__enter__()
+        with os.fdopen(descriptor, "w") as lock_file:
+            lock_file.write(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_output_folder(out: Path, config: CompareConfig) -> None:
+    """Refuse to mix: a folder holds the results of one comparison's settings, and nothing else."""
+    marker = out / "compare.json"
+    if marker.is_file():
+        if json.loads(marker.read_text()).get("settings") != json.loads(config.fingerprint()):
+            raise TunelabError(f"{out} holds results of a comparison with other settings (model, subject, evaluation); "
+                               "use another --out, or --rerun to discard them")
+    elif out.exists() and any(path.name != LOCK for path in out.iterdir()):
+        raise TunelabError(f"{out} is not empty and holds no comparison; use another --out")
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def experiment_spec(config: CompareConfig, experiment: Experiment | None, out: Path, device: str, data: Path) -> dict:
+    """What the worker needs to train and evaluate one experiment (None: the untuned base)."""
+    from tunelab.toyworld.subjects import SUBJECTS
+
+    options = config.options
+    name = experiment.name if experiment else "base"
+    folder = out / "experiments" / name
+    subject = SUBJECTS.get(options.subject)
+    training = dict(experiment.training) if experiment else {}
+    # The identifier in prompts: a textual-inversion token when the experiment learns one, else the subject's.
+    identifier = training.get("token") or (subject.token if subject else None)
+    prompt = f"a {identifier} {subject.class_word}" if subject else options.prompt
+    training |= {"model": options.model, "images": str(data), "out": str(folder), "prompt": prompt,
+                 "overwrite": True, "log_with": "tensorboard"}
+    return {
+        "name": name,
+        "technique": experiment.technique if experiment else "base",
+        "fingerprint": experiment.fingerprint() if experiment else "base",
+        "model": options.model,
+        "subject": options.subject,
+        "identifier": identifier,
+        "training": training,
+        "out": str(folder),
+        "result": str(folder / "result.json"),
+        "device": device,
+        "evaluation": {"images_per_prompt": options.images_per_prompt, "seed": options.seed,
+                       "sample_steps": options.sample_steps, "guidance": options.guidance},
+    }
+
+
+def _done(spec: dict) -> bool:
+    result = Path(spec["result"])
+    if not result.is_file():
+        return False
+    return json.loads(result.read_text()).get("fingerprint") == spec["fingerprint"]
+
+
+def _run_worker(spec: dict) -> None:
+    folder = Path(spec["out"])
+    spec_path = folder / "spec.json"
+    if spec_path.is_file() and json.loads(spec_path.read_text()) == spec:
+        spec["training"]["resume"] = "latest"  # the same experiment stopped earlier: go on from its last checkpoint
+    elif folder.exists():
+        shutil.rmtree(folder)  # another experiment's leftovers under this name
+    folder.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(json.dumps({**spec, "training": {k: v for k, v in spec["training"].items() if k != "resume"}}, indent=2) + "\n")
+    process = subprocess.Popen([sys.executable, "-m", "tunelab.compare.worker", json.dumps(spec)])
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        code = process.wait()  # the worker got the same Ctrl-C and is saving its checkpoint
+    if code == 130:
+        from tunelab.train.stopping import TrainingInterrupted
+
+        raise TrainingInterrupted(f"stopped during experiment {spec['name']!r}; rerun the same command to go on")
+    if code != 0 or not Path(spec["result"]).is_file():
+        raise TunelabError(f"experiment {spec['name']!r} failed (exit {code}); its output is in {folder}")
+
+
+def training_data(config: CompareConfig, out: Path) -> Path:
+    from tunelab.toyworld.subjects import SUBJECTS, write_training_images
+
+    subject = SUBJECTS.get(config.options.subject)
+    if subject is None:
+        return Path(config.options.subject).expanduser().resolve()
+    return write_training_images(subject, out / "data" / subject.name, captions=False)
+
+
+def run_comparison(config: CompareConfig, out: Path, rerun: bool = False, progress=None) -> list[dict]:
+    """Run what is missing, then return every record (base first) with prior drift filled in."""
+    out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out):
+        if rerun:
+            (out / "compare.json").unlink(missing_ok=True)
+            for result in (out / "experiments").glob("*/result.json"):
+                result.unlink()
+        check_output_folder(out, config)
+        (out / "compare.json").write_text(json.dumps({"settings": json.loads(config.fingerprint()),
+                                                      "config": dataclasses.asdict(config)}, indent=2) + "\n")
+        device = _device()
+        data = training_data(config, out)
+        specs = [experiment_spec(config, None, out, device, data)]
+        specs += [experiment_spec(config, experiment, out, device, data) for experiment in config.experiments]
+        records = []
+        for index, spec in enumerate(specs):
+            if progress:
+                progress(index, len(specs), spec["name"])
+            if not _done(spec):
+                _run_worker(spec)
+            records.append(json.loads(Path(spec["result"]).read_text()))
+        if progress:
+            progress(len(specs), len(specs), "report")
+        return finish_records(records, config)
+
+
+def finish_records(records: list[dict], config: CompareConfig) -> list[dict]:
+    """Cost, prior drift against the base, and only the metrics asked for."""
+    from tunelab.evaluate.protocol import METRICS
+
+    base = records[0]
+    for record in records:
+        record["usd"] = round(record["train_seconds"] / 3600 * config.options.usd_per_hour, 6)
+        if "class_preservation" in record:
+            record["prior_drift"] = round(base["class_preservation"] - record["class_preservation"], 4)
+        for metric in METRICS:
+            if metric not in config.options.metrics or metric not in record:
+                record[metric] = None
+    return records

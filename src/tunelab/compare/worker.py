@@ -1,0 +1,114 @@
+"""One experiment of a comparison in its own process: train, measure, evaluate, write result.json.
+
+A process per experiment makes peak memory the experiment's own (process RSS on CPU, the
+CUDA allocator's peak on a GPU) and keeps one run's state out of the next.
+Run as `python -m tunelab.compare.worker SPEC_JSON` (the spec itself, as text).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def _peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _loss_curve(log_dir: Path, points: int = 200) -> list[tuple[int, float]]:
+    """(step, loss) from the run's TensorBoard log, thinned to at most `points`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    if "loss" not in events.Tags().get("scalars", []):
+        return []
+    curve = [(event.step, event.value) for event in events.Scalars("loss")]
+    stride = max(1, len(curve) // points)
+    return curve[::stride]
+
+
+def train_experiment(spec: dict) -> dict:
+    from tunelab.train.command import prepare_run
+    from tunelab.train.loop import train
+    from tunelab.compare.techniques import artifact_bytes
+
+    out = Path(spec["out"])
+    options, method, resolved = prepare_run(spec["technique"], spec["training"])
+    started = time.perf_counter()
+    artifact = train(options, method, resolved)
+    seconds = time.perf_counter() - started
+    trainable = sum(p.numel() for group in method.trainable_parameters() for p in group["params"] if p.requires_grad)
+    return {
+        "train_seconds": round(seconds, 2),
+        "steps": options.steps,
+        "steps_per_second": round(options.steps / seconds, 3),
+        "peak_memory_mb": round(_peak_memory_mb(spec["device"]), 1),
+        "trainable_params": int(trainable),
+        "artifact": str(artifact),
+        "artifact_bytes": artifact_bytes(Path(artifact)),
+        "loss_curve": _loss_curve(out / "logs"),
+    }
+
+
+def evaluate_experiment(spec: dict, artifact: str | None) -> dict:
+    """Scores and the sample grid of the model with the experiment's artifact attached (the base without one)."""
+    from tunelab.compare.techniques import ATTACH
+    from tunelab.evaluate.protocol import evaluate_subject
+    from tunelab.generate.command import GenerateOptions, prepare
+    from tunelab.compare.report_images import save_grid
+    from tunelab.toyworld.subjects import SUBJECTS
+
+    evaluation = spec["evaluation"]
+    if spec["subject"] not in SUBJECTS:
+        return {}  # a folder subject: no renderer, no quality metrics
+    attach = ATTACH[spec["technique"]](artifact, spec["identifier"]) if artifact else {}
+    generate_options = GenerateOptions(**{"model": spec["model"], "prompt": "", "out": "", "sampler": "dpm++_2m",
+                                          "device": spec["device"], **attach})
+    session = prepare(generate_options)
+    result = evaluate_subject(session.pipeline, SUBJECTS[spec["subject"]], spec["identifier"], evaluation["images_per_prompt"],
+                              evaluation["seed"], evaluation["sample_steps"], evaluation["guidance"])
+    grid = save_grid(result.rows, Path(spec["out"]) / "samples.png")
+    return {**result.scores, "samples": str(grid), "sample_prompts": {row: prompts[0] for row, (prompts, _) in result.rows.items()}}
+
+
+def run_spec(spec: dict) -> dict:
+    torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
+    result = {"name": spec["name"], "technique": spec["technique"], "fingerprint": spec["fingerprint"]}
+    if spec["technique"] == "base":
+        result |= {"train_seconds": 0.0, "steps": 0, "steps_per_second": None, "peak_memory_mb": 0.0,
+                   "trainable_params": 0, "artifact": None, "artifact_bytes": 0, "loss_curve": []}
+    else:
+        result |= train_experiment(spec)
+    result |= evaluate_experiment(spec, result["artifact"])
+    return result
+
+
+def main(argv: list[str]) -> int:
+    import logging
+
+    from tunelab.cli import quiet_libraries, run_guarded
+
+    quiet_libraries()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    spec = json.loads(argv[0])
+
+    def work():
+        result = run_spec(spec)
+        target = Path(spec["result"])
+        partial = target.with_suffix(".partial")
+        partial.write_text(json.dumps(result, indent=2) + "\n")
+        partial.replace(target)  # a result file exists only when complete
+
+    return run_guarded(work)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
