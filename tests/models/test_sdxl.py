@@ -126,3 +126,107 @@ def test_sgm_named_kohya_lora_matches_the_same_lora_in_diffusers_names(tmp_path)
     written = write_lora(from_diffusers, tmp_path / "out.safetensors", "kohya", {"ss_base_model_version": "sdxl_base_v1-0"})
     with safe_open(written, "pt") as handle:
         assert {key.split(".")[0] for key in handle.keys()} == set(SHAPES)
+
+
+def test_weighted_prompts_use_both_encoders_and_plain_ones_match_diffusers():
+    from tunelab.generate.prompt_encoding import encode_prompt_pair
+
+    pipeline = build_preset("tiny-sdxl")
+    ours = encode_prompt_pair(pipeline, PROMPT, "blurry")
+    theirs = pipeline.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=True, negative_prompt="blurry")
+    names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+    assert ours["prompt_embeds"].shape == (1, 77, 32 + 48) and ours["pooled_prompt_embeds"].shape == (1, 32)
+    for name, expected in zip(names, theirs):
+        assert torch.equal(ours[name], expected), name
+
+    weighted = encode_prompt_pair(pipeline, "a photo of (sks:1.4) toy")["prompt_embeds"]
+    changed = (weighted != ours["prompt_embeds"]).any(dim=1)[0]  # (80,) features that moved
+    assert changed[:32].any() and changed[32:].any()  # both encoders' halves carry the weight
+
+
+def _unet_output(pipeline, prompt=PROMPT):
+    from tunelab.models.family import NoisyBatch, family_for
+
+    family = family_for(pipeline)
+    latents = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(11))  # (B, C, h, w)
+    with torch.no_grad():
+        return family.predict(NoisyBatch(latents, torch.tensor([400]), None), family.encode_prompts([prompt]))
+
+
+def test_textual_inversion_writes_clip_l_and_clip_g_that_diffusers_loads(tmp_path, subject_images):
+    from tunelab.methods.textual_inversion import TextualInversionMethod, TextualInversionOptions
+    from tunelab.train.loop import train
+    from tunelab.train.options import TrainOptions
+
+    options = TrainOptions(model="tiny-sdxl", images=str(subject_images), out=str(tmp_path), steps=4, learning_rate=0.05,
+                           log_with="none")
+    method = TextualInversionMethod(TextualInversionOptions(token="<sks-toy>", init_word="toy", vectors=2))
+    artifact = train(options, method, {"technique": "textual_inversion"})
+    with safe_open(artifact, "pt") as handle:
+        vectors = {key: handle.get_tensor(key) for key in handle.keys()}
+    assert {key: tuple(v.shape) for key, v in vectors.items()} == {"clip_l": (2, 32), "clip_g": (2, 48)}
+    for key, name in (("clip_l", "text_encoder"), ("clip_g", "text_encoder_2")):
+        trained_rows = method.family.module(name).get_input_embeddings().weight[-2:]
+        assert torch.equal(vectors[key], trained_rows.detach())
+        initial = build_preset("tiny-sdxl")
+        toy = initial.tokenizer(["toy"], add_special_tokens=False).input_ids[0][0]
+        assert not torch.equal(vectors[key][0], getattr(initial, name).get_input_embeddings().weight[toy])
+
+    # diffusers' documented SDXL recipe: each file entry into its own encoder; then the same prompt embedding as trained.
+    pipeline = build_preset("tiny-sdxl")
+    pipeline.load_textual_inversion(vectors["clip_l"], token="<sks-toy>", text_encoder=pipeline.text_encoder, tokenizer=pipeline.tokenizer)
+    pipeline.load_textual_inversion(vectors["clip_g"], token="<sks-toy>", text_encoder=pipeline.text_encoder_2, tokenizer=pipeline.tokenizer_2)
+    prompt = "a photo of <sks-toy>"
+    theirs = pipeline.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=False)
+    trained = method.family.pipeline
+    expected = trained.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=False)  # expands the token as trained
+    torch.testing.assert_close(theirs[0], expected[0])
+    torch.testing.assert_close(theirs[2], expected[2])
+
+    common = ["generate", "--model", "tiny-sdxl", "--prompt", prompt, "--steps", "3", "--seed", "2", "--sampler", "euler",
+              "--guidance", "5"]
+    assert run_cli(*common, "--embedding", artifact, "--out", tmp_path / "ti.png") == 0
+    pipeline.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config)
+    reference = pipeline(prompt, negative_prompt="", num_inference_steps=3, guidance_scale=5,
+                         generator=torch.Generator().manual_seed(2)).images[0]
+    assert np.array_equal(_pixels(tmp_path / "ti.png"), _pixels(reference))
+
+
+def test_hypernetwork_trains_on_both_context_widths_and_reattaches_exactly(tmp_path, subject_images):
+    from tunelab.methods.hypernetwork import HypernetworkMethod, HypernetworkOptions, attach_hypernetworks
+    from tunelab.train.loop import train
+    from tunelab.train.options import TrainOptions
+
+    options = TrainOptions(model="tiny-sdxl", images=str(subject_images), out=str(tmp_path), prompt=PROMPT, steps=4,
+                           learning_rate=1e-2, log_with="none")
+    method = HypernetworkMethod(HypernetworkOptions(activation="relu"))
+    artifact = train(options, method, {"technique": "hypernetwork"})
+    assert method.hypernetwork.widths == [32, 80]  # the UNet's self-attention width and the two encoders' 32 + 48
+
+    trained = _unet_output(method.family.pipeline)
+    pipeline = build_preset("tiny-sdxl")
+    base = _unet_output(pipeline)
+    attach_hypernetworks(pipeline, [(artifact, 1.0)])
+    torch.testing.assert_close(_unet_output(pipeline), trained)
+    assert not torch.allclose(base, trained, atol=1e-5)
+
+
+def test_dreambooth_fine_tunes_unet_and_both_text_encoders_into_an_sdxl_folder(tmp_path, subject_images, capsys):
+    from diffusers import StableDiffusionXLPipeline
+
+    common = ["train", "dreambooth", "--model", "tiny-sdxl", "--images", subject_images, "--prompt", PROMPT, "--steps", "3",
+              "--learning-rate", "1e-3", "--log-with", "none"]
+    assert run_cli(*common, "--out", tmp_path / "sf", "--single-file") == 2
+    assert "--single-file writes Stable Diffusion 1.x checkpoints" in capsys.readouterr().err
+    assert not (tmp_path / "sf" / "pipeline").exists()
+
+    assert run_cli(*common, "--out", tmp_path / "db", "--train-text-encoder") == 0
+    saved = StableDiffusionXLPipeline.from_pretrained(tmp_path / "db" / "pipeline")
+    base = build_preset("tiny-sdxl")
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        changed = [key for key, value in getattr(saved, name).state_dict().items()
+                   if not torch.equal(value, getattr(base, name).state_dict()[key])]
+        assert changed, f"{name} was not trained"
+    for key, value in saved.vae.state_dict().items():
+        assert torch.equal(value, base.vae.state_dict()[key])
+    assert not torch.allclose(_unet_output(saved), _unet_output(base), atol=1e-5)

@@ -106,7 +106,8 @@ def apply_speed_options(options: TrainOptions, family, trainable: dict[str, torc
     trained_encoders = [name for name in family.text_encoder_names if name in trainable]
     if options.cache_text_embeddings and trained_encoders:
         raise TunelabError(
-            f"--cache-text-embeddings needs frozen text encoders, but this run trains {', '.join(trained_encoders)}"
+            f"--cache-text-embeddings needs frozen text encoders, but this run trains {', '.join(trained_encoders)} "
+            "(use --no-cache-text-embeddings)"
         )
     if options.gradient_checkpointing:
         family.enable_gradient_checkpointing()

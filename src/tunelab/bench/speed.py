@@ -1,0 +1,282 @@
+"""`tunelab bench speed`: tunelab's own training step, timed beside the reference step in one process.
+
+The tunelab side runs `tunelab.train.step` (what `tunelab train` runs for every micro-batch)
+on a real-size model with random weights (or a tiny preset, to check the bench on a CPU).
+The reference side is the plain diffusers + PEFT loop of `reference_step.py`, copied into
+this package. Both print the reference script's fields as JSON lines, plus warm-up seconds
+(compilation included), model FLOP utilisation where the card's peak is known, and the time
+a 4500-step run would take including warm-up; a third line gives tunelab / reference.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
+from typing import Literal
+
+import torch
+
+from tunelab.config import option
+from tunelab.errors import TunelabError
+from tunelab.train.options import TrainOptions
+
+# A run of the length the study trained, to weigh warm-up against steady-state speed.
+RUN_STEPS = 4500
+CAPTION = "a photo of sks toy"
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by device-name fragment, most specific first.
+BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("H20", 148.0), ("A100", 312.0),
+                    ("L40S", 362.0), ("B200", 2250.0))
+# Bench defaults that differ from `tunelab train`'s: the reference trains on latents under bf16 autocast.
+BENCH_TRAIN_DEFAULTS = {"mixed_precision": "bf16", "cache_latents": True, "cache_text_embeddings": True}
+# The trainer options the bench passes on (speed and memory); the rest keep their defaults.
+TRAIN_FIELDS = ("mixed_precision", "gradient_checkpointing", "gradient_checkpointing_mode", "cache_latents",
+                "cache_text_embeddings", "compile", "attention_backend", "adamw_implementation", "channels_last",
+                "lora_fp32_inputs", "optimizer")
+# Method options the bench fills where a technique has them (a Textual Inversion run needs a token).
+METHOD_VALUES = {"token": "<bench-token>", "init_word": "toy"}
+# (family name, technique) -> the reference case with that architecture and mode.
+REFERENCE_CASES = {
+    ("sd", "lora"): "sd15-lora32-bs4",
+    ("sd", "dreambooth"): "sd15-full-bs4",
+    ("sdxl", "lora"): "sdxl-lora32-bs4",
+    ("sdxl", "dreambooth"): "sdxl-full-bs1",
+    ("flux", "lora"): "flux-lora16-bs1",
+}
+
+
+@dataclass
+class BenchOptions:
+    family: Literal["sd", "sdxl", "flux"] | None = option(
+        "real-size architecture with random weights: sd (1.5), sdxl, flux (1-dev)", default=None
+    )
+    preset: str | None = option("a built-in tiny preset instead (tiny-sd, ...): checks the bench on a CPU, not speed", default=None)
+    method: Literal["lora", "dreambooth", "textual_inversion", "hypernetwork"] = option("technique to train", default="lora")
+    batch: int = option("images per step", default=1)
+    resolution: int | None = option("image side in pixels (default: the model's native size)", default=None)
+    steps: int = option("timed steps", default=10)
+    warmup_steps: int = option("untimed steps first (caches fill, compilation happens here)", default=2)
+    rank: int | None = option("LoRA rank (default: 32, 16 on Flux, as the reference)", default=None)
+    reference: bool = option("also time the reference step in this process, for the ratio", default=True)
+    reference_cudnn_sdp: bool = option(
+        "let the reference use cuDNN attention (--no-reference-cudnn-sdp is its --no-cudnn-sdp, needed for Flux "
+        "with torch 2.11/cu130)", default=True,
+    )
+    out: str | None = option("also append the JSON lines to this file", default=None)
+
+
+def _train_fields():
+    """TrainOptions' speed fields as a schema of their own, with the bench's defaults."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(TrainOptions)
+    chosen = {f.name: f for f in fields(TrainOptions) if f.name in TRAIN_FIELDS}
+    spec = []
+    for name, original in chosen.items():
+        default = BENCH_TRAIN_DEFAULTS.get(name, original.default)
+        spec.append((name, hints[name], field(default=default, metadata=original.metadata)))
+    return dataclasses.make_dataclass("BenchTrainOptions", spec)
+
+
+BenchTrainOptions = _train_fields()
+
+
+def peak_tflops(device_name: str) -> float | None:
+    for fragment, peak in BF16_PEAK_TFLOPS:
+        if fragment in device_name:
+            return peak
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _gib(count: int) -> float:
+    return round(count / 2**30, 2)
+
+
+def _module_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def _load_pipeline(bench: BenchOptions, device: torch.device, dtype: torch.dtype):
+    if bench.preset is not None:
+        from tunelab.models.loading import load_pipeline
+
+        return load_pipeline(bench.preset)
+    from tunelab.bench.random_model import config_folder, random_pipeline
+
+    return random_pipeline(config_folder(bench.family), device, dtype)
+
+
+def _method(bench: BenchOptions, family_name: str):
+    from tunelab.methods import method_class
+
+    method_type = method_class(bench.method)
+    names = {f.name for f in fields(method_type.options_schema)}
+    rank = bench.rank or (16 if family_name == "flux" else 32)
+    values = {key: value for key, value in {**METHOD_VALUES, "rank": rank, "alpha": float(rank)}.items() if key in names}
+    return method_type(method_type.options_schema(**values))
+
+
+@contextmanager
+def _accelerator(mixed_precision: str):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    try:
+        yield Accelerator(mixed_precision=mixed_precision)
+    finally:
+        AcceleratorState._reset_state()  # mixed precision is process-wide state in accelerate
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def time_tunelab(bench: BenchOptions, train_values: dict) -> tuple[dict, int]:
+    """Build the model, prepare tunelab's step as the trainer does, and time it: (row, latent side)."""
+    from accelerate.utils import set_seed
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tunelab.models.family import family_for
+    from tunelab.train.step import WEIGHT_DTYPES, prepare_step
+
+    options = TrainOptions(model=bench.preset or f"random {bench.family}", images="", out="", batch_size=bench.batch,
+                           steps=RUN_STEPS, log_with="none", **train_values)
+    with _accelerator(options.mixed_precision) as accelerator:
+        device = accelerator.device
+        set_seed(options.seed)
+        pipeline = _load_pipeline(bench, device, WEIGHT_DTYPES[options.mixed_precision])
+        family = family_for(pipeline)
+        resolution = bench.resolution or family.native_resolution
+        latent_side = resolution // pipeline.vae_scale_factor
+        options = replace(options, resolution=resolution)
+        method = _method(bench, family.name)
+        step = prepare_step(options, method, family, accelerator)
+        denoiser = family.module(family.denoiser_name)
+        trained = {id(p): p for group in step.optimizer.param_groups for p in group["params"]}
+        frozen_encoders = [m for name, m in family.frozen_modules().items() if name != family.denoiser_name]
+        generator = torch.Generator().manual_seed(options.seed)
+        batch = {
+            "pixel_values": torch.rand(bench.batch, 3, resolution, resolution, generator=generator) * 2 - 1,  # (B, 3, R, R)
+            "captions": [CAPTION] * bench.batch,
+            "is_prior": torch.zeros(bench.batch, dtype=torch.bool),
+        }
+        index = iter(range(10**9))
+
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(bench.warmup_steps):
+            step(batch, 0, next(index))
+        _sync(device)
+        warmup_s = time.perf_counter() - started
+        # FLOPs of one step, counted eagerly (a compiled region hides its operations from the counter).
+        with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:
+            step(batch, 0, next(index))
+        flops = counter.get_total_flops()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(bench.steps):
+            step(batch, 0, next(index))
+        _sync(device)
+        seconds = (time.perf_counter() - started) / bench.steps
+        peak = _gib(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+        row = dict(
+            case=f"{family.name}-{bench.method}-bs{bench.batch}-{resolution}px",
+            params_m=round(sum(p.numel() for p in denoiser.parameters()) / 1e6, 1),
+            trainable_m=round(sum(p.numel() for p in trained.values()) / 1e6, 2),
+            batch=bench.batch, s_per_step=round(seconds, 4), images_per_s=round(bench.batch / seconds, 2), peak_gib=peak,
+            tflop_per_step=round(flops / 1e12, 3), achieved_tflops=round(flops / seconds / 1e12, 1),
+            warmup_s=round(warmup_s, 2), frozen_encoders_gib=_gib(sum(_module_bytes(m) for m in frozen_encoders)),
+            family=family.name, method=bench.method, resolution=resolution,
+        )
+    del step, method, family, pipeline, denoiser, trained, frozen_encoders
+    _free(device)
+    return row, latent_side
+
+
+def time_reference(bench: BenchOptions, family_name: str, resolution: int, latent_side: int, device: torch.device) -> dict | None:
+    """The reference step for the same architecture, mode, batch, resolution and rank; None where it has no such case."""
+    from tunelab.bench import reference_step
+
+    case = REFERENCE_CASES.get((family_name, bench.method))
+    if case is None:
+        return None
+    rank = bench.rank or (16 if family_name == "flux" else 32)
+    cudnn = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(bench.reference_cudnn_sdp and cudnn)
+    try:
+        row = reference_step.run_case(case, bench.preset is not None, bench.steps, device.type, batch_size=bench.batch,
+                                      latent=latent_side, rank=rank)
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(cudnn)
+        _free(device)
+    return dict(row, resolution=resolution)
+
+
+def _with_utilisation(row: dict, peak: float | None) -> dict:
+    row["mfu"] = round(row["achieved_tflops"] / peak, 3) if peak else None
+    row[f"run_{RUN_STEPS}_s"] = round(row["warmup_s"] + RUN_STEPS * row["s_per_step"], 1)
+    return row
+
+
+def _ratio(tunelab: dict, reference: dict) -> dict:
+    def ratio(a, b):
+        return round(a / b, 3) if a is not None and b else None
+
+    run = f"run_{RUN_STEPS}_s"
+    return dict(side="ratio", case=tunelab["case"], reference_case=reference["case"],
+                images_per_s=ratio(tunelab["images_per_s"], reference["images_per_s"]),
+                peak_memory=ratio(tunelab["peak_gib"], reference["peak_gib"]),
+                **{f"speedup_{run}": ratio(reference[run], tunelab[run])})
+
+
+def run_speed_bench(bench: BenchOptions, train_values: dict, emit=print) -> list[dict]:
+    """Time the reference (when it has the case) and tunelab, side by side; emit one JSON line each."""
+    if (bench.family is None) == (bench.preset is None):
+        raise TunelabError("give one of --family (real size) or --preset (a tiny built-in model)")
+    if bench.batch < 1 or bench.steps < 1 or bench.warmup_steps < 0:
+        raise TunelabError("--batch and --steps must be at least 1, --warmup-steps at least 0")
+    if bench.family is not None:
+        from tunelab.bench.random_model import config_folder
+
+        config_folder(bench.family)  # refused now if this version ships no configuration for it
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    header = dict(side="device", device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                  torch=torch.__version__, options=train_values)
+    peak = peak_tflops(header["device"]) if device.type == "cuda" else None
+    if device.type == "cuda":
+        # As the reference script's main() does; set for both sides alike.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    rows = [header]
+    emit(json.dumps(header))
+    # tunelab runs first (a cold GPU and first-use library set-up count against it, not for it); each
+    # side frees its model before the other builds one, and peak memory is reset before each timed loop.
+    tunelab, latent_side = time_tunelab(bench, train_values)
+    tunelab = _with_utilisation(tunelab, peak)
+    reference = None
+    if bench.reference:
+        reference = time_reference(bench, tunelab["family"], tunelab["resolution"], latent_side, device)
+    for side, row in (("reference", reference), ("tunelab", tunelab)):
+        if row is not None:
+            rows.append(dict(side=side, **(_with_utilisation(row, peak) if side == "reference" else row)))
+            emit(json.dumps(rows[-1]))
+    if reference is not None:
+        rows.append(_ratio(tunelab, reference))
+        emit(json.dumps(rows[-1]))
+    if bench.out:
+        with open(bench.out, "a") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+    return rows
+
