@@ -279,4 +279,3 @@ def run_speed_bench(bench: BenchOptions, train_values: dict, emit=print) -> list
         with open(bench.out, "a") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in rows)
     return rows
-
