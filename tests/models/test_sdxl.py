@@ -211,22 +211,23 @@ def test_hypernetwork_trains_on_both_context_widths_and_reattaches_exactly(tmp_p
     assert not torch.allclose(base, trained, atol=1e-5)
 
 
-def test_dreambooth_fine_tunes_unet_and_both_text_encoders_into_an_sdxl_folder(tmp_path, subject_images, capsys):
+def test_dreambooth_fine_tunes_unet_and_both_text_encoders_into_an_sdxl_folder_and_single_file(tmp_path, subject_images):
     from diffusers import StableDiffusionXLPipeline
 
-    common = ["train", "dreambooth", "--model", "tiny-sdxl", "--images", subject_images, "--prompt", PROMPT, "--steps", "3",
-              "--learning-rate", "1e-3", "--log-with", "none"]
-    assert run_cli(*common, "--out", tmp_path / "sf", "--single-file") == 2
-    assert "--single-file writes Stable Diffusion 1.x checkpoints" in capsys.readouterr().err
-    assert not (tmp_path / "sf" / "pipeline").exists()
+    from tunelab.models.single_file import load_single_file
 
-    assert run_cli(*common, "--out", tmp_path / "db", "--train-text-encoder") == 0
-    saved = StableDiffusionXLPipeline.from_pretrained(tmp_path / "db" / "pipeline")
+    assert run_cli("train", "dreambooth", "--model", "tiny-sdxl", "--images", subject_images, "--prompt", PROMPT, "--steps", "3",
+                   "--learning-rate", "1e-3", "--log-with", "none", "--out", tmp_path, "--train-text-encoder", "--single-file") == 0
+    saved = StableDiffusionXLPipeline.from_pretrained(tmp_path / "pipeline")
+    single = load_single_file(tmp_path / "model.safetensors", config_dir=tmp_path / "pipeline")
     base = build_preset("tiny-sdxl")
     for name in ("unet", "text_encoder", "text_encoder_2"):
         changed = [key for key, value in getattr(saved, name).state_dict().items()
                    if not torch.equal(value, getattr(base, name).state_dict()[key])]
         assert changed, f"{name} was not trained"
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        for key, value in getattr(saved, name).state_dict().items():
+            assert torch.equal(getattr(single, name).state_dict()[key], value), f"{name}.{key}"
     for key, value in saved.vae.state_dict().items():
         assert torch.equal(value, base.vae.state_dict()[key])
     assert not torch.allclose(_unet_output(saved), _unet_output(base), atol=1e-5)

@@ -201,7 +201,7 @@ def test_variant_detection_reads_text_encoder_layout_and_cross_attention_width()
         detect_variant(fake_original_state_dict(SD1_TEXT_KEY, 768, in_channels=9))
 
 
-def test_sdxl_and_foreign_checkpoints_are_refused(tmp_path):
+def test_sdxl_refiner_and_foreign_checkpoints_are_refused(tmp_path):
     sdxl = {
         "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3),
         "conditioner.embedders.1.model.positional_embedding": torch.zeros(77, 1280),
@@ -210,7 +210,7 @@ def test_sdxl_and_foreign_checkpoints_are_refused(tmp_path):
     save_file(sdxl, str(tmp_path / "sdxl.safetensors"))
     save_file({"lora_unet_down.alpha": torch.ones(())}, str(tmp_path / "lora.safetensors"))
 
-    with pytest.raises(TunelabError, match="SDXL checkpoint, which is not supported; supported: Stable Diffusion 1.x .* and 2.x"):
+    with pytest.raises(TunelabError, match="SDXL checkpoint without both text encoders .* e.g. the refiner"):
         load_single_file(tmp_path / "sdxl.safetensors")
     with pytest.raises(TunelabError, match="not a Stable Diffusion checkpoint"):
         load_single_file(tmp_path / "lora.safetensors")
@@ -261,3 +261,54 @@ def test_shipped_clip_tokenizer_reproduces_clip_ids():
     # SD 1.x pads with <|endoftext|>, SD 2.x with "!" (id 0), as their tokenizer configs say.
     assert load_tokenizer(CONFIGS_DIR / "sd15").pad_token_id == 49407
     assert load_tokenizer(CONFIGS_DIR / "sd21").pad_token_id == 0
+
+
+def test_sdxl_single_file_round_trips_through_diffusers_converters(tmp_path):
+    """tiny-sdxl written in the SGM layout (UNet, VAE, CLIP-L, OpenCLIP with fused in_proj) and read back
+    by diffusers' own original-layout converters: every weight as it was."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from tunelab.formats.sd_checkpoint import save_single_file
+    from tunelab.models.presets import build_preset
+
+    pipeline = build_preset("tiny-sdxl")
+    folder = tmp_path / "tiny-sdxl"
+    pipeline.save_pretrained(folder)
+    path = save_single_file(pipeline, tmp_path / "sdxl.safetensors", dtype=torch.float32)
+    with safe_open(path, "pt") as handle:
+        keys = set(handle.keys())
+    assert "conditioner.embedders.1.model.transformer.resblocks.1.attn.in_proj_weight" in keys
+    assert "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight" in keys
+    assert "model.diffusion_model.label_emb.0.0.weight" in keys
+    assert "model.diffusion_model.input_blocks.4.1.transformer_blocks.1.attn2.to_k.weight" in keys
+
+    loaded = load_single_file(path, config_dir=folder)
+    assert isinstance(loaded, StableDiffusionXLPipeline)
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        expected = getattr(pipeline, name).state_dict()
+        got = getattr(loaded, name).state_dict()
+        assert set(got) == set(expected), name
+        for key, value in expected.items():
+            assert torch.equal(got[key], value), f"{name}.{key}"
+    assert loaded.tokenizer_2("a photo").input_ids == pipeline.tokenizer_2("a photo").input_ids
+
+
+def test_shipped_sdxl_config_is_picked_and_complete():
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig
+
+    state = {
+        "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3),
+        "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(640, 2048),
+        "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight": torch.zeros(77, 768),
+        "conditioner.embedders.1.model.positional_embedding": torch.zeros(77, 1280),
+        "first_stage_model.encoder.conv_in.weight": torch.zeros(128, 3, 3, 3),
+    }
+    assert detect_variant(state) == "sdxl"
+    folder = CONFIGS_DIR / "sdxl"
+    unet = UNet2DConditionModel.load_config(folder / "unet")
+    assert (unet["cross_attention_dim"], unet["addition_embed_type"], unet["projection_class_embeddings_input_dim"]) == (2048, "text_time", 2816)
+    second = CLIPTextConfig.from_pretrained(folder / "text_encoder_2", local_files_only=True)
+    assert (second.hidden_size, second.num_hidden_layers, second.projection_dim, second.hidden_act) == (1280, 32, 1280, "gelu")
+    assert load_tokenizer(folder, "tokenizer_2").pad_token_id == 0  # "!"
+    assert load_tokenizer(folder).pad_token_id == 49407

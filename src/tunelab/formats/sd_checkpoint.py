@@ -6,6 +6,11 @@ A1111, ComfyUI and diffusers' `from_single_file` all read this layout:
     first_stage_model.*                        VAE: encoder.down.N.block.M, mid.attn_1 as 1x1 convs
     cond_stage_model.transformer.text_model.*  CLIP ViT-L text encoder (SD 1.x)
 
+SDXL files (SGM layout) have the same UNet and VAE prefixes and two text encoders:
+
+    conditioner.embedders.0.transformer.text_model.*   CLIP ViT-L
+    conditioner.embedders.1.model.*                    OpenCLIP ViT-bigG (transformer.resblocks.N, fused in_proj)
+
 Names are derived from each component's config (levels, layers per level,
 which levels have attention), so any SD-structured model maps, from the tiny
 preset to a real SD 1.5.
@@ -24,6 +29,8 @@ from tunelab.formats.safetensors_io import save_tensors
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 SD1_TEXT_ENCODER_PREFIX = "cond_stage_model.transformer.text_model."
+SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -65,27 +72,70 @@ def save_single_file(
     return save_tensors(tensors, path, metadata=header)  # atomic write, refuses NaN/inf weights
 
 
+WRITABLE_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+
+
+def _is_sdxl(pipeline) -> bool:
+    return type(pipeline).__name__ == "StableDiffusionXLPipeline"
+
+
 def require_writable(pipeline) -> None:
-    """Refuse, before any work, a pipeline this writer has no layout for (e.g. SDXL)."""
-    if type(pipeline).__name__ != "StableDiffusionPipeline":
+    """Refuse, before any work, a pipeline this writer has no layout for (e.g. Flux)."""
+    if type(pipeline).__name__ not in WRITABLE_PIPELINES:
         raise TunelabError(
-            f"--single-file writes Stable Diffusion 1.x checkpoints; a {type(pipeline).__name__} is saved as a diffusers folder only"
+            f"--single-file writes Stable Diffusion 1.x and SDXL checkpoints; a {type(pipeline).__name__} is saved as a diffusers folder only"
         )
-    unet_module_map(pipeline.unet.config)
+    unet_module_map(pipeline.unet.config, added_embeddings=_is_sdxl(pipeline))
     vae_module_map(pipeline.vae.config)
 
 
 def pipeline_to_original_state_dict(pipeline) -> dict[str, torch.Tensor]:
-    """The pipeline's UNet, VAE and SD 1.x text encoder under their original Stable Diffusion names."""
+    """The pipeline's UNet, VAE and text encoder(s) under their original Stable Diffusion (SGM for SDXL) names."""
+    require_writable(pipeline)
     state: dict[str, torch.Tensor] = {}
-    state.update(_with_prefix(UNET_PREFIX, unet_to_original(pipeline.unet)))
+    state.update(_with_prefix(UNET_PREFIX, unet_to_original(pipeline.unet, added_embeddings=_is_sdxl(pipeline))))
     state.update(_with_prefix(VAE_PREFIX, vae_to_original(pipeline.vae)))
-    state.update(_with_prefix(SD1_TEXT_ENCODER_PREFIX, sd1_text_encoder_to_original(pipeline.text_encoder)))
+    if _is_sdxl(pipeline):
+        state.update(_with_prefix(SDXL_CLIP_L_PREFIX, sd1_text_encoder_to_original(pipeline.text_encoder)))
+        state.update(_with_prefix(SDXL_OPEN_CLIP_PREFIX, open_clip_to_original(pipeline.text_encoder_2)))
+    else:
+        state.update(_with_prefix(SD1_TEXT_ENCODER_PREFIX, sd1_text_encoder_to_original(pipeline.text_encoder)))
     return state
 
 
-def unet_to_original(unet) -> dict[str, torch.Tensor]:
-    return _rename(unet.state_dict(), unet_module_map(unet.config), "UNet")
+def unet_to_original(unet, added_embeddings: bool = False) -> dict[str, torch.Tensor]:
+    return _rename(unet.state_dict(), unet_module_map(unet.config, added_embeddings), "UNet")
+
+
+# OpenCLIP (SDXL's second encoder) names for the parts of transformers' CLIP text model.
+OPEN_CLIP_PARTS = {
+    "embeddings.position_embedding.weight": "positional_embedding",
+    "embeddings.token_embedding.weight": "token_embedding.weight",
+    "final_layer_norm.weight": "ln_final.weight",
+    "final_layer_norm.bias": "ln_final.bias",
+}
+OPEN_CLIP_LAYER_PARTS = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
+                         "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+
+
+def open_clip_to_original(text_encoder) -> dict[str, torch.Tensor]:
+    """A CLIPTextModelWithProjection as OpenCLIP stores it: `transformer.resblocks.N` with q, k, v fused into
+    `attn.in_proj_weight`, and `text_projection` as the (width, projection) matrix it multiplies by."""
+    state = {name.removeprefix("text_model."): tensor for name, tensor in text_encoder.state_dict().items()
+             if not name.endswith("position_ids")}
+    _refuse_adapter_layers(state, "second text encoder")
+    original = {OPEN_CLIP_PARTS[name]: state.pop(name) for name in list(state) if name in OPEN_CLIP_PARTS}
+    original["text_projection"] = state.pop("text_projection.weight").T.contiguous()  # (width, projection)
+    for index in range(text_encoder.config.num_hidden_layers):
+        layer, block = f"encoder.layers.{index}.", f"transformer.resblocks.{index}."
+        for kind in ("weight", "bias"):
+            parts = [state.pop(f"{layer}self_attn.{name}.{kind}") for name in ("q_proj", "k_proj", "v_proj")]
+            original[f"{block}attn.in_proj_{kind}"] = torch.cat(parts)  # (3 * width, width) / (3 * width,)
+            for part, original_part in OPEN_CLIP_LAYER_PARTS.items():
+                original[f"{block}{original_part}.{kind}"] = state.pop(f"{layer}{part}.{kind}")
+    if state:
+        raise TunelabError(f"cannot write the second text encoder in OpenCLIP's layout: {sorted(state)[0]} has no place there")
+    return original
 
 
 def vae_to_original(vae) -> dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ class DreamBoothOptions:
     full_bf16: bool = option("keep the trained weights in bf16 too (less memory, less precise updates)", default=False)
     ema: bool = option("keep an exponential moving average of the trained weights and save it", default=False)
     ema_decay: float = option("EMA decay per step", default=0.9999)
-    single_file: bool = option("also write OUT/model.safetensors in the original Stable Diffusion layout", default=False)
+    single_file: bool = option("also write OUT/model.safetensors in the original Stable Diffusion (SDXL: SGM) layout", default=False)
     save_precision: Literal["fp32", "fp16", "bf16"] = option("dtype of the saved model", default="fp32")
 
 

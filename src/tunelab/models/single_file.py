@@ -3,7 +3,7 @@
 The weights are read once through `tunelab.formats.safe_load` (so `.ckpt` files
 never run pickled code), then diffusers' own original-layout converters build
 each component from that state dict against a local diffusers-format config
-folder: the caller's, or one shipped under `configs/` (`sd15/`, `sd21/`), picked
+folder: the caller's, or one shipped under `configs/` (`sd15/`, `sd21/`, `sdxl/`), picked
 from the checkpoint's keys and shapes. The CLIP tokenizer is built from the
 BPE merge list shipped next to those configs, so nothing is downloaded.
 """
@@ -28,7 +28,7 @@ CLIP_BPE_FILE = CONFIGS_DIR / "clip_bpe_simple_vocab_16e6.txt.gz"
 # CLIP's 49408-token vocabulary: 2 x 256 byte symbols, these merges, then 2 special tokens.
 CLIP_MERGE_COUNT = 49152 - 256 - 2
 
-SUPPORTED_FAMILIES = "Stable Diffusion 1.x (e.g. 1.5, CLIP ViT-L text encoder) and 2.x (e.g. 2.1, OpenCLIP ViT-H)"
+SUPPORTED_FAMILIES = "Stable Diffusion 1.x (e.g. 1.5, CLIP ViT-L text encoder), 2.x (e.g. 2.1, OpenCLIP ViT-H) and SDXL base"
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 # SD 2.x epsilon checkpoints are the 512 px "base" models; the shipped sd21 config is the 768 px v-model.
 SD2_BASE_SAMPLE_SIZE = 64
@@ -45,6 +45,8 @@ REQUIRED_CONFIG_FILES = (
 UNET_PREFIX = "model.diffusion_model."
 UNET_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
 UNET_FIRST_CROSS_ATTENTION_KEY = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+# SDXL's first level has no attention; its first cross-attention is in the second.
+SDXL_FIRST_CROSS_ATTENTION_KEY = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 CLIP_PREFIX = "cond_stage_model.transformer."
 CLIP_TEXT_MODEL_PREFIX = "cond_stage_model.transformer.text_model."
@@ -52,8 +54,11 @@ OPEN_CLIP_PREFIX = "cond_stage_model.model."
 SDXL_PREFIX = "conditioner.embedders."
 
 # (text encoder layout, UNet cross-attention width) -> shipped config folder
-VARIANTS = {("clip", 768): "sd15", ("open_clip", 1024): "sd21"}
-LAYOUT_NAMES = {"clip": "an SD 1.x-style CLIP", "open_clip": "an SD 2.x-style OpenCLIP"}
+VARIANTS = {("clip", 768): "sd15", ("open_clip", 1024): "sd21", ("sdxl", 2048): "sdxl"}
+LAYOUT_NAMES = {"clip": "an SD 1.x-style CLIP", "open_clip": "an SD 2.x-style OpenCLIP", "sdxl": "SDXL's CLIP-L + OpenCLIP-bigG"}
+SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+SDXL_CONFIG_FILES = ("text_encoder_2/config.json",)
 
 
 def load_single_file(
@@ -62,10 +67,10 @@ def load_single_file(
     torch_dtype: torch.dtype = torch.float32,
     prediction_type: str | None = None,
 ):
-    """A StableDiffusionPipeline from one original-layout .safetensors/.ckpt file, without network access.
+    """A StableDiffusionPipeline (SDXL: StableDiffusionXLPipeline) from one original-layout .safetensors/.ckpt file, offline.
 
     `config_dir` is a diffusers-format folder describing the components (e.g. the base model
-    saved with `save_pretrained`); without it the shipped SD 1.5 or SD 2.1 config is chosen from
+    saved with `save_pretrained`); without it the shipped SD 1.5, SD 2.1 or SDXL config is chosen from
     the weights. SD 2.x defaults to v-prediction (2.1, 768 px); pass `prediction_type="epsilon"`
     for 512 px base models, whose weights look the same.
     """
@@ -81,16 +86,17 @@ def load_single_file(
     if config_dir is None:
         variant = detect_variant(state_dict, source=path.name)
         config_dir = CONFIGS_DIR / variant
-    config_dir = _checked_config_dir(config_dir)
+    sdxl = _require_supported_family(state_dict, path.name) == "sdxl"
+    config_dir = _checked_config_dir(config_dir, sdxl)
 
-    pipeline = _assemble_pipeline(state_dict, config_dir, torch_dtype, path.name)
+    pipeline = (_assemble_sdxl_pipeline if sdxl else _assemble_pipeline)(state_dict, config_dir, torch_dtype, path.name)
     if prediction_type is not None:
         _use_prediction_type(pipeline, prediction_type, variant)
     return pipeline
 
 
 def detect_variant(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> str:
-    """Name of the shipped config folder ("sd15" or "sd21") that fits these original-layout weights."""
+    """Name of the shipped config folder ("sd15", "sd21" or "sdxl") that fits these original-layout weights."""
     layout = _require_supported_family(state_dict, source)
     in_channels = state_dict[UNET_CONV_IN].shape[1]  # conv_in weight: [C_out, C_in, 3, 3]
     if in_channels != 4:
@@ -98,7 +104,7 @@ def detect_variant(state_dict: dict[str, torch.Tensor], source: str = "checkpoin
             f"{source} has a UNet with {in_channels} input channels (inpainting, depth or pix2pix model); "
             f"only text-to-image checkpoints of {SUPPORTED_FAMILIES} are supported"
         )
-    cross_attention = state_dict.get(UNET_FIRST_CROSS_ATTENTION_KEY)
+    cross_attention = state_dict.get(SDXL_FIRST_CROSS_ATTENTION_KEY if layout == "sdxl" else UNET_FIRST_CROSS_ATTENTION_KEY)
     context_width = None if cross_attention is None else cross_attention.shape[1]  # to_k: [C, context]
     variant = VARIANTS.get((layout, context_width))
     if variant is None:
@@ -123,11 +129,11 @@ def build_clip_bpe_tokenizer(pad_token: str = "<|endoftext|>", model_max_length:
     return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=model_max_length)
 
 
-def load_tokenizer(config_dir: str | Path):
+def load_tokenizer(config_dir: str | Path, subfolder: str = "tokenizer"):
     """The config folder's own tokenizer files if it has them, else the shipped CLIP BPE with its settings."""
     from transformers import CLIPTokenizer
 
-    folder = Path(config_dir) / "tokenizer"
+    folder = Path(config_dir) / subfolder
     if (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file():
         return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     settings_file = folder / "tokenizer_config.json"
@@ -139,9 +145,17 @@ def load_tokenizer(config_dir: str | Path):
 
 
 def _require_supported_family(state_dict: dict[str, torch.Tensor], source: str) -> str:
-    """The text encoder layout ("clip" or "open_clip") of an SD 1.x/2.x checkpoint; refuses anything else."""
+    """The text encoder layout ("clip", "open_clip" or "sdxl") of an SD 1.x/2.x/SDXL checkpoint; refuses anything else."""
     if any(key.startswith(SDXL_PREFIX) for key in state_dict):
-        raise TunelabError(f"{source} is an SDXL checkpoint, which is not supported; supported: {SUPPORTED_FAMILIES}")
+        has = {prefix: any(key.startswith(prefix) for key in state_dict) for prefix in (SDXL_CLIP_L_PREFIX, SDXL_OPEN_CLIP_PREFIX)}
+        if not all(has.values()):
+            raise TunelabError(
+                f"{source} is an SDXL checkpoint without both text encoders ({SDXL_CLIP_L_PREFIX}* and {SDXL_OPEN_CLIP_PREFIX}*), "
+                f"e.g. the refiner, which is not supported; supported: {SUPPORTED_FAMILIES}"
+            )
+        if UNET_CONV_IN not in state_dict or not any(key.startswith(VAE_PREFIXES) for key in state_dict):
+            raise TunelabError(f"{source} is an incomplete SDXL checkpoint (it needs {UNET_PREFIX}* and first_stage_model.*)")
+        return "sdxl"
     if UNET_CONV_IN not in state_dict:
         raise TunelabError(f"{source} is not a Stable Diffusion checkpoint (no {UNET_PREFIX}* UNet weights); supported: {SUPPORTED_FAMILIES}")
     if not any(key.startswith(VAE_PREFIXES) for key in state_dict):
@@ -167,40 +181,65 @@ def _with_text_model_level(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
     return {fixed(key): tensor for key, tensor in state_dict.items()}
 
 
-def _checked_config_dir(config_dir: str | Path) -> Path:
+def _checked_config_dir(config_dir: str | Path, sdxl: bool = False) -> Path:
     config_dir = Path(config_dir)
-    missing = [name for name in REQUIRED_CONFIG_FILES if not (config_dir / name).is_file()]
+    required = REQUIRED_CONFIG_FILES + (SDXL_CONFIG_FILES if sdxl else ())
+    missing = [name for name in required if not (config_dir / name).is_file()]
     if missing:
-        raise TunelabError(f"config folder {config_dir} is not a diffusers Stable Diffusion folder: missing {', '.join(missing)}")
+        kind = "SDXL" if sdxl else "Stable Diffusion"
+        raise TunelabError(f"config folder {config_dir} is not a diffusers {kind} folder: missing {', '.join(missing)}")
     return config_dir
 
 
-def _assemble_pipeline(state_dict: dict[str, torch.Tensor], config_dir: Path, torch_dtype: torch.dtype, source: str):
+def _build_components(state_dict, config_dir: Path, torch_dtype: torch.dtype, source: str, text_encoders) -> dict:
+    """UNet, VAE and the named text encoders ({subfolder: transformers class}) from original-layout weights."""
     # diffusers' pipeline-level from_single_file only takes a path or URL and reads the file
     # itself; its per-component loaders take our safely loaded state dict.
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
-    from transformers import CLIPTextModel
 
     local = {"config": str(config_dir), "local_files_only": True, "torch_dtype": torch_dtype}
+    components = {}
     with _as_tunelab_error(f"cannot build the UNet from {source} with {config_dir}"), _quiet_dtype_cast_warning():
-        unet = UNet2DConditionModel.from_single_file(state_dict, subfolder="unet", **local)
+        components["unet"] = UNet2DConditionModel.from_single_file(state_dict, subfolder="unet", **local)
     with _as_tunelab_error(f"cannot build the VAE from {source} with {config_dir}"), _quiet_dtype_cast_warning():
-        vae = AutoencoderKL.from_single_file(state_dict, subfolder="vae", **local)
-    with _as_tunelab_error(f"cannot build the text encoder from {source} with {config_dir}"):
-        text_encoder = create_diffusers_clip_model_from_ldm(CLIPTextModel, state_dict, subfolder="text_encoder", **local)
-    for name, model in (("UNet", unet), ("VAE", vae), ("text encoder", text_encoder)):
-        _require_all_weights_loaded(model, name, source, config_dir)
+        components["vae"] = AutoencoderKL.from_single_file(state_dict, subfolder="vae", **local)
+    for name, model_class in text_encoders.items():
+        with _as_tunelab_error(f"cannot build the {name.replace('_', ' ')} from {source} with {config_dir}"):
+            # For SDXL, diffusers tells its two encoders apart by their widths (768 and 1280).
+            components[name] = create_diffusers_clip_model_from_ldm(model_class, state_dict, subfolder=name, **local)
+    for name, model in components.items():
+        _require_all_weights_loaded(model, name.replace("_", " "), source, config_dir)
+    return components
 
+
+def _assemble_pipeline(state_dict: dict[str, torch.Tensor], config_dir: Path, torch_dtype: torch.dtype, source: str):
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    components = _build_components(state_dict, config_dir, torch_dtype, source, {"text_encoder": CLIPTextModel})
     return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
+        **components,
         tokenizer=load_tokenizer(config_dir),
-        unet=unet,
         scheduler=_load_scheduler(config_dir),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+
+
+def _assemble_sdxl_pipeline(state_dict: dict[str, torch.Tensor], config_dir: Path, torch_dtype: torch.dtype, source: str):
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    encoders = {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection}
+    components = _build_components(state_dict, config_dir, torch_dtype, source, encoders)
+    return StableDiffusionXLPipeline(
+        **components,
+        tokenizer=load_tokenizer(config_dir),
+        tokenizer_2=load_tokenizer(config_dir, "tokenizer_2"),  # SDXL's second pads with "!"
+        scheduler=_load_scheduler(config_dir),
+        force_zeros_for_empty_prompt=True,
     )
 
 
