@@ -1,17 +1,3 @@
-"""What machine a benchmark ran on (standard library only, shared by the scripts here)."""
+"""What machine a benchmark ran on: the package's own description, shared by the scripts here."""
 
-from __future__ import annotations
-
-import platform
-from pathlib import Path
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "?"
+from tunelab.machine import cpu_model  # noqa: F401  (re-exported for the scripts beside this file)

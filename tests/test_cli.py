@@ -33,7 +33,7 @@ def test_empty_images_folder(tmp_path, capsys):
 
 def test_unknown_preset_or_missing_model(tmp_path, subject_images, capsys):
     code = run_cli(*TRAIN, "--model", "tiny-sdx", "--images", subject_images, "--out", tmp_path / "o")
-    assert_one_line_error(capsys, code, "model not found: 'tiny-sdx' is not a preset (tiny-sd)")
+    assert_one_line_error(capsys, code, "model not found: 'tiny-sdx' is not a preset (tiny-flux, tiny-sd, tiny-sdxl, toyworld)")
     (tmp_path / "folder").mkdir()
     code = run_cli(*TRAIN, "--model", tmp_path / "folder", "--images", subject_images, "--out", tmp_path / "o")
     assert_one_line_error(capsys, code, "not a diffusers model (no model_index.json)")

@@ -21,6 +21,9 @@ def test_a_few_steps_of_the_recipe_give_a_loadable_base_and_its_record(tmp_path)
     assert set(facts["history"][0]) >= {"shape_accuracy", "colour_accuracy", "background_accuracy"}
     image = pipeline("a red circle", num_inference_steps=2, output_type="np").images[0]
     assert image.shape == (32, 32, 3)
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "tunelab toyworld pretrain --out DIR --seed 0 --scenes 64" in card and "--steps 2" in card
+    assert f"| {facts['scores']['shape_accuracy']:.2f} |" in card  # the card shows the measured scores
 
 
 def test_the_same_seed_gives_the_same_weights(tmp_path):

@@ -213,7 +213,18 @@ def build_tiny_flux(seed: int = 0):
     return pipeline
 
 
-PRESETS: dict[str, Callable[..., object]] = {"tiny-sd": build_tiny_sd, "tiny-sdxl": build_tiny_sdxl, "tiny-flux": build_tiny_flux}
+def _toyworld(seed: int = 0):
+    from tunelab.toyworld.base import load_toyworld  # pretrained weights shipped in the package, not built from config
+
+    return load_toyworld(seed)
+
+
+PRESETS: dict[str, Callable[..., object]] = {
+    "tiny-sd": build_tiny_sd,
+    "tiny-sdxl": build_tiny_sdxl,
+    "tiny-flux": build_tiny_flux,
+    "toyworld": _toyworld,
+}
 
 
 def build_preset(name: str, seed: int = 0):

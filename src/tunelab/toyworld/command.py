@@ -42,10 +42,16 @@ def run(args: argparse.Namespace) -> None:
             bars[stage].update(1)
             bars[stage].set_postfix(loss=f"{value:.4f}")
 
+        import torch
+
+        from tunelab.machine import describe
+        from tunelab.toyworld.model_card import score_and_write_card
+
         facts = pretrain(Path(args.out), recipe, progress)
         for bar in bars.values():
             bar.close()
-        print(f"saved {args.out} in {facts['total_seconds']:.0f} s")
+        scores = score_and_write_card(Path(args.out), describe(torch.get_num_threads()))
+        print(f"saved {args.out} in {facts['total_seconds']:.0f} s; held-out accuracy {json.dumps(scores)}")
     elif args.action == "subject":
         from tunelab.toyworld.subjects import subject_named, write_training_images
 
@@ -58,4 +64,4 @@ def run(args: argparse.Namespace) -> None:
 
         pipeline = load_pipeline(args.model)
         pipeline.set_progress_bar_config(disable=True)
-        print(json.dumps(measure_base(pipeline, count=args.images)))
+        print(json.dumps(measure_base(pipeline, count=args.images, seed=0)))
