@@ -149,3 +149,16 @@ def test_combinations_that_make_no_sense_are_refused(tmp_path, subject_images, c
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "lora.safetensors").exists()
+
+
+def test_lora_merged_into_flux_gives_the_image_of_the_attached_lora(tmp_path, flux_run):
+    lora_file = flux_run / "lora.safetensors"
+    assert run_cli("lora", "merge", "--model", "tiny-flux", "--lora", f"{lora_file}:0.7", "--out", tmp_path / "merged") == 0
+    common = ["generate", "--prompt", PROMPT, "--steps", "3", "--seed", "4", "--width", "32", "--height", "32"]
+    assert run_cli(*common, "--model", "tiny-flux", "--lora", f"{lora_file}:0.7", "--out", tmp_path / "attached.png") == 0
+    assert run_cli(*common, "--model", tmp_path / "merged", "--out", tmp_path / "merged.png") == 0
+    assert run_cli(*common, "--model", "tiny-flux", "--out", tmp_path / "base.png") == 0
+    attached = _pixels(tmp_path / "attached.png")
+    merged_off = np.abs(attached - _pixels(tmp_path / "merged.png"))  # fp32 rounding of W + delta vs W x + delta x
+    lora_effect = np.abs(attached - _pixels(tmp_path / "base.png"))
+    assert merged_off.max() <= 3 and merged_off.mean() < 0.1 * lora_effect.mean()

@@ -231,3 +231,22 @@ def test_dreambooth_fine_tunes_unet_and_both_text_encoders_into_an_sdxl_folder_a
     for key, value in saved.vae.state_dict().items():
         assert torch.equal(value, base.vae.state_dict()[key])
     assert not torch.allclose(_unet_output(saved), _unet_output(base), atol=1e-5)
+
+
+def test_lora_tools_on_sdxl_merge_then_extract_gives_the_lora_back_in_sgm_names(tmp_path, sdxl_lora):
+    from tunelab.formats.lora_io import read_lora
+
+    assert run_cli("lora", "merge", "--model", "tiny-sdxl", "--lora", sdxl_lora, "--out", tmp_path / "merged") == 0
+    assert run_cli("lora", "extract", "--base", "tiny-sdxl", "--tuned", tmp_path / "merged", "--rank", "4", "--clamp-quantile", "1",
+                   "--out", tmp_path / "extracted.safetensors") == 0
+    with safe_open(tmp_path / "extracted.safetensors", "pt") as handle:
+        names = {key.split(".")[0] for key in handle.keys()}
+    assert "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q" in names
+    assert any(name.startswith("lora_te2_") for name in names)
+    original, _ = read_lora(sdxl_lora)
+    extracted, _ = read_lora(tmp_path / "extracted.safetensors")
+    # Linear modules that changed (CLIP-L's last layer gets no gradient: SDXL reads its penultimate states).
+    linear = [key for key, module in original.items() if module.down.dim() == 2 and module.delta().abs().max() > 0]
+    assert linear and set(linear) <= set(extracted)
+    for key in linear:
+        torch.testing.assert_close(extracted[key].delta(), original[key].delta(), atol=2e-5, rtol=1e-3)

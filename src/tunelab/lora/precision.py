@@ -33,11 +33,10 @@ def denoiser_probe(pipeline, prompt: str, seed: int) -> Callable[[], torch.Tenso
 
     family = family_for(pipeline)
     denoiser = family.module(family.denoiser_name)
-    config = denoiser.config
     batch = len(PROBE_TIMESTEPS)
-    noise = torch.randn(
-        (batch, config.in_channels, config.sample_size, config.sample_size), generator=torch.Generator().manual_seed(seed)
-    )  # (T, C, h, w)
+    channels = pipeline.vae.config.latent_channels
+    side = family.native_resolution // pipeline.vae_scale_factor
+    noise = torch.randn((batch, channels, side, side), generator=torch.Generator().manual_seed(seed))  # (T, C, h, w)
     noisy = noise.to(denoiser.device, denoiser.dtype)
     timesteps = torch.tensor(PROBE_TIMESTEPS, device=denoiser.device)
 
