@@ -2,7 +2,8 @@
 
 `tiny-sd` keeps Stable Diffusion's structure (VAE + CLIP text encoder + UNet with
 cross-attention, DDPM-trained epsilon schedule) at a few hundred thousand
-parameters, so tests and examples train and sample in seconds on a CPU.
+parameters, so tests and examples train and sample in seconds on a CPU. `tiny-sdxl` and
+`tiny-flux` do the same for SDXL and Flux.1 (see their builders).
 """
 
 from __future__ import annotations
