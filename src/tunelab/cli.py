@@ -14,7 +14,6 @@ COMMANDS = {
     "generate": ("generate images, with LoRAs, embeddings and hypernetworks", "tunelab.generate.command"),
     "lora": ("LoRA tools: extract, merge, combine, resize, convert, info, precision-report", "tunelab.lora.command"),
     "bench": ("benchmarks: `bench speed` times tunelab's training step beside the reference step", "tunelab.bench.command"),
-    "bench": ("benchmarks: `bench speed` times tunelab's training step beside the reference step", "tunelab.bench.command"),
     "compare": ("run techniques side by side on one model and subject: time, memory, size, cost, quality", "tunelab.compare.command"),
     "demo": ("compare the four techniques on a built-in toyworld subject (no download; minutes on a laptop)", "tunelab.compare.demo"),
     "toyworld": ("toyworld, the built-in world: pretrain its base, write a subject's images, score a base", "tunelab.toyworld.command"),

@@ -155,7 +155,7 @@ def time_tunelab(bench: BenchOptions, train_values: dict) -> tuple[dict, int]:
         device = accelerator.device
         set_seed(options.seed)
         pipeline = _load_pipeline(bench, device, WEIGHT_DTYPES[options.mixed_precision])
-        family = family_for(pipeline)
+        family = family_for(pipeline, options)
         resolution = bench.resolution or family.native_resolution
         latent_side = resolution // pipeline.vae_scale_factor
         options = replace(options, resolution=resolution)
