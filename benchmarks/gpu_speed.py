@@ -115,6 +115,8 @@ def table(path: Path) -> str:
         elif row["side"] == "device":
             device = f"{row['device']} (torch {row['torch']})"
             devices += [device] if device not in devices else []
+        elif row["side"] in ("reference", "tunelab") and "error" in row:
+            sides.append(f"| {name} | {row['side']} | {row['case']} | error: {row['error'][:80]} | | | | | | |")
         elif row["side"] in ("reference", "tunelab"):
             sides.append(f"| {name} | {row['side']} | {row['case']} | {row['s_per_step']} | {row['images_per_s']} | "
                          f"{row['peak_gib']} | {row['achieved_tflops']} | {row['mfu']} | {row['warmup_s']} | {row['run_4500_s']} |")

@@ -65,6 +65,19 @@ def test_flops_are_counted_through_the_trainers_step(monkeypatch, capsys):
     assert len(counted) == 1 and counted[0] > 0
 
 
+def test_a_failing_side_is_reported_without_hiding_the_other(capsys, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(reference_step, "run_case", out_of_memory)
+    capsys.readouterr()
+    assert run_cli("bench", "speed", "--preset", "tiny-sd", "--steps", "1", "--warmup-steps", "0") == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [line["side"] for line in lines] == ["device", "reference", "tunelab"]
+    assert lines[1] == {"side": "reference", "case": "sd15-lora32-bs4", "error": "RuntimeError: CUDA out of memory (simulated)"}
+    check_row(lines[2], batch=1)
+
+
 @pytest.mark.parametrize("args,message", [
     (["--preset", "tiny-sd", "--family", "sd"], "give one of --family"),
     (["--steps", "2"], "give one of --family"),

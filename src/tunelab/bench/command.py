@@ -25,4 +25,8 @@ def run(args: argparse.Namespace) -> None:
     internal = {"_module", "_argv", "debug", "command", "bench"}
     values = {key: value for key, value in vars(args).items() if key not in internal}
     bench, train_options = resolve([BenchOptions, BenchTrainOptions], values)
-    run_speed_bench(bench, asdict(train_options))
+    rows = run_speed_bench(bench, asdict(train_options))
+    if any("error" in row for row in rows):
+        # The rows, errors included, are out; exit status 1 says a side failed.
+        failed = [f"{row['side']} {row['case']}" for row in rows if "error" in row]
+        raise RuntimeError(f"bench side failed: {', '.join(failed)} (its error is in the JSON line)")

@@ -224,6 +224,20 @@ def time_reference(bench: BenchOptions, family_name: str, resolution: int, laten
     return dict(row, resolution=resolution)
 
 
+def _guarded(measure, case: str | None):
+    """What `measure` returns, or an error row for `case` when it fails other than on bad input."""
+    try:
+        return measure()
+    except TunelabError:
+        raise
+    except Exception as error:
+        import traceback
+
+        traceback.print_exc()
+        _free(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        return {"case": case, "error": f"{type(error).__name__}: {error}"[:300]}
+
+
 def _with_utilisation(row: dict, peak: float | None) -> dict:
     row["mfu"] = round(row["achieved_tflops"] / peak, 3) if peak else None
     row[f"run_{RUN_STEPS}_s"] = round(row["warmup_s"] + RUN_STEPS * row["s_per_step"], 1)
@@ -259,23 +273,37 @@ def run_speed_bench(bench: BenchOptions, train_values: dict, emit=print) -> list
         # As the reference script's main() does; set for both sides alike.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    rows = [header]
-    emit(json.dumps(header))
-    # tunelab runs first (a cold GPU and first-use library set-up count against it, not for it); each
-    # side frees its model before the other builds one, and peak memory is reset before each timed loop.
-    tunelab, latent_side = time_tunelab(bench, train_values)
-    tunelab = _with_utilisation(tunelab, peak)
-    reference = None
-    if bench.reference:
-        reference = time_reference(bench, tunelab["family"], tunelab["resolution"], latent_side, device)
-    for side, row in (("reference", reference), ("tunelab", tunelab)):
-        if row is not None:
-            rows.append(dict(side=side, **(_with_utilisation(row, peak) if side == "reference" else row)))
-            emit(json.dumps(rows[-1]))
-    if reference is not None:
-        rows.append(_ratio(tunelab, reference))
-        emit(json.dumps(rows[-1]))
-    if bench.out:
-        with open(bench.out, "a") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in rows)
+    rows: list[dict] = []
+    out = open(bench.out, "a") if bench.out else None  # noqa: SIM115 (closed below; each line flushed as it comes)
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        emit(json.dumps(row))
+        if out is not None:
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+
+    try:
+        record(header)
+        # tunelab runs first (a cold GPU and first-use library set-up count against it, not for it); each
+        # side frees its model before the other builds one, and peak memory is reset before each timed loop.
+        # A side that fails (out of memory, a kernel error) is reported and does not hide the other.
+        measured = _guarded(lambda: time_tunelab(bench, train_values), f"{bench.family or bench.preset}-{bench.method}-bs{bench.batch}")
+        tunelab, latent_side = (measured, None) if isinstance(measured, dict) else measured
+        family_name = tunelab.get("family", bench.family)
+        if latent_side is None and bench.family is not None and bench.resolution:
+            latent_side = bench.resolution // 8  # every real-size family's VAE
+        reference = None
+        if bench.reference and family_name is not None and latent_side is not None:
+            resolution = tunelab.get("resolution", bench.resolution)
+            reference = _guarded(lambda: time_reference(bench, family_name, resolution, latent_side, device),
+                                 REFERENCE_CASES.get((family_name, bench.method)))
+        if reference is not None:
+            record(dict(side="reference", **(_with_utilisation(reference, peak) if "error" not in reference else reference)))
+        record(dict(side="tunelab", **(_with_utilisation(tunelab, peak) if "error" not in tunelab else tunelab)))
+        if reference is not None and "error" not in reference and "error" not in tunelab:
+            record(_ratio(tunelab, reference))
+    finally:
+        if out is not None:
+            out.close()
     return rows
