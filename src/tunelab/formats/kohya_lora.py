@@ -205,9 +205,8 @@ def from_kohya_tensors(tensors: dict[str, torch.Tensor], module_keys: Iterable[s
     "<component>.<module path>" names) each name is resolved exactly against that model
     and a name it lacks is an error; without, names are resolved from their spelling.
     """
-    from tunelab.formats.lycoris import TUCKER_CORE, fold_tucker
-
     from tunelab.formats.kohya_flux import from_kohya_flux_tensors, is_kohya_flux
+    from tunelab.formats.lycoris import TUCKER_CORE, fold_tucker
 
     names = _module_names(tensors)
     resolve = _resolver(module_keys)

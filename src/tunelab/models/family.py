@@ -7,7 +7,6 @@ from typing import Any, Protocol
 
 import torch
 
-
 # One generator for the whole batch, or one per sample: then a sample's noise depends on that
 # sample alone, whatever batch or process it lands in.
 Generators = torch.Generator | list[torch.Generator] | None
