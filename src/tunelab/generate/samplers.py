@@ -61,7 +61,7 @@ def make_scheduler(name: str | None, base_config):
 
         close = difflib.get_close_matches(name, table, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        kind = "for a flow-matching model (Flux.1) " if table is FLOW_SAMPLERS else ""
-        raise TunelabError(f"unknown sampler {name!r} {kind}{hint}; available: {', '.join(table)}".replace("  ", " "))
+        kind = " for a flow-matching model (Flux.1)" if table is FLOW_SAMPLERS else ""
+        raise TunelabError(f"unknown sampler {name!r}{kind}{hint}; available: {', '.join(table)}")
     class_name, overrides = table[name]
     return getattr(diffusers, class_name).from_config(base_config, **overrides)
