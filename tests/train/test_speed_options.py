@@ -77,6 +77,22 @@ def test_text_embedding_cache_is_refused_when_a_text_encoder_trains(tmp_path, su
                    cache_text_embeddings=True)
 
 
+def test_offloaded_encoders_come_to_the_device_only_to_fill_the_caches(tmp_path, subject_images, monkeypatch):
+    entered = []
+    original = speed.modules_on
+    monkeypatch.setattr(speed, "modules_on", lambda modules, device: entered.append(len(modules)) or original(modules, device))
+    both = dict(cache_latents=True, cache_text_embeddings=True, sample_every=4, sample_steps=1)
+    cached = train_lora(tmp_path, "cached", subject_images, monkeypatch, **both)
+    assert entered == []
+    offloaded = train_lora(tmp_path, "offloaded", subject_images, monkeypatch, offload_encoders=True, **both)
+    # Step 1: the caption and image 1; steps 2-4: one new image each; then the sample images.
+    assert entered == [2] * 6  # VAE and text encoder each time
+    assert offloaded[2].family.pipeline.vae.device.type == "cpu"
+    assert_same_training(cached, offloaded, exact=True)
+    with pytest.raises(TunelabError, match="--offload-encoders needs --cache-latents and --cache-text-embeddings"):
+        train_lora(tmp_path, "refused", subject_images, monkeypatch, offload_encoders=True, cache_latents=True)
+
+
 def test_fused_adamw_matches_foreach(tmp_path, subject_images, monkeypatch, plain):
     created = []
     original = torch.optim.AdamW.__init__

@@ -30,11 +30,12 @@ CAPTION = "a photo of sks toy"
 BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("H20", 148.0), ("A100", 312.0),
                     ("L40S", 362.0), ("B200", 2250.0))
 # Bench defaults that differ from `tunelab train`'s: the reference trains on latents under bf16 autocast.
-BENCH_TRAIN_DEFAULTS = {"mixed_precision": "bf16", "cache_latents": True, "cache_text_embeddings": True}
+BENCH_TRAIN_DEFAULTS = {"mixed_precision": "bf16", "cache_latents": True, "cache_text_embeddings": True,
+                        "offload_encoders": True}
 # The trainer options the bench passes on (speed and memory); the rest keep their defaults.
 TRAIN_FIELDS = ("mixed_precision", "gradient_checkpointing", "gradient_checkpointing_mode", "cache_latents",
                 "cache_text_embeddings", "compile", "attention_backend", "adamw_implementation", "channels_last",
-                "lora_fp32_inputs", "optimizer")
+                "lora_fp32_inputs", "optimizer", "offload_encoders")
 # Method options the bench fills where a technique has them (a Textual Inversion run needs a token).
 METHOD_VALUES = {"token": "<bench-token>", "init_word": "toy"}
 # (family name, technique) -> the reference case with that architecture and mode.

@@ -225,7 +225,9 @@ def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
                     accelerator.log(logs, step=progress.step)
                 if accelerator.is_main_process:
                     if options.sample_every and progress.step % options.sample_every == 0:
-                        write_samples(accelerator, family, method, options, out_dir, progress.step, resolution, step.modules, stop)
+                        with step.encoders_on_device():
+                            write_samples(accelerator, family, method, options, out_dir, progress.step, resolution,
+                                          step.modules, stop)
                     if options.checkpoint_every and progress.step % options.checkpoint_every == 0:
                         checkpoint()
             if stop_requested(accelerator, stop):

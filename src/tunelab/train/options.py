@@ -38,6 +38,11 @@ class TrainOptions:
     cache_text_embeddings: bool = option(
         "encode each distinct caption with the text encoder(s) once (needs frozen text encoders)", default=False
     )
+    offload_encoders: bool = option(
+        "keep the VAE and frozen text encoders in CPU memory, on the GPU only while they fill the latent and "
+        "text-embedding caches (needs --cache-latents and --cache-text-embeddings)",
+        default=False,
+    )
     compile: Literal["none", "regional", "full"] = option(
         "torch.compile the denoiser: regional compiles each repeated block once (short warm-up), full the whole model",
         default="none",

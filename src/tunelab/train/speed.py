@@ -8,7 +8,7 @@ attention-kernel choice.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from functools import partial
 
 import torch
@@ -98,6 +98,28 @@ def compile_denoiser(denoiser: torch.nn.Module, mode: str) -> None:
             block.compile(backend=COMPILE_BACKEND)
     else:
         denoiser.compile(backend=COMPILE_BACKEND)
+
+
+def offloaded_encoders(options: TrainOptions, family) -> list[torch.nn.Module]:
+    """The frozen modules besides the denoiser (VAE, text encoders) that --offload-encoders keeps on the CPU."""
+    if not options.offload_encoders:
+        return []
+    if not (options.cache_latents and options.cache_text_embeddings):
+        raise TunelabError("--offload-encoders needs --cache-latents and --cache-text-embeddings "
+                           "(the encoders come to the GPU only to fill those caches)")
+    return [module for name, module in family.frozen_modules().items() if name != family.denoiser_name]
+
+
+@contextmanager
+def modules_on(modules: list[torch.nn.Module], device: torch.device):
+    """Bring offloaded modules to `device` for the block, and back to the CPU after it."""
+    for module in modules:
+        module.to(device)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.to("cpu")
 
 
 def apply_speed_options(options: TrainOptions, family, trainable: dict[str, torch.nn.Module]) -> None:

@@ -11,7 +11,9 @@ Like the loop around it, it never branches on technique or model family.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -92,14 +94,18 @@ class TrainingStep:
 
     def __init__(self, accelerator, family, method, options: TrainOptions, optimizer, lr_scheduler, modules: list):
         from tunelab.train.latent_cache import LatentCache
-        from tunelab.train.speed import attention_context
+        from tunelab.train.speed import attention_context, modules_on, offloaded_encoders
         from tunelab.train.text_cache import TextEmbeddingCache
 
         self.accelerator, self.family, self.method, self.options = accelerator, family, method, options
         self.optimizer, self.lr_scheduler, self.modules = optimizer, lr_scheduler, modules
         self.weight_dtype = WEIGHT_DTYPES[options.mixed_precision]
-        self.image_encoder = LatentCache(family) if options.cache_latents else family
-        self.prompt_encoder = TextEmbeddingCache(family) if options.cache_text_embeddings else family
+        # With --offload-encoders the VAE and text encoders sit on the CPU and come to the device only
+        # while they fill the caches (and while sample images are made).
+        self.offloaded = offloaded_encoders(options, family)
+        self.encoders_on_device = partial(modules_on, self.offloaded, accelerator.device) if self.offloaded else nullcontext
+        self.image_encoder = LatentCache(family, self.encoders_on_device) if options.cache_latents else family
+        self.prompt_encoder = TextEmbeddingCache(family, self.encoders_on_device) if options.cache_text_embeddings else family
         self.trainable_parameters = [p for group in optimizer.param_groups for p in group["params"]]
         self.attention = attention_context(options.attention_backend, accelerator.device)
 
@@ -141,12 +147,13 @@ class TrainingStep:
 def prepare_step(options: TrainOptions, method, family, accelerator) -> TrainingStep:
     """Freeze and place the model, set the technique up, apply the speed options, build the optimizer
     and schedule, and hand the trained modules to accelerate."""
-    from tunelab.train.speed import apply_speed_options
+    from tunelab.train.speed import apply_speed_options, offloaded_encoders
 
     weight_dtype = WEIGHT_DTYPES[options.mixed_precision]
+    offloaded = {id(module) for module in offloaded_encoders(options, family)}
     for module in family.frozen_modules().values():
         module.requires_grad_(False)
-        module.to(accelerator.device, dtype=weight_dtype)
+        module.to("cpu" if id(module) in offloaded else accelerator.device, dtype=weight_dtype)
     method.setup(family)
     trainable = method.trainable_modules()
     apply_speed_options(options, family, trainable)

@@ -8,21 +8,25 @@ dimension (e.g. Flux's text position ids) are the same for every caption and are
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 
 class TextEmbeddingCache:
-    def __init__(self, family):
+    def __init__(self, family, on_miss=nullcontext):
         self.family = family
+        self.on_miss = on_miss  # context around the encoders' work (e.g. bringing offloaded encoders to the GPU)
         self._store: dict[str, dict[str, torch.Tensor]] = {}  # caption -> conditioning of a batch of one
 
     def __len__(self) -> int:
         return len(self._store)
 
     def encode_prompts(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        for caption in dict.fromkeys(captions):
-            if caption not in self._store:
-                with torch.no_grad():
+        missing = [caption for caption in dict.fromkeys(captions) if caption not in self._store]
+        if missing:
+            with self.on_miss(), torch.no_grad():
+                for caption in missing:
                     self._store[caption] = self.family.encode_prompts([caption])
         rows = [self._store[caption] for caption in captions]
         return {key: _join([row[key] for row in rows]) for key in rows[0]}
