@@ -3,7 +3,7 @@
 
 Each row is one `tunelab bench speed` process (a fresh CUDA context, so one failing row cannot
 take the others with it); each process times tunelab's training step and then the reference
-step, and appends its JSON lines to OUT/speed.jsonl. Rows run in order of importance until the
+step, and appends its JSON lines to OUT/speed.jsonl (its output goes to OUT/rows.log). Rows run in order of importance until the
 time budget (default 450 s, under the 8 minutes a lent device allows for this) is spent: first
 the four target rows with tunelab's default speed settings, then SDXL full fine-tuning at batch 4
 (the MFU target), then the targets again with regional torch.compile. A row that would start with
@@ -11,6 +11,7 @@ less than its minimum time left is skipped and said so. The Flux rows give the r
 --no-cudnn-sdp (its cuDNN attention backward failed on Flux shapes with torch 2.11/cu130).
 
     python benchmarks/gpu_speed.py --out $OUT              # on the GPU machine, from the repository root
+                                                           # (benchmarks/README.md: carrying diffusers there)
     python benchmarks/gpu_speed.py --tiny --out /tmp/x     # the same rows on tiny presets: a CPU check
     python benchmarks/gpu_speed.py --table OUT/speed.jsonl # markdown table for docs/benchmarks.md
 """
@@ -67,8 +68,8 @@ def bench_arguments(args: list[str], tiny: str | None, steps: int) -> list[str]:
 
 def run(out: Path, budget: float, steps: int, tiny: bool, only: list[str] | None) -> int:
     out.mkdir(parents=True, exist_ok=True)
-    results, logs = out / "speed.jsonl", out / "logs"
-    logs.mkdir(exist_ok=True)
+    # Two files only (a lent machine sends back few): the JSON lines, and every row's output in one log.
+    results, log_file = out / "speed.jsonl", out / "rows.log"
     deadline = time.monotonic() + budget
     failures = 0
     for name, args, preset, least in plan():
@@ -85,8 +86,8 @@ def run(out: Path, budget: float, steps: int, tiny: bool, only: list[str] | None
         command = [sys.executable, "-m", "tunelab.cli", "bench", "speed",
                    *bench_arguments(args, preset if tiny else None, steps), "--out", str(results)]
         started = time.monotonic()
-        with (logs / f"{name}.log").open("w") as log:
-            log.write(" ".join(command) + "\n")
+        with log_file.open("a") as log:
+            log.write(f"\n== {name}: " + " ".join(command) + "\n")
             log.flush()
             try:
                 code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=left,
@@ -97,7 +98,7 @@ def run(out: Path, budget: float, steps: int, tiny: bool, only: list[str] | None
         if code != 0:
             failures += 1
             with results.open("a") as handle:
-                handle.write(json.dumps({"side": "failed", "row": name, "exit": code, "log": f"logs/{name}.log"}) + "\n")
+                handle.write(json.dumps({"side": "failed", "row": name, "exit": code, "log": "rows.log"}) + "\n")
     return 1 if failures else 0
 
 
@@ -129,7 +130,7 @@ def table(path: Path) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, help="folder for speed.jsonl and the per-row logs")
+    parser.add_argument("--out", type=Path, help="folder for speed.jsonl and rows.log")
     parser.add_argument("--budget", type=float, default=450.0, help="seconds for all rows together")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per side")
     parser.add_argument("--tiny", action="store_true", help="tiny presets instead of real sizes (a CPU check)")

@@ -42,4 +42,4 @@ def test_one_tiny_row_runs_and_makes_a_table(gpu_speed, tmp_path, capsys):
     assert [row["side"] for row in rows] == ["row", "device", "reference", "tunelab", "ratio"]
     table = gpu_speed.table(tmp_path / "speed.jsonl")
     assert "| sd15-lora32-bs4-512 | tunelab | sd-lora-bs4-32px |" in table
-    assert (tmp_path / "logs" / "sd15-lora32-bs4-512.log").is_file()
+    assert "== sd15-lora32-bs4-512: " in (tmp_path / "rows.log").read_text()
