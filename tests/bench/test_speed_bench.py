@@ -103,3 +103,11 @@ def test_real_size_models_have_the_reference_architecture(family, builder):
     denoiser = getattr(pipeline, "transformer", None) or pipeline.unet
     assert denoiser.dtype == torch.bfloat16
     assert sum(p.numel() for p in denoiser.parameters()) == sum(p.numel() for p in reference.parameters())
+
+
+def test_mfu_uses_the_cards_dense_bf16_peak():
+    from tunelab.bench.speed import peak_tflops
+
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == peak_tflops("NVIDIA H200") == 989.4
+    assert peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert peak_tflops("NVIDIA GeForce GTX 1080") is None
