@@ -69,3 +69,21 @@ def test_results_of_other_settings_or_other_files_are_not_mixed_in(tmp_path, cap
     assert run_cli("compare", write_config(tmp_path / "c.yaml"), "--out", stranger) == 2
     assert "not empty and holds no comparison" in capsys.readouterr().err
     assert not (out / ".compare.lock").exists()  # the lock is released on refusal
+
+
+def test_rerun_empties_a_comparison_but_never_another_folder(tmp_path, capsys):
+    from tunelab.compare.config import compare_config_from
+    from tunelab.compare.run import check_output_folder
+
+    config = compare_config_from({"experiments": [LORA]}, "test")
+    out = tmp_path / "out"
+    (out / "experiments" / "lora").mkdir(parents=True)
+    (out / "experiments" / "lora" / "result.json").write_text("{}")
+    (out / "compare.json").write_text(json.dumps({"settings": {"model": "elsewhere"}}))
+    check_output_folder(out, config, rerun=True)
+    assert not (out / "experiments").exists()
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    assert run_cli("compare", write_config(tmp_path / "c.yaml"), "--out", stranger, "--rerun") == 2
+    assert (stranger / "notes.txt").read_text() == "mine"

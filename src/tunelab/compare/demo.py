@@ -31,10 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from tunelab.compare.command import add_common_arguments
 
     parser.add_argument("--subject", default="bullseye", help="toyworld subject: bullseye, checker or flag")
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of each technique's training steps (0.25: a quicker, rougher look)")
     add_common_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> None:
     from tunelab.compare.command import run_and_report
 
-    run_and_report(demo_config(args.subject), args, f"tunelab demo: four techniques learn the toyworld {args.subject}")
+    from tunelab.errors import TunelabError
+
+    if not 0 < args.scale <= 10:
+        raise TunelabError(f"--scale must be in (0, 10], got {args.scale}")
+    run_and_report(demo_config(args.subject, args.scale), args, f"tunelab demo: four techniques learn the toyworld {args.subject}")

@@ -56,11 +56,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def check_output_folder(out: Path, config: CompareConfig) -> None:
-    """Refuse to mix: a folder holds the results of one comparison's settings, and nothing else."""
+def check_output_folder(out: Path, config: CompareConfig, rerun: bool = False) -> None:
+    """Refuse to mix: a folder holds the results of one comparison's settings, and nothing else.
+    With `rerun`, a comparison's folder is emptied of its experiments; any other folder is never touched."""
     marker = out / "compare.json"
     if marker.is_file():
-        if json.loads(marker.read_text()).get("settings") != json.loads(config.fingerprint()):
+        if rerun:
+            shutil.rmtree(out / "experiments", ignore_errors=True)
+        elif json.loads(marker.read_text()).get("settings") != json.loads(config.fingerprint()):
             raise TunelabError(f"{out} holds results of a comparison with other settings (model, subject, evaluation); "
                                "use another --out, or --rerun to discard them")
     elif out.exists() and any(path.name != LOCK for path in out.iterdir()):
@@ -145,11 +148,7 @@ def run_comparison(config: CompareConfig, out: Path, rerun: bool = False, progre
     """Run what is missing, then return every record (base first) with prior drift filled in."""
     out.mkdir(parents=True, exist_ok=True)
     with FolderLock(out):
-        if rerun:
-            (out / "compare.json").unlink(missing_ok=True)
-            for result in (out / "experiments").glob("*/result.json"):
-                result.unlink()
-        check_output_folder(out, config)
+        check_output_folder(out, config, rerun)
         (out / "compare.json").write_text(json.dumps({"settings": json.loads(config.fingerprint()),
                                                       "config": dataclasses.asdict(config)}, indent=2) + "\n")
         device = _device()
