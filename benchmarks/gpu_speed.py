@@ -5,8 +5,9 @@ Each row is one `tunelab bench speed` process (a fresh CUDA context, so one fail
 take the others with it); each process times tunelab's training step and then the reference
 step, and appends its JSON lines to OUT/speed.jsonl (its output goes to OUT/rows.log). Rows run in order of importance until the
 time budget (default 450 s, under the 8 minutes a lent device allows for this) is spent: first
-the four target rows with tunelab's default speed settings, then SDXL full fine-tuning at batch 4
-(the MFU target), then the targets again with regional torch.compile. A row that would start with
+the four target rows with the bench's default settings, then (see plan()) regional torch.compile
+on the two LoRA targets, SDXL full fine-tuning at batch 4 (the MFU target), cuDNN attention on
+SDXL LoRA, and compile on the other two targets. A row that would start with
 less than its minimum time left is skipped and said so. The Flux rows give the reference
 --no-cudnn-sdp (its cuDNN attention backward failed on Flux shapes with torch 2.11/cu130).
 
@@ -37,17 +38,30 @@ TARGETS = [
     ("flux1024-lora16-bs1", ["--family", "flux", "--method", "lora", "--rank", "16", "--batch", "1", "--resolution", "1024",
                              "--no-reference-cudnn-sdp"], "tiny-flux", 90),
 ]
-EXTRA = [
-    ("sdxl-full-bs4-1024", ["--family", "sdxl", "--method", "dreambooth", "--batch", "4", "--resolution", "1024"],
-     "tiny-sdxl", 70),
-]
 COMPILED = ["--compile", "regional"]
 
 
 def plan() -> list[tuple[str, list[str], str, int]]:
-    rows = list(TARGETS) + list(EXTRA)
-    rows += [(f"{name}+compile", args + COMPILED, tiny, least + 60) for name, args, tiny, least in TARGETS]
-    return rows
+    """The target rows first; then, while time is left, what tells most about the 2x targets and MFU."""
+    by_name = {name: (args, tiny, least) for name, args, tiny, least in TARGETS}
+
+    def variant(name: str, suffix: str, extra: list[str], more: int):
+        args, tiny, least = by_name[name]
+        return (f"{name}+{suffix}", args + extra, tiny, least + more)
+
+    return [
+        *TARGETS,
+        variant("sd15-lora32-bs4-512", "compile", COMPILED, 60),
+        variant("sdxl-lora32-bs4-1024", "compile", COMPILED, 60),
+        # The MFU target (SDXL full fine-tuning, batch 4): selective checkpointing keeps every matmul's
+        # output (so no FLOP is counted twice) but fits batch 4 in 80 GB; tunelab only.
+        ("sdxl-full-bs4-1024+selective", ["--family", "sdxl", "--method", "dreambooth", "--batch", "4", "--resolution",
+                                          "1024", "--gradient-checkpointing", "--gradient-checkpointing-mode", "selective",
+                                          "--no-reference"], "tiny-sdxl", 70),
+        variant("sdxl-lora32-bs4-1024", "cudnn", ["--attention-backend", "cudnn"], 0),
+        variant("sdxl-full-bs1-1024", "compile", COMPILED, 60),
+        variant("flux1024-lora16-bs1", "compile", COMPILED, 60),
+    ]
 
 
 def bench_arguments(args: list[str], tiny: str | None, steps: int) -> list[str]:
@@ -59,7 +73,7 @@ def bench_arguments(args: list[str], tiny: str | None, steps: int) -> list[str]:
         if skip:
             skip = False
             continue
-        if arg in ("--family", "--resolution"):
+        if arg in ("--family", "--resolution", "--attention-backend"):  # (cuDNN attention needs CUDA)
             skip = True
             continue
         swapped.append(arg)
