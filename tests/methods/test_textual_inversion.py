@@ -33,11 +33,12 @@ def trained(tmp_path_factory, subject_images):
 def test_only_the_new_embedding_rows_change(trained):
     method, _ = trained
     pipeline, fresh = method.family.pipeline, build_preset("tiny-sd")
-    base_rows = fresh.text_encoder.get_input_embeddings().weight  # (734, 32)
-    rows = pipeline.text_encoder.get_input_embeddings().weight  # (736, 32)
+    base_rows = fresh.text_encoder.get_input_embeddings().weight  # (V, 32)
+    rows = pipeline.text_encoder.get_input_embeddings().weight  # (V + 2, 32)
+    vocabulary = base_rows.shape[0]
     new_ids = pipeline.tokenizer.convert_tokens_to_ids([TOKEN, f"{TOKEN}_1"])
-    assert new_ids == [734, 735] and rows.shape == (736, 32)
-    assert torch.equal(rows[:734], base_rows), "a vocabulary row changed"
+    assert new_ids == [vocabulary, vocabulary + 1] and rows.shape == (vocabulary + 2, 32)
+    assert torch.equal(rows[:vocabulary], base_rows), "a vocabulary row changed"
     toy_row = base_rows[pipeline.tokenizer.convert_tokens_to_ids("toy</w>")]
     assert all((rows[i] - toy_row).abs().max() > 1e-3 for i in new_ids), "the new rows did not train"
 
@@ -51,10 +52,11 @@ def test_only_the_new_embedding_rows_change(trained):
 def test_vectors_start_from_the_init_word_and_captions_get_templates():
     pipeline = build_preset("tiny-sd")
     toy_row = pipeline.text_encoder.get_input_embeddings().weight[pipeline.tokenizer.convert_tokens_to_ids("toy</w>")].clone()
+    vocabulary = len(pipeline.tokenizer)
     method = TextualInversionMethod(TextualInversionOptions(token=TOKEN, init_word="toy", vectors=2))
     method.setup(StableDiffusionFamily(pipeline))
     rows = pipeline.text_encoder.get_input_embeddings().weight
-    assert torch.equal(rows[734], toy_row) and torch.equal(rows[735], toy_row)
+    assert torch.equal(rows[vocabulary], toy_row) and torch.equal(rows[vocabulary + 1], toy_row)
 
     templated, kept, described = method.training_captions([TOKEN, f"a {TOKEN} on grass", "a red disc"])
     expanded = f"{TOKEN} {TOKEN}_1"
@@ -68,7 +70,7 @@ def test_vectors_start_from_the_init_word_and_captions_get_templates():
     ids = pipeline.tokenizer("red dog", add_special_tokens=False).input_ids
     expected = pipeline.text_encoder.get_input_embeddings().weight[ids].clone()  # (2, 32)
     TextualInversionMethod(TextualInversionOptions(token="<x>", init_word="red dog", vectors=2)).setup(StableDiffusionFamily(pipeline))
-    assert torch.equal(pipeline.text_encoder.get_input_embeddings().weight[734:736], expected)
+    assert torch.equal(pipeline.text_encoder.get_input_embeddings().weight[vocabulary : vocabulary + 2], expected)
 
 
 def _pixels(path) -> np.ndarray:
@@ -92,7 +94,8 @@ def test_files_load_in_diffusers_and_give_the_image_of_tunelab_generate(trained,
     assert a1111["name"] == TOKEN and a1111["step"] == 6
     vectors = a1111["string_to_param"]["*"]  # (2, 32)
     rows = method.family.pipeline.text_encoder.get_input_embeddings().weight
-    assert torch.equal(vectors, rows[734:736].detach())
+    new_ids = method.family.pipeline.tokenizer.convert_tokens_to_ids([TOKEN, f"{TOKEN}_1"])
+    assert torch.equal(vectors, rows[new_ids].detach())
     from safetensors.torch import load_file
 
     assert torch.equal(load_file(out / "embedding.safetensors")["emb_params"], vectors)

@@ -1,9 +1,9 @@
 """Build a CLIP BPE tokenizer from a word list, so presets never download tokenizer files.
 
 The vocabulary follows CLIP's layout: the 256 byte symbols, the same with the
-end-of-word marker, one token per merge, then the two special tokens. Merges
-are made left to right for each word, so every listed word becomes a single
-token and any other text still tokenizes (down to bytes).
+end-of-word marker, one token per merge, then the two special tokens. The merges
+are BPE learned on the word list, so every listed word becomes a single token
+and any other text still tokenizes (down to bytes).
 """
 
 from transformers import CLIPTokenizer
@@ -33,21 +33,45 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in codes)))
 
 
+def _learn_merges(words: list[str]) -> list[tuple[str, str]]:
+    """BPE merges learned on the word list itself, until every word is one symbol.
+
+    A BPE tokenizer replays merges in the order they were learned, so a word from the list
+    goes through exactly the merges that built it and always comes out as one token (merges
+    made word by word, instead, let one word's merge split another: "hi" from "high" in "white").
+    """
+    segmentations = [list(word[:-1]) + [word[-1] + END_OF_WORD] for word in words]
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for pieces in segmentations:
+            for pair in zip(pieces, pieces[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))  # most frequent; ties by text, for determinism
+        merges.append(best)
+        for index, pieces in enumerate(segmentations):
+            merged, position = [], 0
+            while position < len(pieces):
+                if position + 1 < len(pieces) and (pieces[position], pieces[position + 1]) == best:
+                    merged.append(pieces[position] + pieces[position + 1])
+                    position += 2
+                else:
+                    merged.append(pieces[position])
+                    position += 1
+            segmentations[index] = merged
+
+
 def build_clip_tokenizer(words=DEFAULT_WORDS, model_max_length: int = 77) -> CLIPTokenizer:
     symbols = list(_bytes_to_unicode().values())
     vocab_tokens = symbols + [s + END_OF_WORD for s in symbols]
-    merges: list[tuple[str, str]] = []
+    merges = _learn_merges(sorted(set(w.lower() for w in words)))
     seen = set(vocab_tokens)
-    for word in sorted(set(w.lower() for w in words)):
-        pieces = list(word[:-1]) + [word[-1] + END_OF_WORD]
-        merged = pieces[0]
-        for piece in pieces[1:]:
-            rule = (merged, piece)
-            merged = merged + piece
-            if merged not in seen:
-                merges.append(rule)
-                vocab_tokens.append(merged)
-                seen.add(merged)
+    for left, right in merges:
+        if left + right not in seen:
+            vocab_tokens.append(left + right)
+            seen.add(left + right)
     vocab_tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: index for index, token in enumerate(vocab_tokens)}
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
