@@ -30,6 +30,7 @@ class Reading:
     background: str
     mask: np.ndarray | None  # (H, W) bool, None when no object was found
     labels: np.ndarray  # (H, W) palette index per pixel
+    pixels: np.ndarray  # (H, W, 3) float32 RGB 0-255
     shape: str | None = None
     colour: str | None = None  # the commonest object colour
     size: str | None = None
@@ -65,13 +66,14 @@ def shape_overlap(mask: np.ndarray, box, shape: str) -> float:
 
 
 def read(image: np.ndarray) -> Reading:
+    pixels = image.astype(np.float32)
     labels = palette_labels(image)
     border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     background_index = int(np.bincount(border, minlength=len(PALETTE_NAMES)).argmax())
     background = PALETTE_NAMES[background_index]
     mask = labels != background_index
     if mask.sum() < MIN_OBJECT_PIXELS:
-        return Reading(background=background, mask=None, labels=labels)
+        return Reading(background=background, mask=None, labels=labels, pixels=pixels)
     box = _box_of(mask)
     shape = max(SHAPES, key=lambda name: shape_overlap(mask, box, name))
     colour = PALETTE_NAMES[int(np.bincount(labels[mask], minlength=len(PALETTE_NAMES)).argmax())]
@@ -79,35 +81,57 @@ def read(image: np.ndarray) -> Reading:
     size = "small" if half_extent <= (SIZES["small"][1] + SIZES["large"][0]) / 2 else "large"
     height, width = mask.shape
     position = position_name((box[0] + box[2] / 2) / width, (box[1] + box[3] / 2) / height)
-    return Reading(background, mask, labels, shape, colour, size, position, box)
+    return Reading(background, mask, labels, pixels, shape, colour, size, position, box)
 
 
 def look_agreement(reading: Reading, look: Look) -> float:
     """How closely the object matches a look, shape and colours in place: 1.0 for a render of it.
 
-    The look's template is redrawn into the object's box; a pixel agrees when its colour is the
-    template's colour there, or at a neighbour (one-pixel tolerance for blur and box error).
-    The score is recall (template pixels matched) times precision (object pixels matched), halved when
-    the object reads as another shape (the tolerance forgives edges, not a square for a circle).
+    The look's template is redrawn into the object's box. Each template pixel is credited 1 when an
+    object pixel there or at a 4-neighbour (blur and box error) reads as the colour the template asks
+    for, else by how close the nearest one comes, falling linearly to 0 at COLOUR_TOLERANCE; that is recall.
+    Precision credits each object pixel the same way against the template. The score is recall
+    times precision, halved when the object reads as another shape (the tolerance forgives edges,
+    not a square for a circle). Partial credit for near colours lets a technique that moves toward
+    the subject's colours, without reaching them, score above one that does not.
     """
     if not reading.found:
         return 0.0
     box = reading.box
     template = _template_in_box(look.labels(max(box[2], box[3])), box, reading.mask.shape)  # (H, W) colour index or -1
-    look_palette = np.array([PALETTE_NAMES.index(name) for name in look.colours])
-    expected = np.where(template >= 0, look_palette[np.maximum(template, 0)], -1)  # (H, W) palette index or -1
-    got = np.where(reading.mask, reading.labels, -1)
-    near = np.zeros_like(got, dtype=bool)  # expected colour at the pixel or a 4-neighbour of it
-    matched_object = np.zeros_like(got, dtype=bool)
-    padded_expected = np.pad(expected, 1, constant_values=-2)
-    padded_got = np.pad(got, 1, constant_values=-3)
-    height, width = got.shape
+    colours = np.array([PALETTE[name] for name in look.colours], dtype=np.float32)  # (K, 3)
+    in_template = template >= 0
+    expected = colours[np.maximum(template, 0)]  # (H, W, 3), meaningful inside the template
+    height, width = template.shape
+    quantized = _PALETTE_RGB[reading.labels]  # (H, W, 3) each pixel's nearest palette colour
+    padded = {
+        "pixels": np.pad(reading.pixels, ((1, 1), (1, 1), (0, 0))),
+        "quantized": np.pad(quantized, ((1, 1), (1, 1), (0, 0))),
+        "mask": np.pad(reading.mask, 1),
+        "expected": np.pad(expected, ((1, 1), (1, 1), (0, 0))),
+        "in_template": np.pad(in_template, 1),
+    }
+    recall = np.zeros((height, width), dtype=np.float32)
+    precision = np.zeros((height, width), dtype=np.float32)
     for dy, dx in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)):
-        shifted_got = padded_got[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
-        shifted_expected = padded_expected[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
-        near |= (expected >= 0) & (shifted_got == expected)
-        matched_object |= (got >= 0) & (shifted_expected == got)
-    recall = near.sum() / max((expected >= 0).sum(), 1)
-    precision = matched_object.sum() / max((got >= 0).sum(), 1)
+        window = (slice(1 + dy, 1 + dy + height), slice(1 + dx, 1 + dx + width))
+        near_pixels, near_quantized, near_mask = padded["pixels"][window], padded["quantized"][window], padded["mask"][window]
+        recall = np.maximum(recall, np.where(in_template & near_mask, _similarity(near_pixels, near_quantized, expected), 0))
+        near_expected, near_template = padded["expected"][window], padded["in_template"][window]
+        precision = np.maximum(
+            precision, np.where(reading.mask & near_template, _similarity(reading.pixels, quantized, near_expected), 0)
+        )
+    recall_score = recall[in_template].mean() if in_template.any() else 0.0
+    precision_score = precision[reading.mask].mean()
     shape_factor = 1.0 if reading.shape == look.shape else 0.5
-    return float(recall * precision * shape_factor)
+    return float(recall_score * precision_score * shape_factor)
+
+
+COLOUR_TOLERANCE = 150.0  # RGB distance at which a colour earns nothing (red to orange is about 106)
+
+
+def _similarity(pixels: np.ndarray, quantized: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """(H, W, 3) pixels, their palette colours and the expected colours -> (H, W) in [0, 1]:
+    1 where the pixel reads as the expected colour, else less the further it is from it."""
+    near = np.clip(1.0 - np.linalg.norm(pixels - expected, axis=-1) / COLOUR_TOLERANCE, 0.0, 1.0)
+    return np.where((quantized == expected).all(axis=-1), 1.0, near)
