@@ -55,3 +55,12 @@ def test_diversity_is_zero_for_copies_and_grows_with_variety():
     varied = [render(scene) for scene in subject.scenes(6, seed=4)]
     assert diversity(varied) > 0.2
     assert np.isfinite(diversity(varied))
+
+
+def test_near_colours_earn_partial_credit_far_ones_none():
+    bullseye = SUBJECTS["bullseye"]  # orange and purple rings
+    rng = random.Random(5)
+    near = [render(place(rng, Look("circle", ("yellow", "blue"), "rings"), "black")) for _ in range(6)]
+    far = [render(place(rng, Look("circle", ("green", "white"), "rings"), "black")) for _ in range(6)]
+    assert subject_fidelity(far, bullseye) == 0.0
+    assert 0.05 < subject_fidelity(near, bullseye) < 0.5
