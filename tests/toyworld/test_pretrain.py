@@ -9,7 +9,7 @@ from helpers import run_cli
 from tunelab.models.loading import load_pipeline
 
 FEW_STEPS = ["--scenes", "64", "--vae-steps", "2", "--vae-batch", "4", "--steps", "2", "--batch", "4",
-             "--eval-every", "2", "--eval-images", "2"]
+             "--eval-every", "2", "--eval-images", "2", "--score-images", "2"]
 
 
 def test_a_few_steps_of_the_recipe_give_a_loadable_base_and_its_record(tmp_path):

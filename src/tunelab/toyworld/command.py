@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(Recipe):
         pretrain.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default,
                               help=f"default {field.default}")
+    pretrain.add_argument("--score-images", type=int, default=96, help="images for the model card's held-out scores")
     subject = actions.add_parser("subject", help="write a subject's training renders (PNG + caption files)")
     subject.add_argument("name", help="bullseye, checker or flag")
     subject.add_argument("--out", required=True, help="output folder")
@@ -33,6 +34,10 @@ def run(args: argparse.Namespace) -> None:
         from tunelab.toyworld.pretrain import Recipe, pretrain
 
         recipe = Recipe(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Recipe)})
+        if recipe.steps < 1 or recipe.vae_steps < 1 or args.score_images < 1:
+            from tunelab.errors import TunelabError
+
+            raise TunelabError("--steps, --vae-steps and --score-images must be at least 1")
         bars = {"autoencoder": tqdm(total=recipe.vae_steps, desc="autoencoder"), "denoiser": tqdm(total=recipe.steps, desc="denoiser")}
 
         def progress(stage, step, value):
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> None:
         facts = pretrain(Path(args.out), recipe, progress)
         for bar in bars.values():
             bar.close()
-        scores = score_and_write_card(Path(args.out), describe(torch.get_num_threads()))
+        scores = score_and_write_card(Path(args.out), describe(torch.get_num_threads()), args.score_images)
         print(f"saved {args.out} in {facts['total_seconds']:.0f} s; held-out accuracy {json.dumps(scores)}")
     elif args.action == "subject":
         from tunelab.toyworld.subjects import subject_named, write_training_images

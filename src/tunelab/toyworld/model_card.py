@@ -16,7 +16,7 @@ def _parameters(pipeline) -> str:
     return ", ".join(f"{name} {count / 1e6:.2f} M" for name, count in counts.items())
 
 
-def score_and_write_card(folder: Path, machine: str) -> dict:
+def score_and_write_card(folder: Path, machine: str, images: int = SCORE_IMAGES) -> dict:
     """Measure the saved (fp16) weights on held-out captions and write README.md beside them."""
     from tunelab.evaluate.base_scores import measure_base
     from tunelab.models.loading import load_pipeline
@@ -24,7 +24,7 @@ def score_and_write_card(folder: Path, machine: str) -> dict:
     facts = json.loads((folder / "pretraining.json").read_text())
     pipeline = load_pipeline(folder)
     pipeline.set_progress_bar_config(disable=True)
-    scores = measure_base(pipeline, count=SCORE_IMAGES, seed=0)
+    scores = measure_base(pipeline, count=images, seed=0)
     facts |= {"scores": scores, "machine": machine}
     (folder / "pretraining.json").write_text(json.dumps(facts, indent=2) + "\n")
     recipe = facts["recipe"]
@@ -67,14 +67,14 @@ To make it again (the same seed gives the same weights on the same machine and t
 Made on: {facts['machine']}; took {facts['total_seconds'] / 60:.1f} minutes ({facts['autoencoder_seconds'] / 60:.1f} for the autoencoder).
 
 ## How well it follows prompts
-Measured on {SCORE_IMAGES} images of the held-out combinations, full captions, {STEPS} DPM-Solver++ steps, guidance {GUIDANCE};
+Measured on {images} images of the held-out combinations, full captions, {STEPS} DPM-Solver++ steps, guidance {GUIDANCE};
 each image read back by tunelab's exact scene reader (`evaluate/scene_reading.py`):
 
 | shape | colour | background | size | position |
 |---|---|---|---|---|
 | {scores['shape_accuracy']:.2f} | {scores['colour_accuracy']:.2f} | {scores['background_accuracy']:.2f} | {scores['size_accuracy']:.2f} | {scores['position_accuracy']:.2f} |
 
-Reproduce: `tunelab toyworld score --model toyworld --images {SCORE_IMAGES}`.
+Reproduce: `tunelab toyworld score --model toyworld --images {images}`.
 
 During training ({facts['recipe']['eval_images']} images each):
 
