@@ -45,7 +45,7 @@ def train_experiment(spec: dict) -> dict:
     started = time.perf_counter()
     artifact = train(options, method, resolved)
     seconds = time.perf_counter() - started
-    trainable = sum(p.numel() for group in method.trainable_parameters() for p in group["params"] if p.requires_grad)
+    trainable = method.learned_parameter_count()
     return {
         "train_seconds": round(seconds, 2),
         "steps": options.steps,

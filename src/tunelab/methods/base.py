@@ -18,6 +18,7 @@ class Method(Protocol):
     def setup(self, family) -> None: ...  # freeze the base, inject layers, add tokens
     def trainable_modules(self) -> dict[str, torch.nn.Module]: ...  # modules holding trainable weights
     def trainable_parameters(self) -> list[dict]: ...  # optimizer parameter groups
+    def learned_parameter_count(self) -> int: ...  # what the technique learns (TI: its new rows, not the whole table)
     def training_captions(self, captions: list[str]) -> list[str]: ...  # e.g. TI prompt templates
     def after_step(self, step: int) -> None: ...  # after each optimizer step: e.g. restore frozen rows, EMA
     def save(self, out_dir: Path, metadata: dict[str, str]) -> Path: ...  # the artifact, via formats/
@@ -32,3 +33,8 @@ def parameter_groups(modules: dict[str, torch.nn.Module], text_encoder_names, te
             group["lr"] = text_encoder_lr
         groups.append(group)
     return groups
+
+
+def group_parameter_count(groups: list[dict]) -> int:
+    """Elements of the trainable parameters in optimizer groups."""
+    return sum(p.numel() for group in groups for p in group["params"] if p.requires_grad)

@@ -243,6 +243,11 @@ class HypernetworkMethod:
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"hypernetwork": self.hypernetwork}
 
+    def learned_parameter_count(self) -> int:
+        from tunelab.methods.base import group_parameter_count
+
+        return group_parameter_count(self.trainable_parameters())
+
     def trainable_parameters(self) -> list[dict]:
         return [{"params": list(self.hypernetwork.parameters()), "name": "hypernetwork"}]
 

@@ -90,6 +90,11 @@ class LoraMethod:
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
         return dict(self._modules)
 
+    def learned_parameter_count(self) -> int:
+        from tunelab.methods.base import group_parameter_count
+
+        return group_parameter_count(self.trainable_parameters())
+
     def trainable_parameters(self) -> list[dict]:
         return parameter_groups(self._modules, self.family.text_encoder_names, self.options.text_encoder_lr)
 

@@ -145,6 +145,10 @@ class TextualInversionMethod:
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
         return {name: self.family.module(name) for name in self._rows}
 
+    def learned_parameter_count(self) -> int:
+        # The optimizer holds whole embedding tables, but only the new rows change.
+        return sum(len(rows.ids) * rows.embedding.shape[1] for rows in self._rows.values())
+
     def trainable_parameters(self) -> list[dict]:
         return [{"params": [rows.embedding], "name": name} for name, rows in self._rows.items()]
 
