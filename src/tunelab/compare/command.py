@@ -37,7 +37,12 @@ def run_and_report(config, args: argparse.Namespace, title: str) -> Path:
             bar.refresh()
 
         records = run_comparison(config, out, rerun=args.rerun, progress=progress)
-    notes = [f"Model {config.options.model}, subject {config.options.subject}; cost at ${config.options.usd_per_hour}/h."]
+    import torch
+
+    from tunelab.machine import describe
+
+    notes = [f"Model {config.options.model}, subject {config.options.subject}; cost at ${config.options.usd_per_hour}/h.",
+             f"Machine: {describe(torch.get_num_threads())}."]
     paths = write_reports(records, out, title, notes)
     print(f"wrote {paths['html']}")
     return paths["html"]
