@@ -38,7 +38,7 @@ class Recipe:
     vae_steps: int = 1200
     vae_batch: int = 32
     vae_learning_rate: float = 1e-3
-    steps: int = 6000
+    steps: int = 5000
     batch: int = 32
     learning_rate: float = 5e-4
     warmup_steps: int = 200
