@@ -23,16 +23,16 @@ def _peak_memory_mb(device: str) -> float:
 
 
 def _loss_curve(log_dir: Path, points: int = 200) -> list[tuple[int, float]]:
-    """(step, loss) from the run's TensorBoard log, thinned to at most `points`."""
+    """(step, loss) from the run's TensorBoard log (accelerate writes it a folder down), thinned to at most `points`."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    if "loss" not in events.Tags().get("scalars", []):
-        return []
-    curve = [(event.step, event.value) for event in events.Scalars("loss")]
-    stride = max(1, len(curve) // points)
-    return curve[::stride]
+    for folder in sorted({path.parent for path in log_dir.rglob("events.out.tfevents*")}):
+        events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        events.Reload()
+        if "loss" in events.Tags().get("scalars", []):
+            curve = [(event.step, event.value) for event in events.Scalars("loss")]
+            return curve[:: max(1, len(curve) // points)]
+    return []
 
 
 def train_experiment(spec: dict) -> dict:
