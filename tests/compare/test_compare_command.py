@@ -1,0 +1,32 @@
+"""`tunelab compare` from the command line: a small comparison end to end, and the demo's own checks."""
+
+import json
+
+import yaml
+
+from helpers import run_cli
+
+
+def test_compare_writes_its_three_reports_and_prices_the_run(tmp_path, capsys):
+    config = {"model": "toyworld", "subject": "checker", "images_per_prompt": 2, "sample_steps": 4,
+              "metrics": ["subject_fidelity", "diversity"],
+              "experiments": [{"name": "quick-lora", "technique": "lora", "steps": 2, "rank": 2}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert run_cli("compare", tmp_path / "c.yaml", "--out", tmp_path / "out", "--usd-per-hour", "3.6") == 0
+    assert f"wrote {tmp_path / 'out' / 'report.html'}" in capsys.readouterr().out
+    records = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["name"] for r in records] == ["base", "quick-lora"]
+    lora = records[1]
+    assert lora["usd"] == round(lora["train_seconds"] / 1000, 6)  # 3.6 USD per hour = 0.001 per second
+    assert lora["prompt_fidelity"] is None and lora["prior_drift"] is None  # not asked for
+    assert lora["subject_fidelity"] is not None and (tmp_path / "out" / "experiments" / "quick-lora" / "lora.safetensors").is_file()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| quick-lora | lora |" in report and "Machine: " in report
+
+
+def test_demo_refuses_a_bad_scale_or_subject(tmp_path, capsys):
+    assert run_cli("demo", "--out", tmp_path / "d", "--scale", "0") == 2
+    assert "--scale must be in (0, 10]" in capsys.readouterr().err
+    assert run_cli("demo", "--out", tmp_path / "d", "--subject", "unicorn") == 2
+    assert "unknown toyworld subject 'unicorn'" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
