@@ -65,7 +65,13 @@ def _polyline_svg(series: dict[str, list[tuple[float, float]]], width=480, heigh
     return "".join(parts)
 
 
-def _scatter_svg(records: list[dict], width=480, height=240) -> str:
+def _smoothed(curve: list[tuple[float, float]], window: int = 10) -> list[tuple[float, float]]:
+    """Trailing mean of the losses: per-step diffusion losses jump with the sampled timesteps."""
+    values = [loss for _, loss in curve]
+    return [(step, sum(values[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1))) for i, (step, _) in enumerate(curve)]
+
+
+def _scatter_svg(records: list[dict], width=560, height=240) -> str:
     """Quality (subject fidelity) against cost (USD), one labelled point per experiment."""
     points = [(r["usd"], r["subject_fidelity"], r["name"]) for r in records if r.get("subject_fidelity") is not None]
     if not points:
@@ -74,7 +80,7 @@ def _scatter_svg(records: list[dict], width=480, height=240) -> str:
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 30}">',
              f'<rect x="40" y="0" width="{width - 60}" height="{height}" fill="none" stroke="#999"/>']
     for usd, fidelity, name in points:
-        x, y = 40 + usd / top_x * (width - 80), height - fidelity * height
+        x, y = 40 + usd / top_x * (width - 180), height - fidelity * height  # room on the right for labels
         parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="#1f77b4"/>')
         parts.append(f'<text x="{x + 6:.1f}" y="{y - 4:.1f}" font-size="11">{html.escape(name)}</text>')
     parts.append(f'<text x="0" y="12" font-size="11">1.0</text><text x="0" y="{height}" font-size="11">0</text>')
@@ -102,7 +108,8 @@ def html_report(records: list[dict], title: str, notes: list[str]) -> str:
         + _inline_png(r.get("samples"))
         for r in records
     )
-    curves = _polyline_svg({r["name"]: r["loss_curve"] for r in records if r.get("loss_curve")})
+    curves = _polyline_svg({r["name"]: _smoothed(r["loss_curve"]) for r in records if r.get("loss_curve")},
+                           y_label="loss (mean of the last 10 points)")
     notes_html = "".join(f"<p>{html.escape(note)}</p>" for note in notes)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
