@@ -9,7 +9,7 @@ import torch
 
 from helpers import run_cli
 from tunelab.bench import reference_step
-from tunelab.bench.random_model import FAMILY_CONFIGS, CONFIGS_DIR, config_folder, random_pipeline
+from tunelab.bench.random_model import config_folder, random_pipeline
 from tunelab.bench.speed import REFERENCE_CASES, RUN_STEPS
 from tunelab.models.presets import PRESETS
 
@@ -95,8 +95,6 @@ def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
                                             ("flux", reference_step.flux_transformer)])
 def test_real_size_models_have_the_reference_architecture(family, builder):
     """Built on the meta device: shapes only, no memory, no time."""
-    if not (CONFIGS_DIR / FAMILY_CONFIGS[family] / "model_index.json").is_file():
-        pytest.skip(f"no shipped {family} configuration yet")
     pipeline = random_pipeline(config_folder(family), "meta", torch.bfloat16)
     with torch.device("meta"):
         reference = builder(False)[0]
