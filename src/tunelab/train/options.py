@@ -62,6 +62,10 @@ class TrainOptions:
     )
     min_snr_gamma: float | None = option("min-SNR-gamma loss weighting, e.g. 5 (off by default)", default=None)
     noise_offset: float = option("noise offset, e.g. 0.05 (0 disables)", default=0.0)
+    caption_dropout: float = option(
+        "probability of training a sample on the empty caption, e.g. 0.1, so the model keeps an unconditional "
+        "prediction for classifier-free guidance (kohya's caption_dropout_rate; 0 disables)", default=0.0,
+    )
     timestep_sampling: Literal["sigmoid", "uniform", "flux_shift"] | None = option(
         "flow-matching models (Flux.1): how sigma is drawn; sigmoid (logit-normal, the default), uniform, "
         "or flux_shift (Flux.1's resolution-dependent shift)", default=None,

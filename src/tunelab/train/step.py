@@ -58,6 +58,14 @@ def sample_generators(seed: int, epoch: int, positions: range, stream: int) -> l
     ]
 
 
+def drop_captions(captions: list[str], probability: float, generators: list[torch.Generator]) -> list[str]:
+    """Each caption replaced by "" with `probability`, drawn from its sample's own generator (reproducible, resumable)."""
+    if not probability:
+        return captions
+    return ["" if torch.rand(1, generator=generator).item() < probability else caption
+            for caption, generator in zip(captions, generators)]
+
+
 def gradients_finite(accelerator, parameters, max_grad_norm: float) -> bool:
     """Clip (when asked) and report whether every gradient is finite."""
     if max_grad_norm > 0:
@@ -120,7 +128,9 @@ class TrainingStep:
             latents = self.image_encoder.encode_images(
                 batch["pixel_values"], sample_generators(options.seed, epoch, positions, stream=1)
             ).to(self.weight_dtype)  # (B, C, h, w)
-            conditioning = self.prompt_encoder.encode_prompts(self.method.training_captions(batch["captions"]))
+            captions = drop_captions(self.method.training_captions(batch["captions"]), options.caption_dropout,
+                                     sample_generators(options.seed, epoch, positions, stream=2))
+            conditioning = self.prompt_encoder.encode_prompts(captions)
             noisy = family.add_noise(latents, options.noise_offset, sample_generators(options.seed, epoch, positions, stream=0))
             with self.attention():
                 prediction = family.predict(noisy, conditioning)
@@ -149,6 +159,8 @@ def prepare_step(options: TrainOptions, method, family, accelerator) -> Training
     and schedule, and hand the trained modules to accelerate."""
     from tunelab.train.speed import apply_speed_options, offloaded_encoders
 
+    if not 0.0 <= options.caption_dropout < 1.0:
+        raise TunelabError(f"--caption-dropout must be at least 0 and below 1, got {options.caption_dropout}")
     weight_dtype = WEIGHT_DTYPES[options.mixed_precision]
     offloaded = {id(module) for module in offloaded_encoders(options, family)}
     for module in family.frozen_modules().values():
