@@ -30,7 +30,7 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def _closest(name: str, candidates) -> str:
+def closest(name: str, candidates) -> str:
     match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
@@ -69,7 +69,7 @@ def coerce(key: str, value: Any, annotation) -> Any:
         choices = typing.get_args(base)
         if value not in choices:
             raise TunelabError(
-                f"option {key!r}: {value!r} is not one of {', '.join(map(str, choices))}{_closest(str(value), map(str, choices))}"
+                f"option {key!r}: {value!r} is not one of {', '.join(map(str, choices))}{closest(str(value), map(str, choices))}"
             )
         return value
     if origin is list:
@@ -133,7 +133,7 @@ def checked_values(schemas, values: dict[str, Any], where: str) -> dict[str, Any
     for key, value in values.items():
         key = str(key).replace("-", "_")
         if key not in fields:
-            raise TunelabError(f"unknown option {key!r} in {where}{_closest(key, fields)}")
+            raise TunelabError(f"unknown option {key!r} in {where}{closest(key, fields)}")
         checked[key] = coerce(key, value, fields[key][1])
     return checked
 

@@ -7,6 +7,7 @@ following prompts; the reports must carry the run's own numbers, and a second ru
 import base64
 import io
 import json
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -67,9 +68,9 @@ def test_a_second_run_reuses_results_and_a_changed_experiment_runs_again(compari
     before = {name: path.stat().st_mtime_ns for name, path in results.items()}
     run_comparison(config, out)
     assert {name: path.stat().st_mtime_ns for name, path in results.items()} == before
-    changed = config.experiments[2]
-    changed.training["steps"] = 3
-    run_comparison(config, out)
+    experiments = list(config.experiments)
+    experiments[2] = replace(experiments[2], training={**experiments[2].training, "steps": 3})
+    run_comparison(replace(config, experiments=experiments), out)
     assert results["textual_inversion"].stat().st_mtime_ns != before["textual_inversion"]
     assert results["lora"].stat().st_mtime_ns == before["lora"]
     assert json.loads(results["textual_inversion"].read_text())["steps"] == 3

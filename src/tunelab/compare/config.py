@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.compare.techniques import TECHNIQUES
-from tunelab.config import _closest, checked_values, option, read_config_file
+from tunelab.config import closest, checked_values, option, read_config_file
 from tunelab.errors import TunelabError
 from tunelab.evaluate.protocol import METRICS
+from tunelab.evaluate.sampling import GUIDANCE, STEPS
 
 # Training options the bench sets itself, the same for every experiment.
 SET_BY_COMPARE = ("model", "images", "out", "prompt", "resume", "overwrite", "num_processes", "log_with")
@@ -28,8 +29,8 @@ class CompareOptions:
     prompt: str | None = option("instance prompt for a folder subject, e.g. 'a photo of sks dog'", default=None)
     metrics: list[str] = option(f"quality metrics to report ({', '.join(METRICS)})", default_factory=lambda: list(METRICS))
     images_per_prompt: int = option("images per evaluation prompt (same seeds for every experiment)", default=8)
-    sample_steps: int = option("sampling steps for evaluation images", default=20)
-    guidance: float = option("classifier-free guidance for evaluation images", default=5.0)
+    sample_steps: int = option("sampling steps for evaluation images", default=STEPS)
+    guidance: float = option("classifier-free guidance for evaluation images", default=GUIDANCE)
     seed: int = option("first evaluation seed", default=1000)
     usd_per_hour: float = option("machine price for the cost column (the study's RTX 3090 rate)", default=0.29)
 
@@ -65,7 +66,7 @@ def _experiment(entry: Any, index: int, where: str) -> Experiment:
     if not name or technique is None:
         raise TunelabError(f"{where}: experiment {index + 1} needs a 'name' and a 'technique'")
     if technique not in TECHNIQUES:
-        raise TunelabError(f"{where}: experiment {name!r}: unknown technique {technique!r}{_closest(str(technique), TECHNIQUES)} "
+        raise TunelabError(f"{where}: experiment {name!r}: unknown technique {technique!r}{closest(str(technique), TECHNIQUES)} "
                            f"(techniques: {', '.join(TECHNIQUES)})")
     for key in entry:
         if str(key).replace("-", "_") in SET_BY_COMPARE:
@@ -103,7 +104,7 @@ def compare_config_from(data: dict[str, Any], where: str) -> CompareConfig:
     options = CompareOptions(**checked_values([CompareOptions], data, where))
     unknown = [metric for metric in options.metrics if metric not in METRICS]
     if unknown:
-        raise TunelabError(f"{where}: unknown metric {unknown[0]!r}{_closest(unknown[0], METRICS)} (metrics: {', '.join(METRICS)})")
+        raise TunelabError(f"{where}: unknown metric {unknown[0]!r}{closest(unknown[0], METRICS)} (metrics: {', '.join(METRICS)})")
     _check_subject(options, where)
     experiments = [_experiment(entry, index, where) for index, entry in enumerate(entries)]
     names = [experiment.name for experiment in experiments]

@@ -80,7 +80,6 @@ def evaluate_experiment(spec: dict, artifact: str | None) -> dict:
 
 
 def run_spec(spec: dict) -> dict:
-    torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
     result = {"name": spec["name"], "technique": spec["technique"], "fingerprint": spec["fingerprint"]}
     if spec["technique"] == "base":
         result |= {"train_seconds": 0.0, "steps": 0, "steps_per_second": None, "peak_memory_mb": 0.0,

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from tunelab.evaluate.metrics import class_preservation, diversity, prompt_fidelity, subject_fidelity
-from tunelab.evaluate.sampling import sample_images
+from tunelab.evaluate.sampling import GUIDANCE, STEPS, sample_images
 from tunelab.toyworld.subjects import Subject
-from tunelab.toyworld.world import BACKGROUND_COLOURS, POSITIONS
+from tunelab.toyworld.world import BACKGROUND_COLOURS, POSITIONS, position_phrase
 
 METRICS = ("subject_fidelity", "prompt_fidelity", "prior_drift", "diversity")
 
@@ -20,10 +20,7 @@ METRICS = ("subject_fidelity", "prompt_fidelity", "prior_drift", "diversity")
 def prompt_variations(noun: str, count: int) -> list[tuple[str, dict[str, str]]]:
     """Prompts that ask for a background or a place, with what each asks for."""
     asks = [(f"a {noun} on a {colour} background", {"background": colour}) for colour in BACKGROUND_COLOURS]
-    asks += [
-        (f"a {noun} in the center" if where == "center" else f"a {noun} on the {where}", {"position": where})
-        for where in POSITIONS
-    ]
+    asks += [(f"a {noun} {position_phrase(where)}", {"position": where}) for where in POSITIONS]
     return [asks[index % len(asks)] for index in range(count)]
 
 
@@ -34,7 +31,7 @@ class Evaluation:
 
 
 def evaluate_subject(pipeline, subject: Subject, identifier: str, images_per_prompt: int = 8, seed: int = 1000,
-                     steps: int = 20, guidance: float = 5.0) -> Evaluation:
+                     steps: int = STEPS, guidance: float = GUIDANCE) -> Evaluation:
     """`identifier` names the subject in prompts: its token, or a textual-inversion token."""
     seeds = [seed + index for index in range(images_per_prompt)]
     noun = f"{identifier} {subject.class_word}"

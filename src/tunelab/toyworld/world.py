@@ -8,7 +8,7 @@ Pixels are hard-edged (no anti-aliasing): every pixel is one palette colour.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -146,25 +146,21 @@ def random_scene(rng: random.Random) -> Scene:
     return place(rng, Look(rng.choice(SHAPES), (colour,)), background)
 
 
-def caption(scene: Scene, rng: random.Random | None = None, *, noun: str | None = None, colour_words: bool = True) -> str:
-    """A caption from the grammar; with rng, optional parts (size, position, background) are dropped at random.
+def position_phrase(where: str) -> str:
+    """How captions say a position: "in the center", "on the left"."""
+    return "in the center" if where == "center" else f"on the {where}"
 
-    `noun` replaces the shape word (subjects: "sks circle"); `colour_words=False` leaves the colour out.
-    """
+
+def caption(scene: Scene, rng: random.Random | None = None) -> str:
+    """A caption from the grammar; with rng, optional parts (size, position, background) are dropped at random."""
     keep = (lambda probability: rng.random() < probability) if rng else (lambda probability: True)
     words = ["a"]
     if keep(0.5):
         words.append(scene.size)
-    if colour_words:
-        words.append(" ".join(scene.look.colours))
-    words.append(noun or scene.look.shape)
+    words.append(" ".join(scene.look.colours))
+    words.append(scene.look.shape)
     if keep(0.5):
-        where = scene.position
-        words.append("in the center" if where == "center" else f"on the {where}")
+        words.append(position_phrase(scene.position))
     if keep(0.7):
         words.append(f"on a {scene.background} background")
     return " ".join(words)
-
-
-def with_background(scene: Scene, background: str) -> Scene:
-    return replace(scene, background=background)
