@@ -8,15 +8,8 @@ from pathlib import Path
 import torch
 
 from tunelab.errors import TunelabError
-
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def precision_dtype(name: str) -> torch.dtype:
-    try:
-        return PRECISIONS[name]
-    except KeyError:
-        raise TunelabError(f"unknown precision {name!r}; choose from {', '.join(PRECISIONS)}") from None
+# Re-exported: methods/, generate/command.py and lora/command.py still import them from here.
+from tunelab.precision import PRECISIONS, precision_dtype  # noqa: F401
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:

@@ -25,14 +25,13 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.formats.safetensors_io import save_tensors
+from tunelab.precision import PRECISIONS
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 SD1_TEXT_ENCODER_PREFIX = "cond_stage_model.transformer.text_model."
 SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer.text_model."
 SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
-
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # diffusers module path -> original module path; a parameter takes the longest matching module.
 ModuleMap = dict[str, str]
@@ -65,8 +64,9 @@ def save_single_file(
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise TunelabError(f"single-file checkpoints are written as .safetensors, not {path.suffix or 'a file without extension'} ({path.name})")
-    if dtype not in SUPPORTED_DTYPES:
-        raise TunelabError(f"cannot save in {dtype}; choose torch.float16, torch.bfloat16 or torch.float32")
+    if dtype not in PRECISIONS.values():
+        choices = ", ".join(f"{known} ({name})" for name, known in PRECISIONS.items())
+        raise TunelabError(f"cannot save in {dtype}; choose {choices}")
     header = {"format": "pt", **_checked_metadata(metadata)}
     tensors = {name: _in_dtype(tensor, dtype) for name, tensor in pipeline_to_original_state_dict(pipeline).items()}
     return save_tensors(tensors, path, metadata=header)  # atomic write, refuses NaN/inf weights

@@ -14,8 +14,7 @@ import torch
 
 from tunelab.lora.merge import applied
 from tunelab.lora.model import LoraSet
-
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from tunelab.precision import PRECISIONS
 PROBE_TIMESTEPS = (900, 500, 100)
 
 
