@@ -87,7 +87,7 @@ def test_a_lora_for_another_architecture_is_one_clear_line(tmp_path, capsys):
     import torch
 
     from tunelab.formats.lora_io import write_lora
-    from tunelab.lora.model import LoraModule
+    from tunelab.formats.lora_set import LoraModule
 
     to_q = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
     for name, module_key, width in [("wide", to_q, 320), ("elsewhere", to_q.replace("down_blocks.0", "down_blocks.3"), 16)]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tunelab.formats.lora_io import write_lora
-from tunelab.lora.model import LoraModule
+from tunelab.formats.lora_set import LoraModule
 from tunelab.methods.lora import attach_loras, detach_loras
 from tunelab.models.presets import build_preset
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tunelab.lora.model import LoraModule, LoraSet
+from tunelab.formats.lora_set import LoraModule, LoraSet
 from tunelab.lora.modules import adaptable_modules, is_spatial_conv
 
 PROMPT = "a photo of sks toy"

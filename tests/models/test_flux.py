@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from helpers import run_cli
-from tunelab.lora.model import LoraModule
+from tunelab.formats.lora_set import LoraModule
 from tunelab.models.family import family_for
 from tunelab.models.presets import build_preset
 from tunelab.train.options import TrainOptions

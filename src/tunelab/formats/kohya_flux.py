@@ -21,7 +21,7 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.formats.module_paths import to_file_path
-from tunelab.lora.model import LoraModule, LoraSet, split_component
+from tunelab.formats.lora_set import LoraModule, LoraSet, split_component
 
 DENOISER = "transformer"
 TEXT_ENCODER_PREFIX = "lora_te1"  # kohya's Flux LoRAs call CLIP-L te1 (T5 would be te3)

@@ -9,7 +9,7 @@ from typing import Iterable, Literal
 
 from tunelab.errors import TunelabError
 from tunelab.formats import kohya_lora, lycoris, peft_lora
-from tunelab.lora.model import LoraSet
+from tunelab.formats.lora_set import LoraSet
 
 LoraFormat = Literal["kohya", "peft"]
 LORA_FORMATS: tuple[LoraFormat, ...] = ("kohya", "peft")

@@ -16,7 +16,7 @@ import torch
 from tunelab.errors import TunelabError
 from tunelab.formats.module_paths import from_file_path, to_file_path
 from tunelab.formats.safetensors_io import save_tensors
-from tunelab.lora.model import LoraModule, LoraSet, split_component
+from tunelab.formats.lora_set import LoraModule, LoraSet, split_component
 
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"
 

@@ -9,7 +9,7 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.lora.merge import delta_shape, same_weight_shape
-from tunelab.lora.model import LoraModule, LoraSet
+from tunelab.formats.lora_set import LoraModule, LoraSet
 from tunelab.lora.resize import ResizedModule, resize_lora
 
 

@@ -9,7 +9,7 @@ from typing import Mapping
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.lora.model import LoraModule, LoraSet, split_component
+from tunelab.formats.lora_set import LoraModule, LoraSet, split_component
 from tunelab.lora.modules import is_spatial_conv
 from tunelab.lora.svd import clamp_to_quantile, truncated_svd
 

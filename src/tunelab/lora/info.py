@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from tunelab.lora.model import LoraSet, split_component
+from tunelab.formats.lora_set import LoraSet, split_component
 
 # Metadata values longer than this are cut in the text summary (JSON keeps them whole).
 METADATA_WIDTH = 100

@@ -8,7 +8,7 @@ from typing import Iterator, Mapping
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.lora.model import LoraModule, LoraSet
+from tunelab.formats.lora_set import LoraModule, LoraSet
 
 WeightedLoras = list[tuple[LoraSet, float]]
 

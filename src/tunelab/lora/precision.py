@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from tunelab.lora.merge import applied
-from tunelab.lora.model import LoraSet
+from tunelab.formats.lora_set import LoraSet
 from tunelab.precision import PRECISIONS
 PROBE_TIMESTEPS = (900, 500, 100)
 

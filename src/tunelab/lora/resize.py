@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.lora.model import LoraModule, LoraSet
+from tunelab.formats.lora_set import LoraModule, LoraSet
 from tunelab.lora.svd import factored_svd, frobenius_kept
 
 DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")

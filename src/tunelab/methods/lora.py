@@ -10,7 +10,7 @@ import torch
 
 from tunelab.config import option
 from tunelab.errors import TunelabError
-from tunelab.lora.model import LoraModule, LoraSet
+from tunelab.formats.lora_set import LoraModule, LoraSet
 from tunelab.methods.base import parameter_groups
 
 TargetGroup = Literal["attention", "feedforward", "conv"]
