@@ -18,7 +18,6 @@ import torch
 from tunelab.errors import TunelabError
 from tunelab.formats.module_paths import from_file_path, to_file_path
 from tunelab.formats.safetensors_io import save_tensors
-from tunelab.formats.sd_checkpoint import original_module_path, unet_module_map
 from tunelab.formats.lora_set import LoraModule, LoraSet, split_component
 
 # Component -> kohya key prefix. Two text encoders (SDXL) are te1/te2; one is plain te.

@@ -1,6 +1,6 @@
 """Load a single-file Stable Diffusion checkpoint (A1111 / ComfyUI style) as a diffusers pipeline, offline.
 
-The weights are read once through `tunelab.formats.safe_load` (so `.ckpt` files
+The weights are read once through `tunelab.safe_load` (so `.ckpt` files
 never run pickled code), then diffusers' own original-layout converters build
 each component from that state dict against a local diffusers-format config
 folder: the caller's, or one shipped under `configs/` (`sd15/`, `sd21/`, `sdxl/`), picked
@@ -20,7 +20,15 @@ from typing import Iterator
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.formats.safe_load import load_state_dict
+from tunelab.safe_load import load_state_dict
+from tunelab.models.original_layout import (
+    SDXL_CONDITIONER_PREFIX,
+    TEXT_ENCODERS,
+    UNET_CONV_IN_KEY,
+    UNET_PREFIX,
+    VAE_READ_PREFIXES,
+    first_cross_attention_key,
+)
 from tunelab.models.tokenizer import END_OF_WORD, _bytes_to_unicode
 
 CONFIGS_DIR = Path(__file__).with_name("configs")
@@ -41,23 +49,11 @@ REQUIRED_CONFIG_FILES = (
     "scheduler/scheduler_config.json",
 )
 
-# Keys the variant detector reads.
-UNET_PREFIX = "model.diffusion_model."
-UNET_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
-UNET_FIRST_CROSS_ATTENTION_KEY = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
-# SDXL's first level has no attention; its first cross-attention is in the second.
-SDXL_FIRST_CROSS_ATTENTION_KEY = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"
-VAE_PREFIXES = ("first_stage_model.", "vae.")
-CLIP_PREFIX = "cond_stage_model.transformer."
-CLIP_TEXT_MODEL_PREFIX = "cond_stage_model.transformer.text_model."
-OPEN_CLIP_PREFIX = "cond_stage_model.model."
-SDXL_PREFIX = "conditioner.embedders."
-
 # (text encoder layout, UNet cross-attention width) -> shipped config folder
 VARIANTS = {("clip", 768): "sd15", ("open_clip", 1024): "sd21", ("sdxl", 2048): "sdxl"}
 LAYOUT_NAMES = {"clip": "an SD 1.x-style CLIP", "open_clip": "an SD 2.x-style OpenCLIP", "sdxl": "SDXL's CLIP-L + OpenCLIP-bigG"}
-SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
-SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+# The down level of the UNet's first cross-attention: SDXL's first level has none.
+FIRST_ATTENTION_LEVEL = {"clip": 0, "open_clip": 0, "sdxl": 1}
 SDXL_CONFIG_FILES = ("text_encoder_2/config.json",)
 
 
@@ -81,12 +77,11 @@ def load_single_file(
         raise TunelabError(f"torch_dtype must be a floating torch dtype such as torch.float16, not {torch_dtype!r}")
 
     state_dict = _with_text_model_level(load_state_dict(path))
-    _require_supported_family(state_dict, path.name)
+    sdxl = checkpoint_layout(state_dict, path.name) == "sdxl"
     variant = None
     if config_dir is None:
         variant = detect_variant(state_dict, source=path.name)
         config_dir = CONFIGS_DIR / variant
-    sdxl = _require_supported_family(state_dict, path.name) == "sdxl"
     config_dir = _checked_config_dir(config_dir, sdxl)
 
     pipeline = (_assemble_sdxl_pipeline if sdxl else _assemble_pipeline)(state_dict, config_dir, torch_dtype, path.name)
@@ -97,14 +92,14 @@ def load_single_file(
 
 def detect_variant(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> str:
     """Name of the shipped config folder ("sd15", "sd21" or "sdxl") that fits these original-layout weights."""
-    layout = _require_supported_family(state_dict, source)
-    in_channels = state_dict[UNET_CONV_IN].shape[1]  # conv_in weight: [C_out, C_in, 3, 3]
+    layout = checkpoint_layout(state_dict, source)
+    in_channels = state_dict[UNET_CONV_IN_KEY].shape[1]  # conv_in weight: [C_out, C_in, 3, 3]
     if in_channels != 4:
         raise TunelabError(
             f"{source} has a UNet with {in_channels} input channels (inpainting, depth or pix2pix model); "
             f"only text-to-image checkpoints of {SUPPORTED_FAMILIES} are supported"
         )
-    cross_attention = state_dict.get(SDXL_FIRST_CROSS_ATTENTION_KEY if layout == "sdxl" else UNET_FIRST_CROSS_ATTENTION_KEY)
+    cross_attention = state_dict.get(first_cross_attention_key(FIRST_ATTENTION_LEVEL[layout]))
     context_width = None if cross_attention is None else cross_attention.shape[1]  # to_k: [C, context]
     variant = VARIANTS.get((layout, context_width))
     if variant is None:
@@ -144,38 +139,45 @@ def load_tokenizer(config_dir: str | Path, subfolder: str = "tokenizer"):
     )
 
 
-def _require_supported_family(state_dict: dict[str, torch.Tensor], source: str) -> str:
+def checkpoint_layout(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> str:
     """The text encoder layout ("clip", "open_clip" or "sdxl") of an SD 1.x/2.x/SDXL checkpoint; refuses anything else."""
-    if any(key.startswith(SDXL_PREFIX) for key in state_dict):
-        has = {prefix: any(key.startswith(prefix) for key in state_dict) for prefix in (SDXL_CLIP_L_PREFIX, SDXL_OPEN_CLIP_PREFIX)}
-        if not all(has.values()):
+    def has(prefix: str) -> bool:
+        return any(key.startswith(prefix) for key in state_dict)
+
+    vae = " or ".join(f"{prefix}*" for prefix in VAE_READ_PREFIXES)
+    if has(SDXL_CONDITIONER_PREFIX):
+        roots = [place.root for place in TEXT_ENCODERS["sdxl"].values()]
+        if not all(has(root) for root in roots):
             raise TunelabError(
-                f"{source} is an SDXL checkpoint without both text encoders ({SDXL_CLIP_L_PREFIX}* and {SDXL_OPEN_CLIP_PREFIX}*), "
+                f"{source} is an SDXL checkpoint without both text encoders ({' and '.join(f'{root}*' for root in roots)}), "
                 f"e.g. the refiner, which is not supported; supported: {SUPPORTED_FAMILIES}"
             )
-        if UNET_CONV_IN not in state_dict or not any(key.startswith(VAE_PREFIXES) for key in state_dict):
-            raise TunelabError(f"{source} is an incomplete SDXL checkpoint (it needs {UNET_PREFIX}* and first_stage_model.*)")
+        if UNET_CONV_IN_KEY not in state_dict or not has(VAE_READ_PREFIXES):
+            raise TunelabError(f"{source} is an incomplete SDXL checkpoint (it needs {UNET_PREFIX}* and {vae})")
         return "sdxl"
-    if UNET_CONV_IN not in state_dict:
+    if UNET_CONV_IN_KEY not in state_dict:
         raise TunelabError(f"{source} is not a Stable Diffusion checkpoint (no {UNET_PREFIX}* UNet weights); supported: {SUPPORTED_FAMILIES}")
-    if not any(key.startswith(VAE_PREFIXES) for key in state_dict):
-        raise TunelabError(f"{source} has no VAE weights (first_stage_model.*); a full Stable Diffusion checkpoint is needed")
-    if any(key.startswith(CLIP_PREFIX) for key in state_dict):
-        return "clip"
-    if any(key.startswith(OPEN_CLIP_PREFIX) for key in state_dict):
-        return "open_clip"
+    if not has(VAE_READ_PREFIXES):
+        raise TunelabError(f"{source} has no VAE weights ({vae}); a full Stable Diffusion checkpoint is needed")
+    for layout in ("clip", "open_clip"):
+        if has(TEXT_ENCODERS[layout]["text_encoder"].root):
+            return layout
+    clip, open_clip = (TEXT_ENCODERS[layout]["text_encoder"].root for layout in ("clip", "open_clip"))
     raise TunelabError(
-        f"{source} has no text encoder weights ({CLIP_PREFIX}* for SD 1.x or {OPEN_CLIP_PREFIX}* for SD 2.x); "
+        f"{source} has no text encoder weights ({clip}* for SD 1.x or {open_clip}* for SD 2.x); "
         f"supported: {SUPPORTED_FAMILIES}"
     )
 
 
 def _with_text_model_level(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # Some exporters (old converters run under transformers >= 5.6) drop the `text_model.` level;
+    # Some exporters (old converters run under transformers >= 5.6) drop CLIP's `text_model.` level;
     # diffusers then finds no CLIP text encoder, so put it back.
+    clip_places = [place for places in TEXT_ENCODERS.values() for place in places.values() if place.naming == "clip"]
+
     def fixed(key: str) -> str:
-        if key.startswith(CLIP_PREFIX) and not key.startswith(CLIP_TEXT_MODEL_PREFIX):
-            return CLIP_TEXT_MODEL_PREFIX + key.removeprefix(CLIP_PREFIX)
+        for place in clip_places:
+            if key.startswith(place.root) and not key.startswith(place.prefix):
+                return place.prefix + key.removeprefix(place.root)
         return key
 
     return {fixed(key): tensor for key, tensor in state_dict.items()}
