@@ -16,9 +16,10 @@ from typing import Iterable
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.formats.lora_set import LoraModule, LoraSet, split_component
 from tunelab.formats.module_paths import from_file_path, to_file_path
 from tunelab.formats.safetensors_io import save_tensors
-from tunelab.formats.lora_set import LoraModule, LoraSet, split_component
+from tunelab.models.original_layout import original_module_path, unet_module_map
 
 # Component -> kohya key prefix. Two text encoders (SDXL) are te1/te2; one is plain te.
 _DENOISER_PREFIXES = {"unet": "lora_unet", "transformer": "lora_unet"}
