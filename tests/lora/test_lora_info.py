@@ -54,3 +54,30 @@ def test_json_summary(mixed_rank_file, capsys):
                     "rank": 2, "alpha": 1.0, "dtype": "float16"}
     assert summary["parameters"] == sum((module["shape"][0] + math.prod(module["shape"][1:])) * module["rank"]
                                         for module in summary["modules"])
+
+
+def test_extraction_settings_are_reported_from_the_files_record(tmp_path, capsys):
+    pipeline = build_preset("tiny-sd")
+    lora = random_lora(pipeline, mixed_keys(pipeline)[:2], rank=4, alpha=4.0)
+    records = {
+        "current": {"rank": 8, "conv_rank": 4, "clamp_quantile": 0.99, "clamp_mode": "kohya", "modules": "kohya"},
+        # written before --clamp-mode/--modules: tunelab then always used the absolute rule on every module
+        "older": {"rank": 8, "conv_rank": None, "clamp_quantile": 0.99},
+        "unclamped": {"rank": 8, "conv_rank": None, "clamp_quantile": 1.0, "clamp_mode": "absolute", "modules": "all"},
+    }
+    expected = {
+        "current": "extracted   clamp kohya at quantile 0.99; modules kohya; rank 8, conv rank 4",
+        "older": "extracted   clamp absolute at quantile 0.99; modules all; rank 8, conv rank none (3x3 convs left out)",
+        "unclamped": "extracted   clamp none; modules all; rank 8, conv rank none (3x3 convs left out)",
+    }
+    for name, record in records.items():
+        path = write_lora(lora, tmp_path / f"{name}.safetensors", "kohya", kohya_metadata(lora, "sd_v1", {"tunelab_extract": json.dumps(record)}))
+        assert run_cli("lora", "info", path) == 0
+        assert expected[name] in capsys.readouterr().out
+        assert run_cli("lora", "info", path, "--json") == 0
+        extraction = json.loads(capsys.readouterr().out)["extraction"]
+        assert (extraction["clamp_mode"], extraction["modules"]) == (record.get("clamp_mode", "absolute"), record.get("modules", "all"))
+
+    plain = write_lora(lora, tmp_path / "plain.safetensors", "kohya", kohya_metadata(lora, "sd_v1"))
+    assert run_cli("lora", "info", plain) == 0
+    assert "extracted" not in capsys.readouterr().out

@@ -39,7 +39,17 @@ class ExtractOptions:
     rank: int = option("rank of linear layers and 1x1 convolutions (a module that allows less gets its full rank)")
     alpha: float | None = option("alpha of every module (default: --rank); each module's alpha / rank is folded into its up", default=None)
     conv_rank: int | None = option("rank of 3x3 convolutions; without it they are left out", default=None)
-    clamp_quantile: float = option("clamp factor values to this quantile of their absolute values, as kohya does (1: no clamp)", default=0.99)
+    clamp_quantile: float = option("quantile that limits the factors' values (1: no clamp); modules the rank holds exactly are never clamped", default=0.99)
+    clamp_mode: Literal["absolute", "kohya"] = option(
+        "absolute (default): clamp both factors to the quantile of their pooled absolute values (1%% of values clipped "
+        "at 0.99); kohya: to the quantile of their pooled signed values, the rule of kohya's script (about 2%% clipped)",
+        default="absolute",
+    )
+    modules: Literal["all", "kohya"] = option(
+        "all (default): every Linear and 1x1 conv of UNet and text encoder, 3x3 convs too with --conv-rank; kohya: the "
+        "modules kohya's script extracts (UNet attention blocks and text encoder; resnets and samplers with --conv-rank)",
+        default="all",
+    )
     min_diff: float = option("leave the text encoder out when none of its weights differs by more than this", default=0.01)
     precision: Precision = option("dtype of the saved LoRA", default="fp32")
     format: LoraLayout = option("file layout: kohya (A1111, ComfyUI, diffusers) or peft (diffusers' save_lora_weights)", default="kohya")
@@ -180,7 +190,8 @@ def extract(options: ExtractOptions) -> Path:
     from tunelab.lora.modules import module_weights
     from tunelab.models.family import family_for
 
-    settings = ExtractSettings(options.rank, options.conv_rank, options.alpha, options.clamp_quantile, options.min_diff)
+    settings = ExtractSettings(options.rank, options.conv_rank, options.alpha, options.clamp_quantile, options.min_diff,
+                               options.clamp_mode, options.modules)
     settings.validate()
     device = _device(options.device)
     _lora_out(options.out)

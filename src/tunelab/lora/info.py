@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +20,25 @@ def module_kind(down_shape) -> str:
 
 def _dtype_name(tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
+
+
+def extraction_settings(metadata: dict[str, str]) -> dict | None:
+    """How `tunelab lora extract` made the file (clamp rule, module set, ranks), from its record; None if it did not."""
+    try:
+        record = json.loads(metadata["tunelab_extract"])
+    except (KeyError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    return {
+        "rank": record.get("rank"),
+        "conv_rank": record.get("conv_rank"),
+        "clamp_quantile": record.get("clamp_quantile"),
+        # Records written before --clamp-mode and --modules existed: tunelab then always clamped by
+        # absolute values and extracted every module.
+        "clamp_mode": record.get("clamp_mode", "absolute"),
+        "modules": record.get("modules", "all"),
+    }
 
 
 def summarize(lora: LoraSet, metadata: dict[str, str], file_format: str, path: Path) -> dict:
@@ -49,6 +69,7 @@ def summarize(lora: LoraSet, metadata: dict[str, str], file_format: str, path: P
         "alphas": counts(module["alpha"] for module in modules),
         "dtypes": counts(module["dtype"] for module in modules),
         "metadata": dict(sorted(metadata.items())),
+        "extraction": extraction_settings(metadata),
         "modules": modules,
     }
 
@@ -67,6 +88,13 @@ def _counted(counts: dict[str, int]) -> str:
     return ", ".join(f"{value} ({count} modules)" for value, count in counts.items())
 
 
+def _extraction_line(settings: dict) -> str:
+    quantile = settings["clamp_quantile"]
+    clamp = "none" if quantile is not None and quantile >= 1 else f"{settings['clamp_mode']} at quantile {quantile}"
+    conv = settings["conv_rank"] if settings["conv_rank"] is not None else "none (3x3 convs left out)"
+    return f"extracted   clamp {clamp}; modules {settings['modules']}; rank {settings['rank']}, conv rank {conv}"
+
+
 def render(summary: dict, list_modules: bool = False) -> str:
     lines = [
         f"file        {summary['file']}",
@@ -78,6 +106,8 @@ def render(summary: dict, list_modules: bool = False) -> str:
         f"alpha       {_counted(summary['alphas'])}",
         f"precision   {_counted(summary['dtypes'])}",
     ]
+    if summary["extraction"] is not None:
+        lines.append(_extraction_line(summary["extraction"]))
     if summary["metadata"]:
         lines.append("metadata")
         for key, value in summary["metadata"].items():

@@ -28,6 +28,19 @@ def truncated_svd(matrices: torch.Tensor, rank: int) -> tuple[torch.Tensor, torc
     return basis @ u, s, vh @ q.mT  # (B, m, k), (B, k), (B, k, n)
 
 
+def with_sign_convention(u: torch.Tensor, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each singular pair negated where needed so that the largest-magnitude entry of its Vh row is positive.
+
+    An SVD is unique only up to the sign of each pair (u_i, v_i), and routines differ in the signs they
+    return; kohya's clamp reads the factors' signed values, so its result depends on them. Fixing the
+    signs makes an extraction independent of the routine (and of the device) that decomposed it.
+    u (B, m, k), vh (B, k, n).
+    """
+    largest = vh.abs().argmax(dim=-1, keepdim=True)  # (B, k, 1)
+    signs = torch.where(vh.gather(-1, largest) < 0, -1.0, 1.0).to(vh.dtype)  # (B, k, 1)
+    return u * signs.mT, vh * signs
+
+
 def factored_svd(up: torch.Tensor, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The SVD of up @ down without forming it: U (out, k), S (k,), Vh (k, n), k = min(out, r, n).
 
@@ -46,17 +59,3 @@ def frobenius_kept(singular_values: torch.Tensor, rank: int) -> float:
     if total == 0:
         return 1.0
     return float((singular_values[:rank].square().sum() / total).sqrt())
-
-
-def clamp_to_quantile(up: torch.Tensor, down: torch.Tensor, quantile: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """kohya's outlier clamp: both factors limited to the quantile of their joint absolute values.
-
-    up (B, m, k) and down (B, k, n) are clamped per batch element; quantile >= 1 leaves them as they are.
-    """
-    if quantile >= 1.0:
-        return up, down
-    joint = torch.cat([up.flatten(1).abs(), down.flatten(1).abs()], dim=1)  # (B, m*k + k*n)
-    # kthvalue rather than torch.quantile, which refuses inputs of more than 2^24 values.
-    k = max(1, min(joint.shape[1], round(quantile * joint.shape[1])))
-    limit = joint.kthvalue(k, dim=1).values  # (B,)
-    return up.clamp(-limit[:, None, None], limit[:, None, None]), down.clamp(-limit[:, None, None], limit[:, None, None])
