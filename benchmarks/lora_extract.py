@@ -8,7 +8,8 @@ DreamBooth run moves them). What is timed is `tunelab.lora.extract.extract_lora`
 two models' module weights: differences, batched truncated SVDs, clamping, factors back
 on the CPU; then writing the file. Building the models is reported but not part of it.
 
-    python benchmarks/lora_extract.py                      # CPU, rank 128, kohya's defaults
+    python benchmarks/lora_extract.py                      # CPU, rank 128, tunelab's defaults
+    python benchmarks/lora_extract.py --clamp-mode kohya --modules kohya   # kohya's rule and module set
     python benchmarks/lora_extract.py --device cuda        # on a GPU
     python benchmarks/lora_extract.py --conv-rank 128      # 3x3 convolutions too
 
@@ -79,6 +80,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=128)
     parser.add_argument("--conv-rank", type=int, default=None)
     parser.add_argument("--clamp-quantile", type=float, default=0.99)
+    parser.add_argument("--clamp-mode", choices=["absolute", "kohya"], default="absolute")
+    parser.add_argument("--modules", choices=["all", "kohya"], default="all")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--noise", type=float, default=0.002, help="std of the full-rank change of every weight")
     parser.add_argument("--seed", type=int, default=0)
@@ -98,7 +101,8 @@ def main() -> None:
     base, tuned, parameters = random_sd15_pair(args.seed, args.noise)
     build_s = time.perf_counter() - started
 
-    settings = ExtractSettings(rank=args.rank, conv_rank=args.conv_rank, clamp_quantile=args.clamp_quantile)
+    settings = ExtractSettings(rank=args.rank, conv_rank=args.conv_rank, clamp_quantile=args.clamp_quantile,
+                               clamp_mode=args.clamp_mode, modules=args.modules)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     started = time.perf_counter()
@@ -119,6 +123,8 @@ def main() -> None:
         "modules": len(extraction.lora),
         "rank": args.rank,
         "conv_rank": args.conv_rank,
+        "clamp": f"{args.clamp_mode} {args.clamp_quantile:g}",
+        "modules_set": args.modules,
         "build_s": round(build_s, 2),
         "extract_s": round(extract_s, 2),
         "write_fp16_s": round(write_s, 2),
