@@ -1,10 +1,12 @@
-"""What machine a run happened on, for reports, model cards and benchmarks (standard library only)."""
+"""What machine a run happened on, for reports, model cards and benchmarks."""
 
 from __future__ import annotations
 
 import os
 import platform
 from pathlib import Path
+
+import torch
 
 
 def cpu_model() -> str:
@@ -20,8 +22,6 @@ def cpu_model() -> str:
 
 def describe(threads: int | None = None) -> str:
     """One line: the accelerator if torch sees one, else the CPU, its core count and the threads used."""
-    import torch
-
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

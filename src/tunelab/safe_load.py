@@ -12,6 +12,8 @@ import pickle
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from tunelab.errors import TunelabError
 
@@ -33,8 +35,6 @@ def load_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
 
 def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
     """The free-form string metadata stored in a .safetensors header (empty if there is none)."""
-    from safetensors import safe_open
-
     path = _existing_file(path)
     try:
         with safe_open(str(path), framework="pt") as reader:
@@ -51,8 +51,6 @@ def _existing_file(path: str | Path) -> Path:
 
 
 def _load_safetensors(path: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path), device=str(device))
     except Exception as error:

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from tunelab.errors import TunelabError
-from tunelab.formats.safe_load import load_state_dict, read_safetensors_metadata
+from tunelab.safe_load import load_state_dict, read_safetensors_metadata
 
 
 class CreatesMarkerFileWhenUnpickled:

@@ -5,7 +5,6 @@ import torch
 from safetensors import safe_open
 
 from tunelab.errors import TunelabError
-from tunelab.formats.safe_load import read_safetensors_metadata
 from tunelab.formats.sd_checkpoint import (
     pipeline_to_original_state_dict,
     save_single_file,
@@ -14,6 +13,7 @@ from tunelab.formats.sd_checkpoint import (
     vae_to_original,
 )
 from tunelab.models.presets import build_preset
+from tunelab.safe_load import read_safetensors_metadata
 
 SD15_CONFIG = Path(__file__).parents[2] / "src" / "tunelab" / "models" / "configs" / "sd15"
 PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.text_model.")

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.formats.safetensors_io import save_tensors, save_torch_tree
+from tunelab.safe_load import load_state_dict, load_torch_tree, read_safetensors_metadata
 
 EMB_PARAMS = "emb_params"
 A1111_PARAMS = "string_to_param"
@@ -38,8 +40,6 @@ class Embedding:
 
 
 def read_embedding(path: str | Path) -> Embedding:
-    from tunelab.formats.safe_load import load_state_dict, load_torch_tree, read_safetensors_metadata
-
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
         metadata = read_safetensors_metadata(path)
@@ -90,8 +90,6 @@ def _as_vectors(value: object, path: Path) -> torch.Tensor:
 
 def write_embedding_safetensors(embedding: Embedding, path: Path, metadata: dict[str, str]) -> Path:
     """kohya/A1111 layout: `emb_params`, or `clip_l`/`clip_g` for SDXL; name and step in the metadata."""
-    from tunelab.formats.safetensors_io import save_tensors
-
     header = dict(metadata)
     if embedding.name is not None:
         header["name"] = embedding.name
@@ -102,8 +100,6 @@ def write_embedding_safetensors(embedding: Embedding, path: Path, metadata: dict
 
 def write_embedding_pt(embedding: Embedding, path: Path) -> Path:
     """A1111 layout; SDXL files hold only clip_l/clip_g (A1111 reads every entry of those as a tensor)."""
-    from tunelab.formats.safetensors_io import save_torch_tree
-
     if set(embedding.vectors) != {SINGLE_ENCODER}:
         return save_torch_tree(_keyed_vectors(embedding), path)
     tree = {

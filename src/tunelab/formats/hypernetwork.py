@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.formats.safetensors_io import save_tensors, save_torch_tree
+from tunelab.safe_load import load_state_dict, load_torch_tree, read_safetensors_metadata
 
 KEY_PARTS = ("k", "v")  # the pair's order in A1111: (K module, V module)
 _PARAM_KEY = re.compile(r"^linear\.\d+\.(weight|bias)$")
@@ -63,8 +65,6 @@ def read_hypernetwork(path: str | Path) -> HypernetworkFile:
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
         return _read_safetensors(path)
-    from tunelab.formats.safe_load import load_torch_tree
-
     tree = load_torch_tree(path)
     if not isinstance(tree, dict):
         raise TunelabError(f"{path.name}: not a hypernetwork file (it holds a {type(tree).__name__})")
@@ -79,8 +79,6 @@ def read_hypernetwork(path: str | Path) -> HypernetworkFile:
 
 
 def _read_safetensors(path: Path) -> HypernetworkFile:
-    from tunelab.formats.safe_load import load_state_dict, read_safetensors_metadata
-
     metadata = read_safetensors_metadata(path)
     options = {}
     for option in fields(HypernetworkStructure):
@@ -138,8 +136,6 @@ def _complete(hypernetwork: HypernetworkFile, path: Path) -> HypernetworkFile:
 
 
 def write_hypernetwork_pt(hypernetwork: HypernetworkFile, path: Path) -> Path:
-    from tunelab.formats.safetensors_io import save_torch_tree
-
     structure = hypernetwork.structure
     tree: dict = {width: (dict(k), dict(v)) for width, (k, v) in hypernetwork.modules.items()}
     tree |= {
@@ -161,8 +157,6 @@ def write_hypernetwork_pt(hypernetwork: HypernetworkFile, path: Path) -> Path:
 
 
 def write_hypernetwork_safetensors(hypernetwork: HypernetworkFile, path: Path, metadata: dict[str, str]) -> Path:
-    from tunelab.formats.safetensors_io import save_tensors
-
     tensors = {
         f"{width}.{part}.{name}": tensor
         for width, pair in hypernetwork.modules.items()

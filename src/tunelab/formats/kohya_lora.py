@@ -11,15 +11,19 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterable
 
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.formats.kohya_flux import DENOISER, from_kohya_flux_tensors, is_kohya_flux, to_kohya_flux_tensors
 from tunelab.formats.lora_set import LoraModule, LoraSet, split_component
+from tunelab.formats.lycoris import TUCKER_CORE, fold_tucker
 from tunelab.formats.module_paths import from_file_path, to_file_path
 from tunelab.formats.safetensors_io import save_tensors
 from tunelab.models.original_layout import original_module_path, unet_module_map
+from tunelab.models.single_file import CONFIGS_DIR
 
 # Component -> kohya key prefix. Two text encoders (SDXL) are te1/te2; one is plain te.
 _DENOISER_PREFIXES = {"unet": "lora_unet", "transformer": "lora_unet"}
@@ -54,8 +58,6 @@ def is_sdxl(base_model_version: str | None) -> bool:
 
 def to_kohya_tensors(lora: LoraSet, base_model_version: str | None = None) -> dict[str, torch.Tensor]:
     """kohya tensors; Flux LoRAs (transformer modules) in kohya's Flux layout, SDXL ones in SGM block names."""
-    from tunelab.formats.kohya_flux import DENOISER, to_kohya_flux_tensors
-
     if any(split_component(key)[0] == DENOISER for key in lora):
         return to_kohya_flux_tensors(lora)
     prefixes = kohya_prefixes(split_component(key)[0] for key in lora)
@@ -161,10 +163,6 @@ def sdxl_module_map() -> dict[str, str]:
 
     Exact for SDXL and for any UNet laid out like it level by level (2 layers per level, attention
     from the second level on), which `tiny-sdxl` is."""
-    from types import SimpleNamespace
-
-    from tunelab.models.single_file import CONFIGS_DIR
-
     config = json.loads((CONFIGS_DIR / "sdxl" / "unet" / "config.json").read_text())
     return unet_module_map(SimpleNamespace(class_embed_type=None, **config), added_embeddings=True)
 
@@ -205,9 +203,6 @@ def from_kohya_tensors(tensors: dict[str, torch.Tensor], module_keys: Iterable[s
     "<component>.<module path>" names) each name is resolved exactly against that model
     and a name it lacks is an error; without, names are resolved from their spelling.
     """
-    from tunelab.formats.kohya_flux import from_kohya_flux_tensors, is_kohya_flux
-    from tunelab.formats.lycoris import TUCKER_CORE, fold_tucker
-
     names = _module_names(tensors)
     resolve = _resolver(module_keys)
     if is_kohya_flux(names):

@@ -10,6 +10,7 @@ from typing import Iterable, Literal
 from tunelab.errors import TunelabError
 from tunelab.formats import kohya_lora, lycoris, peft_lora
 from tunelab.formats.lora_set import LoraSet
+from tunelab.safe_load import load_state_dict, read_safetensors_metadata
 
 LoraFormat = Literal["kohya", "peft"]
 LORA_FORMATS: tuple[LoraFormat, ...] = ("kohya", "peft")
@@ -45,8 +46,6 @@ def read_lora_file(path: str | Path, module_keys: Iterable[str] | None = None) -
     `module_keys` are a model's own "<component>.<module path>" names: kohya names are then
     resolved exactly against that model. Without them, names are resolved from their spelling.
     """
-    from tunelab.formats.safe_load import load_state_dict, read_safetensors_metadata
-
     path = Path(path)
     tensors = load_state_dict(path)
     metadata = read_safetensors_metadata(path) if path.suffix.lower() == ".safetensors" else {}

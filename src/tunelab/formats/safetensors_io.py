@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from tunelab.errors import TunelabError
 # Re-exported: methods/, generate/command.py and lora/command.py still import them from here.
@@ -13,8 +14,6 @@ from tunelab.precision import PRECISIONS, precision_dtype  # noqa: F401
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:
-    from safetensors.torch import save_file
-
     _refuse_non_finite(tensors, path)
     contiguous = {key: tensor.detach().cpu().contiguous() for key, tensor in tensors.items()}
     return _write_atomically(Path(path), lambda temporary: save_file(contiguous, str(temporary), metadata=metadata))

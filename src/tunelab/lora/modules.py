@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from tunelab.formats.module_paths import from_file_path
+from tunelab.models.family import family_for
+
 ADAPTABLE_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
 
 
 def adaptable_modules(pipeline) -> dict[str, torch.nn.Module]:
     """Every Linear and Conv2d of the denoiser and the text encoder(s): what a LoRA (or LoCon) may change."""
-    from tunelab.formats.module_paths import from_file_path
-    from tunelab.models.family import family_for
-
     family = family_for(pipeline)
     modules: dict[str, torch.nn.Module] = {}
     for component in (family.denoiser_name, *family.text_encoder_names):

@@ -12,8 +12,9 @@ from typing import Callable
 
 import torch
 
-from tunelab.lora.merge import applied
 from tunelab.formats.lora_set import LoraSet
+from tunelab.lora.merge import applied
+from tunelab.models.family import NoisyBatch, family_for
 from tunelab.precision import PRECISIONS
 PROBE_TIMESTEPS = (900, 500, 100)
 
@@ -28,8 +29,6 @@ class Deviation:
 
 def denoiser_probe(pipeline, prompt: str, seed: int) -> Callable[[], torch.Tensor]:
     """A function returning the denoiser's output on one fixed input, for comparing model states."""
-    from tunelab.models.family import NoisyBatch, family_for
-
     family = family_for(pipeline)
     denoiser = family.module(family.denoiser_name)
     batch = len(PROBE_TIMESTEPS)

@@ -17,10 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import diffusers
 import torch
+from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from tunelab.errors import TunelabError
-from tunelab.safe_load import load_state_dict
 from tunelab.models.original_layout import (
     SDXL_CONDITIONER_PREFIX,
     TEXT_ENCODERS,
@@ -30,6 +33,7 @@ from tunelab.models.original_layout import (
     first_cross_attention_key,
 )
 from tunelab.models.tokenizer import END_OF_WORD, _bytes_to_unicode
+from tunelab.safe_load import load_state_dict
 
 CONFIGS_DIR = Path(__file__).with_name("configs")
 CLIP_BPE_FILE = CONFIGS_DIR / "clip_bpe_simple_vocab_16e6.txt.gz"
@@ -112,8 +116,6 @@ def detect_variant(state_dict: dict[str, torch.Tensor], source: str = "checkpoin
 
 def build_clip_bpe_tokenizer(pad_token: str = "<|endoftext|>", model_max_length: int = 77):
     """OpenAI CLIP's 49408-token BPE tokenizer, built from the merge list shipped with tunelab."""
-    from transformers import CLIPTokenizer
-
     with gzip.open(CLIP_BPE_FILE, "rt", encoding="utf-8") as bpe_file:
         lines = bpe_file.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : CLIP_MERGE_COUNT + 1]]  # line 0 is a version header
@@ -126,8 +128,6 @@ def build_clip_bpe_tokenizer(pad_token: str = "<|endoftext|>", model_max_length:
 
 def load_tokenizer(config_dir: str | Path, subfolder: str = "tokenizer"):
     """The config folder's own tokenizer files if it has them, else the shipped CLIP BPE with its settings."""
-    from transformers import CLIPTokenizer
-
     folder = Path(config_dir) / subfolder
     if (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file():
         return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -197,9 +197,6 @@ def _build_components(state_dict, config_dir: Path, torch_dtype: torch.dtype, so
     """UNet, VAE and the named text encoders ({subfolder: transformers class}) from original-layout weights."""
     # diffusers' pipeline-level from_single_file only takes a path or URL and reads the file
     # itself; its per-component loaders take our safely loaded state dict.
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
-
     local = {"config": str(config_dir), "local_files_only": True, "torch_dtype": torch_dtype}
     components = {}
     with _as_tunelab_error(f"cannot build the UNet from {source} with {config_dir}"), _quiet_dtype_cast_warning():
@@ -216,9 +213,6 @@ def _build_components(state_dict, config_dir: Path, torch_dtype: torch.dtype, so
 
 
 def _assemble_pipeline(state_dict: dict[str, torch.Tensor], config_dir: Path, torch_dtype: torch.dtype, source: str):
-    from diffusers import StableDiffusionPipeline
-    from transformers import CLIPTextModel
-
     components = _build_components(state_dict, config_dir, torch_dtype, source, {"text_encoder": CLIPTextModel})
     return StableDiffusionPipeline(
         **components,
@@ -231,9 +225,6 @@ def _assemble_pipeline(state_dict: dict[str, torch.Tensor], config_dir: Path, to
 
 
 def _assemble_sdxl_pipeline(state_dict: dict[str, torch.Tensor], config_dir: Path, torch_dtype: torch.dtype, source: str):
-    from diffusers import StableDiffusionXLPipeline
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
     encoders = {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection}
     components = _build_components(state_dict, config_dir, torch_dtype, source, encoders)
     return StableDiffusionXLPipeline(
@@ -257,8 +248,6 @@ def _require_all_weights_loaded(model: torch.nn.Module, name: str, source: str, 
 
 
 def _load_scheduler(config_dir: Path):
-    import diffusers
-
     scheduler_dir = config_dir / "scheduler"
     class_name = json.loads((scheduler_dir / "scheduler_config.json").read_text())["_class_name"]
     scheduler_class = getattr(diffusers, class_name, None)

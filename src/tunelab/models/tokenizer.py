@@ -6,7 +6,9 @@ are BPE learned on the word list, so every listed word becomes a single token
 and any other text still tokenizes (down to bytes).
 """
 
-from transformers import CLIPTokenizer
+import string
+
+from transformers import CLIPTokenizer, T5Tokenizer
 
 END_OF_WORD = "</w>"
 
@@ -80,10 +82,6 @@ def build_clip_tokenizer(words=DEFAULT_WORDS, model_max_length: int = 77) -> CLI
 def build_t5_tokenizer(words=DEFAULT_WORDS, model_max_length: int = 64):
     """A T5-style (SentencePiece unigram) tokenizer: each word one `▁word` piece, any other text
     falls back to single characters; ids 0, 1, 2 are <pad>, </s>, <unk> as in T5."""
-    import string
-
-    from transformers import T5Tokenizer
-
     characters = string.ascii_letters + string.digits + string.punctuation
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     vocab += [("\u2581" + word, -3.0) for word in sorted(set(w.lower() for w in words))]
