@@ -79,10 +79,10 @@ def open_clip_names(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 def read_weights(path, folder) -> dict[str, dict[str, torch.Tensor]]:
     pipeline = load_single_file(path, config_dir=folder)
-    return {name: getattr(pipeline, name).state_dict() for name in text_encoders_and_models(pipeline)}
+    return {name: getattr(pipeline, name).state_dict() for name in weighted_components(pipeline)}
 
 
-def text_encoders_and_models(pipeline) -> list[str]:
+def weighted_components(pipeline) -> list[str]:
     return ["unet", "vae", *[name for name in ("text_encoder", "text_encoder_2") if getattr(pipeline, name, None) is not None]]
 
 
@@ -96,7 +96,7 @@ def test_writer_and_table_give_the_same_keys_and_tensors(tiny):
 
 def test_both_files_read_back_as_the_model_they_came_from(tiny):
     pipeline, folder, written, from_table = tiny
-    expected = {name: getattr(pipeline, name).state_dict() for name in text_encoders_and_models(pipeline)}
+    expected = {name: getattr(pipeline, name).state_dict() for name in weighted_components(pipeline)}
 
     for path in (written, from_table):
         read = read_weights(path, folder)

@@ -20,7 +20,7 @@ It sits in models/ because the reader does, and formats/ may import models/, not
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Literal, Mapping
 
 from tunelab.errors import TunelabError
 
@@ -37,7 +37,7 @@ class TextEncoderPlace:
     """Where one text encoder lives in a single file, and how its weights are named there."""
 
     root: str  # what every key of this encoder starts with
-    naming: str  # "clip": transformers' CLIP names under `text_model.`; "open_clip": OpenCLIP's own names
+    naming: Literal["clip", "open_clip"]  # transformers' CLIP names under `text_model.`, or OpenCLIP's own
 
     @property
     def prefix(self) -> str:
