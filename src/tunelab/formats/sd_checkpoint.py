@@ -120,7 +120,7 @@ def sd1_text_encoder_to_original(text_encoder) -> dict[str, torch.Tensor]:
     if type(text_encoder) is not CLIPTextModel or text_encoder.config.hidden_act != "quick_gelu":
         raise TunelabError(
             "only SD 1.x-style pipelines (OpenAI CLIP text encoder) can be written as a single file; "
-            "the SD 2.x OpenCLIP layout (cond_stage_model.model.*) is not supported yet"
+            f"the SD 2.x OpenCLIP layout ({TEXT_ENCODERS['open_clip']['text_encoder'].root}*) is not supported yet"
         )
     state = text_encoder.state_dict()
     _refuse_adapter_layers(state, "text encoder")
