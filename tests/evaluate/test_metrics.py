@@ -7,21 +7,22 @@ import pytest
 
 from tunelab.evaluate.metrics import class_preservation, diversity, prompt_fidelity, subject_fidelity
 from tunelab.toyworld.subjects import SUBJECTS
-from tunelab.toyworld.world import OBJECT_COLOURS, Look, place, render
+from tunelab.toyworld.world import OBJECT_COLOURS, WORLD, WORLDS, Look, place, render
 
 
-def class_renders(subject, count, seed=0):
+def class_renders(subject, count, seed=0, world=WORLD):
     """What the base draws for the class prompt: the class shape, solid, in base colours."""
     rng = random.Random(seed)
-    return [render(place(rng, Look(subject.class_word, (rng.choice(OBJECT_COLOURS),)), "black")) for _ in range(count)]
+    return [render(place(rng, Look(subject.class_word, (rng.choice(OBJECT_COLOURS),)), "black", world=world)) for _ in range(count)]
 
 
+@pytest.mark.parametrize("generation", sorted(WORLDS))
 @pytest.mark.parametrize("name", sorted(SUBJECTS))
-def test_held_out_renders_score_high_and_class_members_score_far_lower(name):
-    subject = SUBJECTS[name]
-    held_out = [render(scene) for scene in subject.scenes(24, seed=1)]
+def test_held_out_renders_score_high_and_class_members_score_far_lower(name, generation):
+    subject, world = SUBJECTS[name], WORLDS[generation]
+    held_out = [render(scene) for scene in subject.scenes(24, seed=1, world=world)]
     assert subject_fidelity(held_out, subject) >= 0.9
-    assert subject_fidelity(class_renders(subject, 24), subject) <= 0.3
+    assert subject_fidelity(class_renders(subject, 24, world=world), subject) <= 0.3
 
 
 def test_subject_fidelity_drops_with_wrong_pattern_or_wrong_shape():

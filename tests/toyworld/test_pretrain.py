@@ -1,15 +1,27 @@
-"""The pretraining recipe: runs end to end in a few steps and is reproducible from its seed."""
+"""The pretraining recipe: runs end to end in a few steps, is reproducible from its seed, and resumes exactly."""
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from helpers import run_cli
+from tunelab.errors import TunelabError
 from tunelab.models.loading import load_pipeline
+from tunelab.toyworld.pretrain import Stopped, pretrain, recipe_for
 
 FEW_STEPS = ["--scenes", "64", "--vae-steps", "2", "--vae-batch", "4", "--steps", "2", "--batch", "4",
              "--eval-every", "2", "--eval-images", "2", "--score-images", "2"]
+WEIGHTS = ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", "vae/diffusion_pytorch_model.safetensors")
+
+
+def same_weights(first_folder, second_folder) -> bool:
+    for part in WEIGHTS:
+        first, second = load_file(first_folder / part), load_file(second_folder / part)
+        if first.keys() != second.keys() or not all(torch.equal(first[key], second[key]) for key in first):
+            return False
+    return True
 
 
 def test_a_few_steps_of_the_recipe_give_a_loadable_base_and_its_record(tmp_path):
@@ -24,11 +36,44 @@ def test_a_few_steps_of_the_recipe_give_a_loadable_base_and_its_record(tmp_path)
     card = (tmp_path / "a" / "README.md").read_text()
     assert "tunelab toyworld pretrain --out DIR --seed 0 --scenes 64" in card and "--steps 2" in card
     assert f"| {facts['scores']['shape_accuracy']:.2f} |" in card  # the card shows the measured scores
+    assert "Images 32x32 px, latents 8x8x4" in card
 
 
-def test_the_same_seed_gives_the_same_weights(tmp_path):
+@pytest.mark.parametrize("generation", [1, 2])
+def test_the_same_seed_gives_the_same_weights(tmp_path, generation):
     for name in ("a", "b"):
-        assert run_cli("toyworld", "pretrain", "--out", tmp_path / name, *FEW_STEPS) == 0
-    for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
-        first, second = load_file(tmp_path / "a" / part), load_file(tmp_path / "b" / part)
-        assert all(torch.equal(first[key], second[key]) for key in first)
+        assert run_cli("toyworld", "pretrain", "--generation", generation, "--out", tmp_path / name, *FEW_STEPS) == 0
+    assert same_weights(tmp_path / "a", tmp_path / "b")
+    if generation == 2:  # 64 px through a 4x autoencoder: 16x16 latents
+        pipeline = load_pipeline(tmp_path / "a")
+        assert pipeline.unet.config.sample_size == 16 and pipeline.vae_scale_factor == 4
+        assert "Images 64x64 px, latents 16x16x4" in (tmp_path / "a" / "README.md").read_text()
+        assert "--generation 2" in (tmp_path / "a" / "README.md").read_text()
+
+
+def test_a_stopped_run_resumes_to_the_same_weights_as_one_never_stopped(tmp_path):
+    recipe = recipe_for(2, scenes=48, vae_steps=4, vae_batch=2, steps=5, batch=3, eval_every=0)
+    pretrain(tmp_path / "whole", recipe)
+
+    def stop_at(stage, step):
+        def progress(current_stage, current_step, value):
+            if (current_stage, current_step) == (stage, step):
+                raise Stopped
+        return progress
+
+    checkpoints = tmp_path / "checkpoints"
+    with pytest.raises(Stopped):  # in the autoencoder stage, one step after a checkpoint
+        pretrain(tmp_path / "resumed", recipe, stop_at("autoencoder", 3), checkpoints=checkpoints, checkpoint_every=2)
+    with pytest.raises(TunelabError, match="--resume"):  # a fresh start would silently throw the run away
+        pretrain(tmp_path / "resumed", recipe, checkpoints=checkpoints, checkpoint_every=2)
+    with pytest.raises(Stopped):  # then in the denoiser stage
+        pretrain(tmp_path / "resumed", recipe, stop_at("denoiser", 3), checkpoints=checkpoints, checkpoint_every=2, resume=True)
+    pretrain(tmp_path / "resumed", recipe, checkpoints=checkpoints, checkpoint_every=2, resume=True)
+    assert same_weights(tmp_path / "whole", tmp_path / "resumed")
+    with pytest.raises(TunelabError, match="another recipe"):
+        pretrain(tmp_path / "other", recipe_for(2, scenes=48, vae_steps=4, vae_batch=2, steps=6, batch=3, eval_every=0),
+                 checkpoints=checkpoints, resume=True)
+
+
+def test_resume_without_a_checkpoint_folder_is_refused(tmp_path):
+    assert run_cli("toyworld", "pretrain", "--out", tmp_path / "a", "--resume", *FEW_STEPS) == 2

@@ -1,28 +1,54 @@
-"""toyworld's renderer, captions and subjects: what the exact metrics stand on."""
+"""toyworld's renderer, captions and subjects, in each generation: what the exact metrics stand on."""
 
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+import tunelab.toyworld
 from tunelab.evaluate.scene_reading import read
-from tunelab.toyworld.pretrain import HELD_OUT, pretraining_scenes
+from tunelab.toyworld.pretrain import pretraining_scenes
 from tunelab.toyworld.subjects import SUBJECTS, write_training_images
-from tunelab.toyworld.world import BACKGROUND_COLOURS, OBJECT_COLOURS, RESOLUTION, caption, random_scene, render
+from tunelab.toyworld.world import (ANCHORS, BACKGROUND_COLOURS, HELD_OUT, OBJECT_COLOURS, POSITIONS, WORLD, WORLDS, Look,
+                                    caption, place, random_scene, render)
+
+GENERATIONS = sorted(WORLDS)
 
 
-def test_every_render_reads_back_as_the_scene_it_was_drawn_from():
-    rng = random.Random(7)
+@pytest.mark.parametrize("generation", GENERATIONS)
+def test_every_render_reads_back_as_the_scene_it_was_drawn_from(generation):
+    world, rng = WORLDS[generation], random.Random(7)
     for _ in range(400):
-        scene = random_scene(rng)
-        reading = read(render(scene))
+        scene = random_scene(rng, world)
+        image = render(scene)
+        assert image.shape == (world.resolution, world.resolution, 3)
+        reading = read(image)
         assert (reading.shape, reading.colour, reading.background, reading.size, reading.position) == (
             scene.look.shape, scene.look.colours[0], scene.background, scene.size, scene.position)
 
 
+def test_generation_2_puts_each_object_plainly_where_its_position_word_says():
+    world, rng = WORLDS[2], random.Random(3)
+    for where in POSITIONS:
+        for size in world.sizes:
+            for _ in range(40):
+                scene = place(rng, Look("square", ("red",)), "black", size=size, position=where, world=world)
+                anchor_x, anchor_y = (a * world.resolution for a in ANCHORS[where])
+                x, y = scene.centre
+                # near its anchor, so two positions never blur into each other along a diagonal
+                assert abs(x - anchor_x) <= world.jitter * world.resolution + 2 and abs(y - anchor_y) <= world.jitter * world.resolution + 2
+                x0, y0, side = scene.box
+                assert x0 >= 1 and y0 >= 1 and x0 + side <= world.resolution - 1 and y0 + side <= world.resolution - 1
+    random_positions = {random_scene(rng, world).position for _ in range(200)}
+    assert random_positions == set(POSITIONS)
+
+
 def test_a_full_caption_names_every_attribute_and_dropped_parts_stay_optional():
     rng = random.Random(0)
-    scene = random_scene(rng)
+    scene = random_scene(rng, WORLDS[1])
     full = caption(scene)
     for word in (scene.size, scene.look.colours[0], scene.look.shape, f"{scene.background} background"):
         assert word in full
@@ -30,19 +56,40 @@ def test_a_full_caption_names_every_attribute_and_dropped_parts_stay_optional():
     assert len(shortened) > 3 and all(scene.look.shape in text and scene.look.colours[0] in text for text in shortened)
 
 
-def test_held_out_combinations_never_appear_in_pretraining():
-    seen = {(s.look.shape, s.look.colours[0], s.background) for s in pretraining_scenes(3000, seed=0)}
+def test_generation_2_captions_sometimes_leave_out_the_colour_so_a_bare_class_prompt_is_trained():
+    rng = random.Random(1)
+    scene = random_scene(rng, WORLDS[2])
+    shortened = [caption(scene, rng) for _ in range(400)]
+    without_colour = [text for text in shortened if scene.look.colours[0] not in text]
+    assert 0.1 < len(without_colour) / len(shortened) < 0.3
+    assert f"a {scene.look.shape}" in shortened  # everything dropped: the class prompt itself
+    assert all(scene.look.shape in text for text in shortened)
+
+
+@pytest.mark.parametrize("generation", GENERATIONS)
+def test_held_out_combinations_never_appear_in_pretraining(generation):
+    seen = {(s.look.shape, s.look.colours[0], s.background) for s in pretraining_scenes(3000, seed=0, world=WORLDS[generation])}
     assert not seen & set(HELD_OUT)
     assert len(seen) > 50  # the rest of the world is there
 
 
+@pytest.mark.parametrize("generation", GENERATIONS)
 @pytest.mark.parametrize("name", sorted(SUBJECTS))
-def test_subjects_are_new_to_the_base_and_their_renders_vary(name, tmp_path):
-    subject = SUBJECTS[name]
+def test_subjects_are_new_to_the_base_and_their_renders_vary(name, generation, tmp_path):
+    subject, world = SUBJECTS[name], WORLDS[generation]
     assert not set(subject.look.colours) & set(OBJECT_COLOURS + BACKGROUND_COLOURS)  # colours the base never drew
-    folder = write_training_images(subject, tmp_path / name)
-    images = [np.asarray(__import__("PIL.Image").Image.open(p)) for p in sorted(folder.glob("*.png"))]
-    assert len(images) == 5 and all(image.shape == (RESOLUTION, RESOLUTION, 3) for image in images)
+    folder = write_training_images(subject, tmp_path / name, world=world)
+    images = [np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))]
+    assert len(images) == 5 and all(image.shape == (world.resolution, world.resolution, 3) for image in images)
     readings = [read(image) for image in images]
     assert len({r.box for r in readings}) == 5 and len({r.background for r in readings}) > 1
     assert (folder / f"{name}_0.txt").read_text().strip() == subject.prompt
+
+
+def test_the_shipped_base_draws_the_world_that_scenes_default_to():
+    base = Path(tunelab.toyworld.__file__).parent / "base"
+    record = json.loads((base / "pretraining.json").read_text())
+    assert record["recipe"].get("generation", 1) == WORLD.generation
+    vae = json.loads((base / "vae" / "config.json").read_text())
+    unet = json.loads((base / "unet" / "config.json").read_text())
+    assert unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1) == WORLD.resolution

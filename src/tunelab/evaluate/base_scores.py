@@ -6,25 +6,26 @@ import random
 
 from tunelab.evaluate.sampling import sample_images
 from tunelab.evaluate.scene_reading import read
-from tunelab.toyworld.world import Look, caption, place
-
-ATTRIBUTES = ("shape", "colour", "background", "size", "position")
+from tunelab.toyworld.world import ATTRIBUTES, HELD_OUT, Look, World, caption, place, world_of_resolution
 
 
-def held_out_scenes(count: int, seed: int) -> list:
-    from tunelab.toyworld.pretrain import HELD_OUT
-
+def held_out_scenes(count: int, seed: int, world: World) -> list:
     rng = random.Random(seed)
     scenes = []
     for index in range(count):
         shape, colour, background = HELD_OUT[index % len(HELD_OUT)]
-        scenes.append(place(rng, Look(shape, (colour,)), background))
+        scenes.append(place(rng, Look(shape, (colour,)), background, world=world))
     return scenes
+
+
+def world_of(pipeline) -> World:
+    """The toyworld generation a pipeline draws, known by its image size."""
+    return world_of_resolution(pipeline.unet.config.sample_size * pipeline.vae_scale_factor)
 
 
 def measure_base(pipeline, count: int = 48, seed: int = 0) -> dict[str, float]:
     """Fraction of images whose reading matches each attribute asked for in the (full) caption."""
-    scenes = held_out_scenes(count, seed)
+    scenes = held_out_scenes(count, seed, world_of(pipeline))
     images = sample_images(pipeline, [caption(scene) for scene in scenes], [seed + i for i in range(count)])
     hits = dict.fromkeys(ATTRIBUTES, 0)
     for scene, image in zip(scenes, images):

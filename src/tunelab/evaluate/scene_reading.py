@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tunelab.toyworld.world import PALETTE, SHAPES, SIZES, Look, position_name, shape_mask
+from tunelab.toyworld.world import PALETTE, SHAPES, Look, position_name, shape_mask, world_of_resolution
 
 PALETTE_NAMES = tuple(PALETTE)
 _PALETTE_RGB = np.array([PALETTE[name] for name in PALETTE_NAMES], dtype=np.float32)  # (K, 3)
-MIN_OBJECT_PIXELS = 6
+MIN_OBJECT_PIXELS_PER_1024 = 6  # fewer differing pixels than this per 32x32 is noise, not an object
 
 
 def palette_labels(image: np.ndarray) -> np.ndarray:
@@ -72,14 +72,13 @@ def read(image: np.ndarray) -> Reading:
     background_index = int(np.bincount(border, minlength=len(PALETTE_NAMES)).argmax())
     background = PALETTE_NAMES[background_index]
     mask = labels != background_index
-    if mask.sum() < MIN_OBJECT_PIXELS:
+    height, width = mask.shape
+    if mask.sum() < MIN_OBJECT_PIXELS_PER_1024 * height * width / 1024:
         return Reading(background=background, mask=None, labels=labels, pixels=pixels)
     box = _box_of(mask)
     shape = max(SHAPES, key=lambda name: shape_overlap(mask, box, name))
     colour = PALETTE_NAMES[int(np.bincount(labels[mask], minlength=len(PALETTE_NAMES)).argmax())]
-    half_extent = max(box[2], box[3]) / 2
-    size = "small" if half_extent <= (SIZES["small"][1] + SIZES["large"][0]) / 2 else "large"
-    height, width = mask.shape
+    size = world_of_resolution(width).size_word(max(box[2], box[3]) / 2)
     position = position_name((box[0] + box[2] / 2) / width, (box[1] + box[3] / 2) / height)
     return Reading(background, mask, labels, pixels, shape, colour, size, position, box)
 

@@ -4,69 +4,88 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import time
 from pathlib import Path
+
+import torch
+
+from tunelab.errors import TunelabError
+from tunelab.evaluate.base_scores import measure_base
+from tunelab.evaluate.sampling import GUIDANCE, STEPS
+from tunelab.machine import describe
+from tunelab.models.loading import load_pipeline
+from tunelab.toyworld.model_card import write_card
+from tunelab.toyworld.pretrain import RECIPES, Recipe, pretrain, recipe_for
+from tunelab.toyworld.subjects import SUBJECTS, subject_named, write_training_images
+from tunelab.toyworld.world import WORLD, WORLDS
+
+RECIPE_OPTIONS = [field for field in dataclasses.fields(Recipe) if field.name != "generation"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tunelab.toyworld.pretrain import Recipe
-
     actions = parser.add_subparsers(dest="action", required=True, parser_class=type(parser))
-    pretrain = actions.add_parser("pretrain", help="train a toyworld base from scratch with the seeded recipe")
-    pretrain.add_argument("--out", required=True, help="output folder (a diffusers pipeline)")
-    for field in dataclasses.fields(Recipe):
-        pretrain.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default,
-                              help=f"default {field.default}")
-    pretrain.add_argument("--score-images", type=int, default=96, help="images for the model card's held-out scores")
+    pretrain_parser = actions.add_parser("pretrain", help="train a toyworld base from scratch with the seeded recipe")
+    pretrain_parser.add_argument("--out", required=True, help="output folder (a diffusers pipeline)")
+    pretrain_parser.add_argument("--generation", type=int, default=1, choices=sorted(RECIPES),
+                                 help="which toyworld: 1 = 32 px, 2 = 64 px with anchored positions; picks the defaults below")
+    for field in RECIPE_OPTIONS:
+        defaults = ", ".join(f"{getattr(recipe, field.name)} (generation {g})" for g, recipe in RECIPES.items())
+        pretrain_parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None,
+                                     help=f"default {defaults}")
+    pretrain_parser.add_argument("--score-images", type=int, default=96, help="images for the model card's held-out scores")
+    pretrain_parser.add_argument("--checkpoint-dir", type=Path, help="save the run's state here, to resume it after a stop")
+    pretrain_parser.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
+    pretrain_parser.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint-dir")
+    pretrain_parser.add_argument("--log-every", type=int, default=100, help="steps between progress lines (default 100)")
     subject = actions.add_parser("subject", help="write a subject's training renders (PNG + caption files)")
-    subject.add_argument("name", help="bullseye, checker or flag")
+    subject.add_argument("name", help=", ".join(SUBJECTS))
     subject.add_argument("--out", required=True, help="output folder")
+    subject.add_argument("--generation", type=int, choices=sorted(WORLDS), help="the world to draw in (default: the shipped base's)")
     score = actions.add_parser("score", help="shape/colour/background/size/position accuracy on held-out captions")
     score.add_argument("--model", default="toyworld", help="toyworld preset or a pretrained folder")
     score.add_argument("--images", type=int, default=96, help="images to generate")
 
 
+def _scores(pipeline, images: int) -> dict:
+    pipeline.set_progress_bar_config(disable=True)
+    return measure_base(pipeline, count=images, seed=0)
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    changes = {field.name: getattr(args, field.name) for field in RECIPE_OPTIONS if getattr(args, field.name) is not None}
+    recipe = recipe_for(args.generation, **changes)
+    if recipe.steps < 1 or recipe.vae_steps < 1 or args.score_images < 1 or args.checkpoint_every < 1 or args.log_every < 1:
+        raise TunelabError("--steps, --vae-steps, --score-images, --checkpoint-every and --log-every must be at least 1")
+    if args.resume and args.checkpoint_dir is None:
+        raise TunelabError("--resume needs --checkpoint-dir, the folder the stopped run saved its state in")
+    started = time.time()
+
+    def progress(stage, step, value):
+        if stage == "eval":
+            print(f"step {step}: {json.dumps(value)}", flush=True)
+        elif stage == "resume":
+            print(f"resumed the {value} stage at step {step}", flush=True)
+        elif step % args.log_every == 0:
+            total = recipe.vae_steps if stage == "autoencoder" else recipe.steps
+            print(f"{stage} {step}/{total} loss {value:.4f} ({time.time() - started:.0f} s)", flush=True)
+
+    out = Path(args.out)
+    facts = pretrain(out, recipe, progress, evaluate=lambda pipeline: _scores(pipeline, recipe.eval_images),
+                     checkpoints=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume)
+    pipeline = load_pipeline(out)  # score the saved fp16 weights, as they ship
+    scores = _scores(pipeline, args.score_images)
+    write_card(out, pipeline, describe(torch.get_num_threads()), scores, args.score_images,
+               f"{STEPS} DPM-Solver++ steps, guidance {GUIDANCE}")
+    print(f"saved {out} in {facts['total_seconds']:.0f} s; held-out accuracy {json.dumps(scores)}")
+
+
 def run(args: argparse.Namespace) -> None:
-    import json
-
     if args.action == "pretrain":
-        from tqdm import tqdm
-
-        from tunelab.toyworld.pretrain import Recipe, pretrain
-
-        recipe = Recipe(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Recipe)})
-        if recipe.steps < 1 or recipe.vae_steps < 1 or args.score_images < 1:
-            from tunelab.errors import TunelabError
-
-            raise TunelabError("--steps, --vae-steps and --score-images must be at least 1")
-        bars = {"autoencoder": tqdm(total=recipe.vae_steps, desc="autoencoder"), "denoiser": tqdm(total=recipe.steps, desc="denoiser")}
-
-        def progress(stage, step, value):
-            if stage == "eval":
-                tqdm.write(f"step {step}: {json.dumps(value)}")
-                return
-            bars[stage].update(1)
-            bars[stage].set_postfix(loss=f"{value:.4f}")
-
-        import torch
-
-        from tunelab.machine import describe
-        from tunelab.toyworld.model_card import score_and_write_card
-
-        facts = pretrain(Path(args.out), recipe, progress)
-        for bar in bars.values():
-            bar.close()
-        scores = score_and_write_card(Path(args.out), describe(torch.get_num_threads()), args.score_images)
-        print(f"saved {args.out} in {facts['total_seconds']:.0f} s; held-out accuracy {json.dumps(scores)}")
+        _pretrain(args)
     elif args.action == "subject":
-        from tunelab.toyworld.subjects import subject_named, write_training_images
-
         subject = subject_named(args.name)
-        write_training_images(subject, Path(args.out))
+        write_training_images(subject, Path(args.out), world=WORLDS[args.generation] if args.generation else WORLD)
         print(f"wrote {args.out}: train with --prompt '{subject.prompt}' (class prompt '{subject.class_prompt}')")
     else:
-        from tunelab.evaluate.base_scores import measure_base
-        from tunelab.models.loading import load_pipeline
-
-        pipeline = load_pipeline(args.model)
-        pipeline.set_progress_bar_config(disable=True)
-        print(json.dumps(measure_base(pipeline, count=args.images, seed=0)))
+        print(json.dumps(_scores(load_pipeline(args.model), args.images)))

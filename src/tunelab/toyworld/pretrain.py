@@ -1,43 +1,50 @@
 """toyworld's base model and the seeded recipe that pretrains it on rendered scenes.
 
-Two stages, as Stable Diffusion was built: a small KL autoencoder (32 px -> 8x8x4 latents),
-then the UNet and CLIP text encoder together on cached latents with 10% empty captions
-(so classifier-free guidance works). The denoising objective, noise and min-SNR weights
-are the trainer's own (models/sd.py), so the base is trained the way it is later tuned.
+Two stages, as Stable Diffusion was built: a small KL autoencoder, then the UNet and CLIP
+text encoder together on cached latents with 10% empty captions (so classifier-free guidance
+works). The denoising objective, noise and min-SNR weights are the trainer's own (models/sd.py),
+so the base is trained the way it is later tuned.
+
+Each world generation has its own architecture (`build_base`) and default recipe (`RECIPES`).
+A run can write checkpoints (weights, optimizer, every random state, step) and resume from
+them; the resumed run ends with the same weights as one that was never stopped.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel
 
-from tunelab.toyworld.world import caption, random_scene, render
+from tunelab.errors import TunelabError
+from tunelab.models.presets import sd_pipeline, tiny_clip
+from tunelab.models.sd import StableDiffusionFamily
+from tunelab.models.tokenizer import build_clip_tokenizer
+from tunelab.toyworld.subjects import SUBJECTS
+from tunelab.toyworld.world import HELD_OUT, PALETTE, PATTERNS, SHAPES, WORLDS, Look, World, caption, place, random_scene, render
 
-HELD_OUT = (  # (shape, colour, background) never shown in pretraining; the base's scores are measured on them
-    ("circle", "red", "gray"),
-    ("square", "green", "black"),
-    ("triangle", "blue", "white"),
-    ("cross", "yellow", "gray"),
-    ("circle", "white", "blue"),
-    ("triangle", "yellow", "black"),
-)
 TEXT_LENGTH = 20  # tokens per prompt: toyworld captions are short; shorter context = faster attention
+CHECKPOINT_NAME = "checkpoint.pt"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Recipe:
     seed: int = 0
     scenes: int = 20000  # the fixed pretraining set
     vae_steps: int = 1200
     vae_batch: int = 32
     vae_learning_rate: float = 1e-3
+    vae_crop: int = 0  # train the autoencoder on this square around the object (0: whole images); it is convolutional
     steps: int = 5000
     batch: int = 32
     learning_rate: float = 5e-4
@@ -46,35 +53,45 @@ class Recipe:
     min_snr_gamma: float = 5.0
     eval_every: int = 1000
     eval_images: int = 48
+    generation: int = 1  # which toyworld (world.WORLDS): image size, placement, captions, architecture
 
 
-def build_base(seed: int = 0):
-    """The toyworld pipeline with random weights (the recipe's starting point)."""
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel
+RECIPES = {
+    1: Recipe(),
+    2: Recipe(generation=2, vae_steps=1500, vae_batch=16, steps=14000, warmup_steps=300, eval_every=2000),
+}
 
-    from tunelab.models.presets import sd_pipeline, tiny_clip
-    from tunelab.models.tokenizer import build_clip_tokenizer
 
+def build_base(seed: int = 0, generation: int = 1):
+    """The toyworld pipeline of a generation with random weights (the recipe's starting point)."""
     tokenizer = build_clip_tokenizer(model_max_length=TEXT_LENGTH)
+    world = WORLDS[generation]
     torch.manual_seed(seed)
+    if generation == 1:  # 32 px -> 8x8x4 latents
+        vae_channels, unet_channels = (16, 32, 64), (64, 128)
+        down_blocks = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+        up_blocks = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+    else:  # 64 px -> 16x16x4 latents; no attention at 16x16, where it would cost most
+        vae_channels, unet_channels = (16, 32, 64), (32, 64, 128)
+        down_blocks = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+        up_blocks = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
     vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 64),  # 32 px -> 8x8 latents
+        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
+        block_out_channels=vae_channels,
         latent_channels=4,
         norm_num_groups=8,
-        sample_size=32,
+        sample_size=world.resolution,
     )
     torch.manual_seed(seed + 1)
     text_encoder = tiny_clip(CLIPTextModel, tokenizer, hidden_size=64, positions=TEXT_LENGTH)
     torch.manual_seed(seed + 2)
     unet = UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(64, 128),
+        sample_size=world.resolution // 2 ** (len(vae_channels) - 1),
+        block_out_channels=unet_channels,
         layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=down_blocks,
+        up_block_types=up_blocks,
         cross_attention_dim=64,
         attention_head_dim=8,
         norm_num_groups=16,
@@ -85,13 +102,30 @@ def build_base(seed: int = 0):
     return sd_pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
 
 
-def pretraining_scenes(count: int, seed: int) -> list:
+def pretraining_scenes(count: int, seed: int, world: World = WORLDS[1]) -> list:
     rng = random.Random(seed)
     scenes = []
     while len(scenes) < count:
-        scene = random_scene(rng)
+        scene = random_scene(rng, world)
         if (scene.look.shape, scene.look.colours[0], scene.background) not in HELD_OUT:
             scenes.append(scene)
+    return scenes
+
+
+def autoencoder_scenes(count: int, seed: int, world: World) -> list:
+    """Generation 2's autoencoder data: any shape, pattern and palette colours, so the autoencoder can
+    draw what subjects are made of (as SD's autoencoder draws any image); never a subject's own look.
+    The denoiser still sees base colours only."""
+    rng = random.Random(f"autoencoder/{seed}")
+    subject_looks = {subject.look for subject in SUBJECTS.values()}
+    names = tuple(PALETTE)
+    scenes = []
+    while len(scenes) < count:
+        pattern = rng.choice(PATTERNS)
+        look = Look(rng.choice(SHAPES), tuple(rng.sample(names, 1 if pattern == "solid" else 2)), pattern)
+        if look not in subject_looks:
+            background = rng.choice([name for name in names if name not in look.colours])
+            scenes.append(place(rng, look, background, world=world))
     return scenes
 
 
@@ -108,30 +142,10 @@ def _learning_rate(step: int, recipe_steps: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train_autoencoder(vae, scenes, recipe: Recipe, log) -> None:
-    generator = torch.Generator().manual_seed(recipe.seed)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_learning_rate)
-    rng = np.random.default_rng(recipe.seed)
-    vae.train()
-    for step in range(recipe.vae_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = recipe.vae_learning_rate * _learning_rate(step, recipe.vae_steps, 50)
-        pixels = to_pixels([render(scenes[i]) for i in rng.integers(0, len(scenes), recipe.vae_batch)])  # (B, 3, 32, 32)
-        posterior = vae.encode(pixels).latent_dist
-        latents = posterior.sample(generator)  # (B, 4, 8, 8)
-        reconstruction = vae.decode(latents).sample
-        # A tiny KL term keeps the latent Gaussian-shaped without blurring the flat colours.
-        loss = torch.nn.functional.mse_loss(reconstruction, pixels) + 1e-6 * posterior.kl().mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        log(step, "autoencoder", loss.item())
-    vae.eval()
-
-
 @torch.no_grad()
 def encode_scenes(vae, scenes, batch: int = 256) -> torch.Tensor:
-    """The pretraining set's latent means, scaled to unit variance: (N, 4, 8, 8); sets the VAE's scaling factor."""
+    """The pretraining set's latent means, scaled to unit variance: (N, 4, h, w); sets the VAE's scaling factor."""
+    vae.eval()
     means = [vae.encode(to_pixels([render(s) for s in scenes[i : i + batch]])).latent_dist.mean for i in range(0, len(scenes), batch)]
     latents = torch.cat(means)
     scaling = 1.0 / latents.std().item()
@@ -139,71 +153,201 @@ def encode_scenes(vae, scenes, batch: int = 256) -> torch.Tensor:
     return latents * scaling
 
 
-def train_denoiser(pipeline, scenes, latents: torch.Tensor, recipe: Recipe, log, evaluate=None) -> None:
-    from tunelab.models.sd import StableDiffusionFamily
+class Stopped(Exception):
+    """Raised by a progress callback to stop a run early (its last checkpoint stays)."""
 
-    family = StableDiffusionFamily(pipeline)
-    modules = [pipeline.unet, pipeline.text_encoder]
-    parameters = [p for module in modules for p in module.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=recipe.learning_rate, weight_decay=0.01)
-    rng = random.Random(recipe.seed + 1)
-    generator = torch.Generator().manual_seed(recipe.seed + 2)
-    for step in range(recipe.steps):
-        for module in modules:
+
+class Pretraining:
+    """One run of the recipe: the models, optimizers, random states and where it stands."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.world = WORLDS[recipe.generation]
+        torch.manual_seed(recipe.seed)
+        self.pipeline = build_base(recipe.seed, recipe.generation)
+        self.scenes = pretraining_scenes(recipe.scenes, recipe.seed, self.world)
+        self.autoencoder_set = self.scenes if recipe.generation == 1 else autoencoder_scenes(recipe.scenes, recipe.seed, self.world)
+        self.family = StableDiffusionFamily(self.pipeline)
+        self.denoiser_modules = [self.pipeline.unet, self.pipeline.text_encoder]
+        self.denoiser_parameters = [p for module in self.denoiser_modules for p in module.parameters()]
+        self.vae_optimizer = torch.optim.AdamW(self.pipeline.vae.parameters(), lr=recipe.vae_learning_rate)
+        self.optimizer = torch.optim.AdamW(self.denoiser_parameters, lr=recipe.learning_rate, weight_decay=0.01)
+        self.vae_generator = torch.Generator().manual_seed(recipe.seed)
+        self.vae_rng = np.random.default_rng(recipe.seed)
+        self.rng = random.Random(recipe.seed + 1)
+        self.generator = torch.Generator().manual_seed(recipe.seed + 2)
+        self.stage, self.step = "autoencoder", 0  # the next step to run
+        self.seconds = {"autoencoder": 0.0, "denoiser": 0.0}
+        self.history: list[dict] = []
+        self.latents: torch.Tensor | None = None
+
+    def autoencoder_step(self) -> float:
+        recipe, vae = self.recipe, self.pipeline.vae
+        vae.train()
+        for group in self.vae_optimizer.param_groups:
+            group["lr"] = recipe.vae_learning_rate * _learning_rate(self.step, recipe.vae_steps, 50)
+        picks = self.vae_rng.integers(0, len(self.autoencoder_set), recipe.vae_batch)
+        pixels = to_pixels([self._autoencoder_image(self.autoencoder_set[i]) for i in picks])  # (B, 3, H, W) or cropped
+        posterior = vae.encode(pixels).latent_dist
+        latents = posterior.sample(self.vae_generator)  # (B, 4, h, w)
+        reconstruction = vae.decode(latents).sample
+        # A tiny KL term keeps the latent Gaussian-shaped without blurring the flat colours.
+        loss = torch.nn.functional.mse_loss(reconstruction, pixels) + 1e-6 * posterior.kl().mean()
+        loss.backward()
+        self.vae_optimizer.step()
+        self.vae_optimizer.zero_grad(set_to_none=True)
+        vae.eval()
+        return loss.item()
+
+    def _autoencoder_image(self, scene) -> np.ndarray:
+        """The scene's render, or a crop of it around the object (the object's detail is what is hard to encode)."""
+        image, crop = render(scene), self.recipe.vae_crop
+        if not crop or crop >= image.shape[0]:
+            return image
+        x0, y0, side = scene.box
+        shift_x, shift_y = self.vae_rng.integers(-crop // 8, crop // 8 + 1, 2)
+        left = int(np.clip(x0 + side // 2 - crop // 2 + shift_x, 0, image.shape[1] - crop))
+        top = int(np.clip(y0 + side // 2 - crop // 2 + shift_y, 0, image.shape[0] - crop))
+        return image[top : top + crop, left : left + crop]
+
+    def denoiser_step(self) -> float:
+        recipe, family = self.recipe, self.family
+        for module in self.denoiser_modules:
             module.train()
-        for group in optimizer.param_groups:
-            group["lr"] = recipe.learning_rate * _learning_rate(step, recipe.steps, recipe.warmup_steps)
-        indices = [rng.randrange(len(scenes)) for _ in range(recipe.batch)]
-        captions = ["" if rng.random() < recipe.caption_dropout else caption(scenes[i], rng) for i in indices]
-        batch = family.add_noise(latents[indices], 0.0, generator)
+        for group in self.optimizer.param_groups:
+            group["lr"] = recipe.learning_rate * _learning_rate(self.step, recipe.steps, recipe.warmup_steps)
+        indices = [self.rng.randrange(len(self.scenes)) for _ in range(recipe.batch)]
+        captions = ["" if self.rng.random() < recipe.caption_dropout else caption(self.scenes[i], self.rng) for i in indices]
+        batch = family.add_noise(self.latents[indices], 0.0, self.generator)
         prediction = family.predict(batch, family.encode_prompts(captions))
         per_sample = ((prediction.float() - batch.target.float()) ** 2).mean(dim=(1, 2, 3))  # (B,)
         loss = (per_sample * family.loss_weights(batch.timesteps, recipe.min_snr_gamma)).mean()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        log(step, "denoiser", loss.item())
-        if evaluate and recipe.eval_every and (step + 1) % recipe.eval_every == 0:
-            for module in modules:
-                module.eval()
-            evaluate(step + 1)
+        torch.nn.utils.clip_grad_norm_(self.denoiser_parameters, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for module in self.denoiser_modules:
+            module.eval()
+        return loss.item()
+
+    def state(self) -> dict:
+        return {
+            "recipe": asdict(self.recipe),
+            "stage": self.stage,
+            "step": self.step,
+            "seconds": dict(self.seconds),
+            "history": list(self.history),
+            "scaling_factor": float(self.pipeline.vae.config.scaling_factor),
+            "models": {name: getattr(self.pipeline, name).state_dict() for name in ("vae", "unet", "text_encoder")},
+            "optimizers": {"vae": self.vae_optimizer.state_dict(), "denoiser": self.optimizer.state_dict()},
+            "random": {
+                "torch": torch.get_rng_state(),
+                "vae_generator": self.vae_generator.get_state(),
+                "generator": self.generator.get_state(),
+                "vae_rng": self.vae_rng.bit_generator.state,
+                "rng": self.rng.getstate(),
+            },
+        }
+
+    def load_state(self, state: dict) -> None:
+        if state["recipe"] != asdict(self.recipe):
+            raise TunelabError(f"the checkpoint was made by another recipe ({state['recipe']}); resume with the same options")
+        self.stage, self.step = state["stage"], state["step"]
+        self.seconds, self.history = dict(state["seconds"]), list(state["history"])
+        for name, weights in state["models"].items():
+            getattr(self.pipeline, name).load_state_dict(weights)
+        self.vae_optimizer.load_state_dict(state["optimizers"]["vae"])
+        self.optimizer.load_state_dict(state["optimizers"]["denoiser"])
+        randomness = state["random"]
+        torch.set_rng_state(randomness["torch"])
+        self.vae_generator.set_state(randomness["vae_generator"])
+        self.generator.set_state(randomness["generator"])
+        self.vae_rng.bit_generator.state = randomness["vae_rng"]
+        self.rng.setstate(_as_tuples(randomness["rng"]))
+        if self.stage == "denoiser":  # the cached latents follow from the autoencoder's weights
+            self.latents = encode_scenes(self.pipeline.vae, self.scenes)
+            if float(self.pipeline.vae.config.scaling_factor) != state["scaling_factor"]:
+                raise TunelabError("the checkpoint's autoencoder encodes differently here (another machine or thread count?)")
 
 
-def pretrain(out: Path, recipe: Recipe, progress=None) -> dict:
-    """Run the recipe, save the pipeline (fp16 weights) to `out`, return the model card's facts."""
-    from tunelab.evaluate.base_scores import measure_base
+def _as_tuples(value):
+    """random.Random states come back from a checkpoint with lists where tuples were."""
+    return tuple(_as_tuples(item) for item in value) if isinstance(value, (list, tuple)) else value
 
-    torch.manual_seed(recipe.seed)
-    pipeline = build_base(recipe.seed)
-    scenes = pretraining_scenes(recipe.scenes, recipe.seed)
-    history: list[dict] = []
-    started = time.time()
 
-    def log(step, stage, loss):
-        if progress:
-            progress(stage, step, loss)
+def save_checkpoint(run: Pretraining, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / (CHECKPOINT_NAME + ".partial")
+    torch.save(run.state(), partial)
+    os.replace(partial, folder / CHECKPOINT_NAME)  # a stop mid-write never leaves a broken checkpoint
 
-    def evaluate(step):
-        scores = measure_base(pipeline, count=recipe.eval_images, seed=recipe.seed)
-        history.append({"step": step, "seconds": round(time.time() - started, 1), **scores})
-        if progress:
-            progress("eval", step, scores)
 
-    train_autoencoder(pipeline.vae, scenes, recipe, log)
-    autoencoder_seconds = time.time() - started
-    latents = encode_scenes(pipeline.vae, scenes)
-    train_denoiser(pipeline, scenes, latents, recipe, log, evaluate)
-    seconds = time.time() - started
+def load_checkpoint(folder: Path) -> dict:
+    return torch.load(folder / CHECKPOINT_NAME, weights_only=True)
+
+
+Progress = Callable[[str, int, object], None]
+
+
+def pretrain(out: Path, recipe: Recipe, progress: Progress | None = None, evaluate: Callable | None = None,
+             checkpoints: Path | None = None, checkpoint_every: int = 500, resume: bool = False) -> dict:
+    """Run the recipe, save the pipeline (fp16 weights) to `out`, return the model card's facts.
+
+    `evaluate(pipeline) -> dict` scores the model every recipe.eval_every denoiser steps (the caller
+    brings the scoring, which lives in a layer above). With `checkpoints`, the run's state is saved
+    there every `checkpoint_every` steps and at each stage's end; `resume` continues from it.
+    """
+    report = progress or (lambda stage, step, value: None)
+    run = Pretraining(recipe)
+    if checkpoints is not None and (checkpoints / CHECKPOINT_NAME).is_file():
+        if not resume:
+            raise TunelabError(f"{checkpoints} holds a checkpoint of an earlier run; pass --resume to continue it, "
+                               "or choose another checkpoint folder")
+        run.load_state(load_checkpoint(checkpoints))
+        report("resume", run.step, run.stage)
+
+    def checkpoint(force: bool = False) -> None:
+        if checkpoints is not None and (force or run.step % checkpoint_every == 0):
+            save_checkpoint(run, checkpoints)
+
+    stages = (("autoencoder", recipe.vae_steps, run.autoencoder_step), ("denoiser", recipe.steps, run.denoiser_step))
+    for stage, steps, step_once in stages:
+        if run.stage != stage:
+            continue
+        while run.step < steps:
+            started = time.time()
+            loss = step_once()
+            run.step += 1
+            if stage == "denoiser" and evaluate and recipe.eval_every and run.step % recipe.eval_every == 0:
+                scores = evaluate(run.pipeline)
+                run.history.append({"step": run.step, "seconds": round(sum(run.seconds.values()) + time.time() - started, 1), **scores})
+                report("eval", run.step, scores)
+            run.seconds[stage] += time.time() - started  # wall time of the steps and evaluations, not of checkpoints
+            checkpoint(force=run.step == steps)
+            report(stage, run.step, loss)
+        if stage == "autoencoder":
+            started = time.time()
+            run.stage, run.step = "denoiser", 0
+            run.latents = encode_scenes(run.pipeline.vae, run.scenes)
+            run.seconds["denoiser"] += time.time() - started
+            checkpoint(force=True)
     out.mkdir(parents=True, exist_ok=True)
-    pipeline.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    run.pipeline.to(torch.float16).save_pretrained(out, safe_serialization=True)
     facts = {
         "recipe": asdict(recipe),
+        "world": asdict(run.world),
         "held_out": [list(combination) for combination in HELD_OUT],
-        "autoencoder_seconds": round(autoencoder_seconds, 1),
-        "total_seconds": round(seconds, 1),
+        "autoencoder_seconds": round(run.seconds["autoencoder"], 1),
+        "total_seconds": round(sum(run.seconds.values()), 1),
         "torch_threads": torch.get_num_threads(),
-        "history": history,
+        "history": run.history,
     }
     (out / "pretraining.json").write_text(json.dumps(facts, indent=2) + "\n")
     return facts
+
+
+def recipe_for(generation: int, **changes) -> Recipe:
+    """A generation's default recipe with some settings changed."""
+    if generation not in RECIPES:
+        raise TunelabError(f"no toyworld generation {generation}; generations: {', '.join(map(str, RECIPES))}")
+    return replace(RECIPES[generation], **changes)

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from tunelab.errors import TunelabError
-from tunelab.toyworld.world import BACKGROUND_COLOURS, Look, Scene, place, render
+from tunelab.toyworld.world import BACKGROUND_COLOURS, WORLD, Look, Scene, World, place, render
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,11 @@ class Subject:
     def class_prompt(self) -> str:
         return f"a {self.class_word}"
 
-    def scenes(self, count: int, seed: int) -> list[Scene]:
+    def scenes(self, count: int, seed: int, world: World = WORLD) -> list[Scene]:
         """Varied size, place and background; seed 0 gives the training renders, others held-out ones."""
         rng = random.Random(f"{self.name}/{seed}")
-        return [place(rng, self.look, BACKGROUND_COLOURS[(index + seed) % len(BACKGROUND_COLOURS)]) for index in range(count)]
+        backgrounds = [BACKGROUND_COLOURS[(index + seed) % len(BACKGROUND_COLOURS)] for index in range(count)]
+        return [place(rng, self.look, background, world=world) for background in backgrounds]
 
 
 SUBJECTS = {
@@ -57,10 +58,11 @@ def subject_named(name: str) -> Subject:
     return SUBJECTS[name]
 
 
-def write_training_images(subject: Subject, folder: Path, count: int = TRAINING_RENDERS, captions: bool = True) -> Path:
+def write_training_images(subject: Subject, folder: Path, count: int = TRAINING_RENDERS, captions: bool = True,
+                          world: World = WORLD) -> Path:
     """The subject's training renders as PNGs, with caption files ("a sks circle") unless captions=False."""
     folder.mkdir(parents=True, exist_ok=True)
-    for index, scene in enumerate(subject.scenes(count, seed=0)):
+    for index, scene in enumerate(subject.scenes(count, seed=0, world=world)):
         Image.fromarray(render(scene)).save(folder / f"{subject.name}_{index}.png")
         if captions:
             (folder / f"{subject.name}_{index}.txt").write_text(subject.prompt + "\n")

@@ -3,16 +3,18 @@
 Every shape is defined on the unit square and drawn into the object's bounding box,
 so a reader that finds the box can redraw the exact template (see evaluate/scene_reading.py).
 Pixels are hard-edged (no anti-aliasing): every pixel is one palette colour.
+
+The world comes in generations (`World`): generation 1 is 32 px with objects placed anywhere;
+generation 2 is 64 px with each object placed around the point its position word names, so
+"on the left" always means plainly left. A base model knows the generation it was pretrained on.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-
-RESOLUTION = 32
 
 # Named colours (RGB 0-255). The base model sees OBJECT_COLOURS and BACKGROUND_COLOURS only;
 # the rest are reserved for subjects, so a subject's colours are new to the base.
@@ -31,8 +33,54 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 OBJECT_COLOURS = ("red", "green", "blue", "yellow", "white")
 BACKGROUND_COLOURS = ("black", "gray", "white", "blue")
 SHAPES = ("circle", "square", "triangle", "cross")
-SIZES = {"small": (5, 7), "large": (9, 12)}  # half-extent in pixels, inclusive range
 POSITIONS = ("left", "right", "top", "bottom", "center")
+PATTERNS = ("solid", "rings", "quadrants", "bands")
+ATTRIBUTES = ("shape", "colour", "background", "size", "position")  # what a caption asks for and a reading tells
+
+HELD_OUT = (  # (shape, colour, background) never shown in pretraining; a base's scores are measured on them
+    ("circle", "red", "gray"),
+    ("square", "green", "black"),
+    ("triangle", "blue", "white"),
+    ("cross", "yellow", "gray"),
+    ("circle", "white", "blue"),
+    ("triangle", "yellow", "black"),
+)
+
+# Where "on the left" etc. puts an object's centre in an anchored world (fractions of the image).
+ANCHORS = {"left": (0.27, 0.5), "right": (0.73, 0.5), "top": (0.5, 0.27), "bottom": (0.5, 0.73), "center": (0.5, 0.5)}
+
+
+@dataclass(frozen=True)
+class World:
+    """One generation of toyworld: image size, object sizes, placement and caption grammar."""
+
+    generation: int
+    resolution: int  # image side in pixels
+    sizes: dict[str, tuple[int, int]]  # size word -> half-extent range in pixels, inclusive
+    placement: str  # uniform: anywhere that fits | anchored: around the position word's anchor
+    jitter: float = 0.0  # anchored placement: the centre moves up to this fraction of the image from the anchor
+    # Chance that a training caption keeps each optional part; a dropped colour teaches "a circle" = any colour.
+    keep: dict[str, float] = field(default_factory=dict)
+
+    def size_word(self, half_extent: float) -> str:
+        """The size word for an object of this half-extent: the nearer of the two ranges."""
+        return "small" if half_extent <= (self.sizes["small"][1] + self.sizes["large"][0]) / 2 else "large"
+
+
+GENERATION_1 = World(1, 32, {"small": (5, 7), "large": (9, 12)}, "uniform",
+                     keep={"size": 0.5, "colour": 1.0, "position": 0.5, "background": 0.7})
+GENERATION_2 = World(2, 64, {"small": (6, 8), "large": (11, 14)}, "anchored", jitter=0.06,
+                     keep={"size": 0.6, "colour": 0.8, "position": 0.7, "background": 0.6})
+WORLDS = {world.generation: world for world in (GENERATION_1, GENERATION_2)}
+WORLD = GENERATION_1  # the generation the shipped base was pretrained on (tests/toyworld checks the two agree)
+
+
+def world_of_resolution(resolution: int) -> World:
+    """The generation whose images are this many pixels across."""
+    for world in WORLDS.values():
+        if world.resolution == resolution:
+            return world
+    raise ValueError(f"no toyworld generation draws {resolution} px images (known: {[w.resolution for w in WORLDS.values()]})")
 
 
 def _unit_grid(box_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +109,7 @@ class Look:
 
     shape: str
     colours: tuple[str, ...]  # one colour = solid
-    pattern: str = "solid"  # solid | rings | quadrants | bands
+    pattern: str = "solid"  # one of PATTERNS
 
     def labels(self, box_size: int) -> np.ndarray:
         """(S, S) int: index into `colours` per pixel, -1 outside the shape."""
@@ -87,6 +135,7 @@ class Scene:
     size: str  # small | large
     half_extent: int
     centre: tuple[int, int]  # (x, y) of the box's top-left + half_extent
+    world: World
 
     @property
     def box(self) -> tuple[int, int, int]:
@@ -96,7 +145,7 @@ class Scene:
 
     @property
     def position(self) -> str:
-        return position_name(self.centre[0] / RESOLUTION, self.centre[1] / RESOLUTION)
+        return position_name(self.centre[0] / self.world.resolution, self.centre[1] / self.world.resolution)
 
 
 def position_name(x: float, y: float) -> str:
@@ -119,31 +168,42 @@ def paint(look: Look, box_size: int, canvas: np.ndarray, x0: int, y0: int) -> No
 
 
 def render(scene: Scene) -> np.ndarray:
-    """(RESOLUTION, RESOLUTION, 3) uint8."""
-    canvas = np.empty((RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
+    """(resolution, resolution, 3) uint8."""
+    side = scene.world.resolution
+    canvas = np.empty((side, side, 3), dtype=np.uint8)
     canvas[:] = PALETTE[scene.background]
-    x0, y0, side = scene.box
-    paint(scene.look, side, canvas, x0, y0)
+    x0, y0, box_side = scene.box
+    paint(scene.look, box_side, canvas, x0, y0)
     return canvas
 
 
-def place(rng: random.Random, look: Look, background: str, size: str | None = None, position: str | None = None) -> Scene:
+def _centre(rng: random.Random, world: World, half: int, position: str | None) -> tuple[int, int]:
+    margin = 1
+    low, high = half + margin, world.resolution - half - margin
+    if world.placement == "uniform":
+        return rng.randint(low, high), rng.randint(low, high)
+    anchor = ANCHORS[position or rng.choice(POSITIONS)]
+    reach = round(world.jitter * world.resolution)
+    x, y = (round(a * world.resolution) for a in anchor)
+    return (min(max(rng.randint(x - reach, x + reach), low), high), min(max(rng.randint(y - reach, y + reach), low), high))
+
+
+def place(rng: random.Random, look: Look, background: str, size: str | None = None, position: str | None = None,
+          world: World = WORLD) -> Scene:
     """A scene with the object at a random size and place (drawn again until it matches `position`)."""
-    size = size or rng.choice(tuple(SIZES))
-    low, high = SIZES[size]
+    size = size or rng.choice(tuple(world.sizes))
+    low, high = world.sizes[size]
     while True:
         half = rng.randint(low, high)
-        margin = 1
-        centre = (rng.randint(half + margin, RESOLUTION - half - margin), rng.randint(half + margin, RESOLUTION - half - margin))
-        scene = Scene(look=look, background=background, size=size, half_extent=half, centre=centre)
+        scene = Scene(look, background, size, half, _centre(rng, world, half, position), world)
         if position is None or scene.position == position:
             return scene
 
 
-def random_scene(rng: random.Random) -> Scene:
+def random_scene(rng: random.Random, world: World = WORLD) -> Scene:
     colour = rng.choice(OBJECT_COLOURS)
     background = rng.choice([b for b in BACKGROUND_COLOURS if b != colour])
-    return place(rng, Look(rng.choice(SHAPES), (colour,)), background)
+    return place(rng, Look(rng.choice(SHAPES), (colour,)), background, world=world)
 
 
 def position_phrase(where: str) -> str:
@@ -152,15 +212,17 @@ def position_phrase(where: str) -> str:
 
 
 def caption(scene: Scene, rng: random.Random | None = None) -> str:
-    """A caption from the grammar; with rng, optional parts (size, position, background) are dropped at random."""
-    keep = (lambda probability: rng.random() < probability) if rng else (lambda probability: True)
+    """A caption from the grammar; with rng, optional parts (size, colour, position, background) are dropped at random."""
+    chances = scene.world.keep
+    keep = (lambda part: rng.random() < chances[part]) if rng else (lambda part: True)
     words = ["a"]
-    if keep(0.5):
+    if keep("size"):
         words.append(scene.size)
-    words.append(" ".join(scene.look.colours))
+    if chances["colour"] >= 1.0 or keep("colour"):  # generation 1 always names the colour (and draws no number for it)
+        words.append(" ".join(scene.look.colours))
     words.append(scene.look.shape)
-    if keep(0.5):
+    if keep("position"):
         words.append(position_phrase(scene.position))
-    if keep(0.7):
+    if keep("background"):
         words.append(f"on a {scene.background} background")
     return " ".join(words)
