@@ -6,6 +6,7 @@ Three steps, each its own process so that one tool's memory does not count again
     python benchmarks/lora_extract_vs_kohya.py make-pair DIR          # DIR/base.safetensors, DIR/tuned.safetensors
     python benchmarks/lora_extract_vs_kohya.py time --label NAME --log DIR/runs.jsonl --out FILE -- COMMAND...
     python benchmarks/lora_extract_vs_kohya.py compare --base DIR/base.safetensors --tuned DIR/tuned.safetensors FILE...
+    python benchmarks/lora_extract_vs_kohya.py sign-check --base ... --tuned ... KOHYA_FILE TUNELAB_KOHYA_FILE MODULE...
 
 make-pair builds Stable Diffusion 1.5 from tunelab's shipped config (UNet 860M, CLIP ViT-L text
 encoder 123M, VAE 84M parameters) with random weights and writes it as an original-layout
@@ -14,7 +15,9 @@ every Linear and Conv2d weight of UNet and text encoder, as a DreamBooth run mov
 is downloaded. `time` runs one command and appends its wall time, peak RSS, CPU time and the CPU
 other processes used meanwhile. `compare` reads the checkpoints back, takes the true difference
 of each module, and for each LoRA file reports its modules, size, how close each module's delta
-is to the true difference, and how far it is from the first file's.
+is to the true difference, and how far it is from the first file's. `sign-check` applies kohya's
+rule to chosen modules twice, on LAPACK's SVD as it comes and with tunelab's sign convention, and
+says how close each file is to each.
 """
 
 from __future__ import annotations
@@ -164,6 +167,34 @@ def compare(base_model: str, tuned_model: str, files: list[Path]) -> None:
     print(json.dumps(report, indent=1))
 
 
+def _kohya_rule(up: torch.Tensor, down: torch.Tensor, quantile: float = 0.99) -> torch.Tensor:
+    limit = torch.quantile(torch.cat([up.flatten(), down.flatten()]), quantile)
+    return up.clamp(-limit, limit) @ down.clamp(-limit, limit)
+
+
+def sign_check(base_model: str, tuned_model: str, kohya_file: Path, tunelab_file: Path, keys: list[str], rank: int) -> None:
+    """Is the difference between kohya's file and tunelab's kohya mode the signs of the singular vectors?"""
+    from tunelab.formats.lora_io import read_lora_file
+    from tunelab.lora.svd import with_sign_convention
+
+    base, tuned = _module_weights(base_model), _module_weights(tuned_model)
+    kohya, tunelab = read_lora_file(kohya_file, base.keys()).lora, read_lora_file(tunelab_file, base.keys()).lora
+    for key in keys:
+        difference = (tuned[key] - base[key]).flatten(1)  # (out, in*kh*kw), fp32 as kohya computes it
+        u, s, vh = torch.linalg.svd(difference)  # full matrices, as kohya's script calls it
+        up, down = u[:, :rank] * s[:rank], vh[:rank]
+        as_returned = _kohya_rule(up, down).reshape(base[key].shape)
+        fixed_u, fixed_vh = with_sign_convention(u[None, :, :rank], vh[None, :rank])
+        with_convention = _kohya_rule(fixed_u[0] * s[:rank], fixed_vh[0]).reshape(base[key].shape)
+        print(json.dumps({
+            "module": key,
+            "kohya_file_vs_rule_on_lapack_signs": round(_relative(kohya[key].delta(), as_returned), 5),
+            "tunelab_file_vs_rule_with_convention": round(_relative(tunelab[key].delta(), with_convention), 5),
+            "rule_with_convention_vs_on_lapack_signs": round(_relative(with_convention, as_returned), 5),
+            "tunelab_file_vs_kohya_file": round(_relative(tunelab[key].delta(), kohya[key].delta()), 5),
+        }))
+
+
 def _raw_keys(safe_open, path: Path) -> set[str]:
     with safe_open(path, "pt") as handle:
         return set(handle.keys())
@@ -185,14 +216,23 @@ def main() -> None:
     compared.add_argument("--base", required=True, help="base model (make-pair's base.safetensors)")
     compared.add_argument("--tuned", required=True, help="tuned model (make-pair's tuned.safetensors)")
     compared.add_argument("files", type=Path, nargs="+", help="LoRA files; the first is the one the others are compared with")
+    signs = steps.add_parser("sign-check")
+    signs.add_argument("--base", required=True)
+    signs.add_argument("--tuned", required=True)
+    signs.add_argument("--rank", type=int, default=128)
+    signs.add_argument("kohya_file", type=Path)
+    signs.add_argument("tunelab_file", type=Path, help="made with --clamp-mode kohya")
+    signs.add_argument("modules", nargs="+", help="module keys, e.g. unet.mid_block.attentions.0.proj_in")
     args = parser.parse_args()
     if args.step == "make-pair":
         make_pair(args.folder, args.seed, args.noise)
     elif args.step == "time":
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
         time_command(args.label, command, args.out, args.log)
-    else:
+    elif args.step == "compare":
         compare(args.base, args.tuned, args.files)
+    else:
+        sign_check(args.base, args.tuned, args.kohya_file, args.tunelab_file, args.modules, args.rank)
 
 
 if __name__ == "__main__":
