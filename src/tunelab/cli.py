@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import gc
 import importlib
-import os
+import logging
 import sys
+
+from tunelab.process import quiet_libraries, run_guarded
 
 # Sub-command -> (help, module with `add_arguments(parser)` and `run(args)`); modules load only when used.
 COMMANDS = {
-    "train": ("train a technique (lora, dreambooth, textual_inversion, hypernetwork) on a folder of images", "tunelab.train.command"),
+    "train": ("train a technique on a folder of images (`tunelab train --help` lists the techniques)", "tunelab.train.command"),
     "generate": ("generate images, with LoRAs, embeddings and hypernetworks", "tunelab.generate.command"),
     "lora": ("LoRA tools: extract, merge, combine, resize, convert, info, precision-report", "tunelab.lora.command"),
     "bench": ("benchmarks: `bench speed` times tunelab's training step beside the reference step", "tunelab.bench.command"),
@@ -43,59 +46,33 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def chosen_command(argv: list[str]) -> str | None:
+    """The sub-command named on the command line (the first word that is not a flag), if it is one."""
+    words = [word for word in argv if not word.startswith("-")]
+    return words[0] if words and words[0] in COMMANDS else None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the chosen sub-command's module is imported to add its options (all when None
+    is chosen: `tunelab --help` lists every command from the table alone)."""
     parser = OneLineParser(prog="tunelab", description="Personalize text-to-image diffusion models.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name, (help_text, module_name) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(_module=module_name)
-        importlib.import_module(module_name).add_arguments(sub)
+        if name == command:
+            # deferred: a command's module (torch, diffusers) loads only when that command runs
+            importlib.import_module(module_name).add_arguments(sub)
     return parser
-
-
-def quiet_libraries() -> None:
-    # Library chatter (missing torchvision, progress of every pipeline call) is noise on a CLI.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    # No hub is reachable at run time; fail fast instead of waiting on the network.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def run_guarded(work, debug: bool = False) -> int:
-    """Run `work()`; failures become one line on stderr and an exit code (2 bad input, 130 stopped, 1 a bug)."""
-    from tunelab.errors import TunelabError
-    from tunelab.train.stopping import TrainingInterrupted
-
-    try:
-        work()
-        return 0
-    except TrainingInterrupted as error:
-        print(f"tunelab: {error}", file=sys.stderr)
-        return 130
-    except TunelabError as error:
-        if debug:
-            raise
-        print(f"tunelab: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("tunelab: interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:  # an unexpected failure still gets one line; --debug shows where
-        if debug:
-            raise
-        print(f"tunelab: internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
-    import logging
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
-    args._argv = list(argv) if argv is not None else sys.argv[1:]  # for commands that start copies of themselves
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    args = build_parser(chosen_command(argv)).parse_args(argv)
+    args._argv = argv  # for commands that start copies of themselves
     return run_guarded(lambda: importlib.import_module(args._module).run(args), args.debug)
 
 
@@ -104,8 +81,6 @@ def entry() -> None:
     tearing down torch/transformers' object graph at exit otherwise costs about a second, and
     by then every output file is closed."""
     code = main()
-    import gc
-
     gc.freeze()
     sys.exit(code)
 

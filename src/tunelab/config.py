@@ -13,10 +13,13 @@ import argparse
 import dataclasses
 import difflib
 import json
+import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
+
+import yaml
 
 from tunelab.errors import TunelabError
 
@@ -105,12 +108,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() == ".toml":
-            import tomllib
-
             data = tomllib.loads(text)
         elif path.suffix.lower() in (".yaml", ".yml", ".json"):
-            import yaml
-
             data = yaml.safe_load(text)
         else:
             raise TunelabError(f"config file {path} must be .yaml, .yml, .toml or .json")
@@ -189,8 +188,6 @@ def to_dict(*instances) -> dict[str, Any]:
 
 def write_resolved(path: Path, resolved: dict[str, Any]) -> None:
     """Write the run's full configuration beside its outputs (it is also a valid --config file)."""
-    import yaml
-
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
 

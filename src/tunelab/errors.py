@@ -1,5 +1,9 @@
-"""The one exception type the CLI turns into a clear message and a non-zero exit."""
+"""The exceptions the command line turns into a clear message and an exit code."""
 
 
 class TunelabError(Exception):
     """A problem with the user's input or files; its message is shown as is."""
+
+
+class Interrupted(TunelabError):
+    """The work stopped on request (a signal); its message says how to go on. Exit code 130."""

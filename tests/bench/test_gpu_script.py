@@ -27,7 +27,7 @@ def test_rows_are_the_issue_targets_and_parse(gpu_speed):
     for name, args in targets.items():
         flux = name.startswith("flux")
         assert ("--no-reference-cudnn-sdp" in args) == flux
-    parser = build_parser()
+    parser = build_parser("bench")
     for name, args, tiny, _ in gpu_speed.plan():
         for arguments in (gpu_speed.bench_arguments(args, None, 10), gpu_speed.bench_arguments(args, tiny, 10)):
             parsed = parser.parse_args(["bench", "speed", *arguments])

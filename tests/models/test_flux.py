@@ -12,6 +12,7 @@ from safetensors import safe_open
 from helpers import run_cli
 from tunelab.formats.lora_set import LoraModule
 from tunelab.models.family import family_for
+from tunelab.models.flux import FlowMatchingOptions
 from tunelab.models.presets import build_preset
 from tunelab.train.options import TrainOptions
 
@@ -111,7 +112,8 @@ def test_kohya_flux_files_at_flux1_widths_read_in_diffusers_as_written():
 def test_flow_matching_noise_and_sigma_sampling():
     pipeline = build_preset("tiny-flux")
     latents = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    family = family_for(pipeline, TrainOptions(model="tiny-flux", images="x", out="y", timestep_sampling="uniform"))
+    options = TrainOptions(model="tiny-flux", images="x", out="y")
+    family = family_for(pipeline, options, FlowMatchingOptions(timestep_sampling="uniform"))
     generators = [torch.Generator().manual_seed(i) for i in range(3)]
     batch = family.add_noise(latents, 0.0, generators)
     noise = torch.stack([torch.randn(4, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(3)])
@@ -123,9 +125,9 @@ def test_flow_matching_noise_and_sigma_sampling():
 
     draws = torch.randn(20000, generator=torch.Generator().manual_seed(1))
     many = torch.zeros(20000, 4, 16, 16)
-    sigmoid = family_for(pipeline, TrainOptions(model="m", images="x", out="y"))
+    sigmoid = family_for(pipeline, options)
     assert torch.allclose(sigmoid.sample_sigmas(many, torch.Generator().manual_seed(1)), torch.sigmoid(draws))
-    shifted = family_for(pipeline, TrainOptions(model="m", images="x", out="y", flow_shift=3.0))
+    shifted = family_for(pipeline, options, FlowMatchingOptions(flow_shift=3.0))
     sigma = torch.sigmoid(draws)
     torch.testing.assert_close(shifted.sample_sigmas(many, torch.Generator().manual_seed(1)), 3 * sigma / (1 + 2 * sigma))
     assert shifted.sample_sigmas(many, torch.Generator().manual_seed(1)).mean() > 0.6  # shifted toward noise

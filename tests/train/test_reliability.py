@@ -134,19 +134,19 @@ def test_sigterm_during_sampling_stops_the_sampler_quickly(tmp_path, subject_ima
 
 KILL_DURING_SAVE = textwrap.dedent('''
     import os, signal, sys
-    from tunelab.train import state
+    from tunelab.train import loop
     from tunelab.train.loop import train
     from tunelab.train.options import TrainOptions
     from tunelab.methods.lora import LoraMethod, LoraOptions
 
-    original = state.save_training_state
+    original = loop.save_training_state
     def save_then_die_at_step_3(folder, *args, **kwargs):
         progress = args[3]  # (optimizer, lr_scheduler, scaler, progress, method)
         if progress.step == 3:
             (folder / "params.safetensors").write_bytes(b"half a file")
             os.kill(os.getpid(), signal.SIGKILL)
         return original(folder, *args, **kwargs)
-    state.save_training_state = save_then_die_at_step_3
+    loop.save_training_state = save_then_die_at_step_3  # the name the loop saves checkpoints with
     options = TrainOptions(model="tiny-sd", images=sys.argv[1], out=sys.argv[2], prompt="a photo of sks toy", steps=6,
                            log_with="none", checkpoint_every=1, keep_last=1)
     train(options, LoraMethod(LoraOptions()), {})

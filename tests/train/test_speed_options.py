@@ -80,7 +80,7 @@ def test_text_embedding_cache_is_refused_when_a_text_encoder_trains(tmp_path, su
 def test_offloaded_encoders_come_to_the_device_only_to_fill_the_caches(tmp_path, subject_images, monkeypatch):
     entered = []
     original = speed.modules_on
-    monkeypatch.setattr(speed, "modules_on", lambda modules, device: entered.append(len(modules)) or original(modules, device))
+    monkeypatch.setattr(train_step, "modules_on", lambda modules, device: entered.append(len(modules)) or original(modules, device))
     both = dict(cache_latents=True, cache_text_embeddings=True, sample_every=4, sample_steps=1)
     cached = train_lora(tmp_path, "cached", subject_images, monkeypatch, **both)
     assert entered == []

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
+
+from tunelab.bench.speed import BenchOptions, BenchTrainOptions, run_speed_bench
+from tunelab.config import add_arguments as add_schema_arguments
+from tunelab.config import resolve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tunelab.bench.speed import BenchOptions, BenchTrainOptions
-    from tunelab.config import add_arguments as add_schema_arguments
-
     benches = parser.add_subparsers(dest="bench", required=True, parser_class=type(parser))
     speed = benches.add_parser(
         "speed", help="seconds per step, images/s, peak memory and TFLOP/s of tunelab's training step and the reference's"
@@ -17,11 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from dataclasses import asdict
-
-    from tunelab.bench.speed import BenchOptions, BenchTrainOptions, run_speed_bench
-    from tunelab.config import resolve
-
     internal = {"_module", "_argv", "debug", "command", "bench"}
     values = {key: value for key, value in vars(args).items() if key not in internal}
     bench, train_options = resolve([BenchOptions, BenchTrainOptions], values)

@@ -12,9 +12,13 @@ import inspect
 import json
 from pathlib import Path
 
+import diffusers
 import torch
+import transformers
 
 from tunelab.errors import TunelabError
+from tunelab.models import tokenizer
+from tunelab.models.single_file import build_clip_bpe_tokenizer
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "models" / "configs"
 # --family -> the shipped config folder of its reference architecture.
@@ -35,16 +39,10 @@ def _tokenizer(folder: Path, class_name: str):
     max_length = settings.get("model_max_length", 77)
     has_files = any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json", "spiece.model"))
     if has_files:
-        import transformers
-
         return getattr(transformers, class_name).from_pretrained(str(folder), local_files_only=True)
     if class_name.startswith("CLIPTokenizer"):
-        from tunelab.models.single_file import build_clip_bpe_tokenizer
-
         return build_clip_bpe_tokenizer(settings.get("pad_token", "<|endoftext|>"), max_length)
     if class_name.startswith("T5Tokenizer"):
-        from tunelab.models import tokenizer
-
         if hasattr(tokenizer, "build_t5_tokenizer"):
             return tokenizer.build_t5_tokenizer(model_max_length=max_length)
     raise TunelabError(f"no tokenizer files in {folder} and no built-in {class_name}")
@@ -61,8 +59,6 @@ def _model(library: str, class_name: str, folder: Path):
 def random_pipeline(config_dir: Path, device: str | torch.device, dtype: torch.dtype):
     """The pipeline `config_dir` describes (a diffusers folder without weights), with random weights
     made on `device` in `dtype`."""
-    import diffusers
-
     index = json.loads((config_dir / "model_index.json").read_text())
     pipeline_class = getattr(diffusers, index["_class_name"])
     accepted = inspect.signature(pipeline_class.__init__).parameters

@@ -10,18 +10,31 @@ a 4500-step run would take including warm-up; a third line gives tunelab / refer
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import time
+import traceback
+import typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import set_seed
+from torch.utils.flop_counter import FlopCounterMode
 
+from tunelab.bench import reference_step
+from tunelab.bench.random_model import config_folder, random_pipeline
 from tunelab.config import option
 from tunelab.errors import TunelabError
+from tunelab.methods import METHODS, method_class
+from tunelab.models.family import family_for
+from tunelab.models.loading import load_pipeline
 from tunelab.train.options import TrainOptions
+from tunelab.train.step import prepare_step, weight_dtype
 
 # A run of the length the study trained, to weigh warm-up against steady-state speed.
 RUN_STEPS = 4500
@@ -36,14 +49,12 @@ BENCH_TRAIN_DEFAULTS = {"mixed_precision": "bf16", "cache_latents": True, "cache
 TRAIN_FIELDS = ("mixed_precision", "gradient_checkpointing", "gradient_checkpointing_mode", "cache_latents",
                 "cache_text_embeddings", "compile", "attention_backend", "adamw_implementation", "channels_last",
                 "lora_fp32_inputs", "optimizer", "offload_encoders")
-# Method options the bench fills where a technique has them (a Textual Inversion run needs a token).
-METHOD_VALUES = {"token": "<bench-token>", "init_word": "toy"}
-# (family name, technique) -> the reference case with that architecture and mode.
+# (family name, the technique's reference_mode) -> the reference case with that architecture and mode.
 REFERENCE_CASES = {
     ("sd", "lora"): "sd15-lora32-bs4",
-    ("sd", "dreambooth"): "sd15-full-bs4",
+    ("sd", "full"): "sd15-full-bs4",
     ("sdxl", "lora"): "sdxl-lora32-bs4",
-    ("sdxl", "dreambooth"): "sdxl-full-bs1",
+    ("sdxl", "full"): "sdxl-full-bs1",
     ("flux", "lora"): "flux-lora16-bs1",
 }
 
@@ -54,7 +65,7 @@ class BenchOptions:
         "real-size architecture with random weights: sd (1.5), sdxl, flux (1-dev)", default=None
     )
     preset: str | None = option("a built-in tiny preset instead (tiny-sd, ...): checks the bench on a CPU, not speed", default=None)
-    method: Literal["lora", "dreambooth", "textual_inversion", "hypernetwork"] = option("technique to train", default="lora")
+    method: Literal[tuple(METHODS)] = option("technique to train", default="lora")
     batch: int = option("images per step", default=1)
     resolution: int | None = option("image side in pixels (default: the model's native size)", default=None)
     steps: int = option("timed steps", default=10)
@@ -70,9 +81,6 @@ class BenchOptions:
 
 def _train_fields():
     """TrainOptions' speed fields as a schema of their own, with the bench's defaults."""
-    import dataclasses
-    import typing
-
     hints = typing.get_type_hints(TrainOptions)
     chosen = {f.name: f for f in fields(TrainOptions) if f.name in TRAIN_FIELDS}
     spec = []
@@ -107,29 +115,21 @@ def _module_bytes(module: torch.nn.Module) -> int:
 
 def _load_pipeline(bench: BenchOptions, device: torch.device, dtype: torch.dtype):
     if bench.preset is not None:
-        from tunelab.models.loading import load_pipeline
-
         return load_pipeline(bench.preset)
-    from tunelab.bench.random_model import config_folder, random_pipeline
 
     return random_pipeline(config_folder(bench.family), device, dtype)
 
 
 def _method(bench: BenchOptions, family_name: str):
-    from tunelab.methods import method_class
-
     method_type = method_class(bench.method)
     names = {f.name for f in fields(method_type.options_schema)}
     rank = bench.rank or (16 if family_name == "flux" else 32)
-    values = {key: value for key, value in {**METHOD_VALUES, "rank": rank, "alpha": float(rank)}.items() if key in names}
+    values = {key: value for key, value in {**method_type.example_options, "rank": rank, "alpha": float(rank)}.items() if key in names}
     return method_type(method_type.options_schema(**values))
 
 
 @contextmanager
 def _accelerator(mixed_precision: str):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
     try:
         yield Accelerator(mixed_precision=mixed_precision)
     finally:
@@ -144,18 +144,12 @@ def _free(device: torch.device) -> None:
 
 def time_tunelab(bench: BenchOptions, train_values: dict) -> tuple[dict, int]:
     """Build the model, prepare tunelab's step as the trainer does, and time it: (row, latent side)."""
-    from accelerate.utils import set_seed
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from tunelab.models.family import family_for
-    from tunelab.train.step import WEIGHT_DTYPES, prepare_step
-
     options = TrainOptions(model=bench.preset or f"random {bench.family}", images="", out="", batch_size=bench.batch,
                            steps=RUN_STEPS, log_with="none", **train_values)
     with _accelerator(options.mixed_precision) as accelerator:
         device = accelerator.device
         set_seed(options.seed)
-        pipeline = _load_pipeline(bench, device, WEIGHT_DTYPES[options.mixed_precision])
+        pipeline = _load_pipeline(bench, device, weight_dtype(options.mixed_precision))
         family = family_for(pipeline, options)
         resolution = bench.resolution or family.native_resolution
         latent_side = resolution // pipeline.vae_scale_factor
@@ -208,9 +202,7 @@ def time_tunelab(bench: BenchOptions, train_values: dict) -> tuple[dict, int]:
 
 def time_reference(bench: BenchOptions, family_name: str, resolution: int, latent_side: int, device: torch.device) -> dict | None:
     """The reference step for the same architecture, mode, batch, resolution and rank; None where it has no such case."""
-    from tunelab.bench import reference_step
-
-    case = REFERENCE_CASES.get((family_name, bench.method))
+    case = REFERENCE_CASES.get((family_name, method_class(bench.method).reference_mode))
     if case is None:
         return None
     rank = bench.rank or (16 if family_name == "flux" else 32)
@@ -232,8 +224,6 @@ def _guarded(measure, case: str | None):
     except TunelabError:
         raise
     except Exception as error:
-        import traceback
-
         traceback.print_exc()
         _free(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         return {"case": case, "error": f"{type(error).__name__}: {error}"[:300]}
@@ -263,8 +253,6 @@ def run_speed_bench(bench: BenchOptions, train_values: dict, emit=print) -> list
     if bench.batch < 1 or bench.steps < 1 or bench.warmup_steps < 0:
         raise TunelabError("--batch and --steps must be at least 1, --warmup-steps at least 0")
     if bench.family is not None:
-        from tunelab.bench.random_model import config_folder
-
         config_folder(bench.family)  # refused now if this version ships no configuration for it
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     header = dict(side="device", device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -298,7 +286,7 @@ def run_speed_bench(bench: BenchOptions, train_values: dict, emit=print) -> list
         if bench.reference and family_name is not None and latent_side is not None:
             resolution = tunelab.get("resolution", bench.resolution)
             reference = _guarded(lambda: time_reference(bench, family_name, resolution, latent_side, device),
-                                 REFERENCE_CASES.get((family_name, bench.method)))
+                                 REFERENCE_CASES.get((family_name, method_class(bench.method).reference_mode)))
         if reference is not None:
             record(dict(side="reference", **(_with_utilisation(reference, peak) if "error" not in reference else reference)))
         record(dict(side="tunelab", **(_with_utilisation(tunelab, peak) if "error" not in tunelab else tunelab)))

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from tunelab.compare.config import load_compare_config
+from tunelab.compare.report import write_reports
+from tunelab.compare.run import run_comparison
+from tunelab.machine import describe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,13 +28,6 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_and_report(config, args: argparse.Namespace, title: str) -> Path:
     """Run the comparison with one progress bar over the whole run; write and return the HTML report."""
-    from dataclasses import replace
-
-    from tqdm import tqdm
-
-    from tunelab.compare.report import write_reports
-    from tunelab.compare.run import run_comparison
-
     if args.usd_per_hour is not None:
         config = replace(config, options=replace(config.options, usd_per_hour=args.usd_per_hour))
     out = Path(args.out)
@@ -37,9 +39,7 @@ def run_and_report(config, args: argparse.Namespace, title: str) -> Path:
             bar.refresh()
 
         records = run_comparison(config, out, rerun=args.rerun, progress=progress)
-    import torch
 
-    from tunelab.machine import describe
 
     notes = [f"Model {config.options.model}, subject {config.options.subject}; cost at ${config.options.usd_per_hour}/h.",
              f"Machine: {describe(torch.get_num_threads())}."]
@@ -49,6 +49,4 @@ def run_and_report(config, args: argparse.Namespace, title: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tunelab.compare.config import load_compare_config
-
     run_and_report(load_compare_config(args.config), args, "tunelab compare")

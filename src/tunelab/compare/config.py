@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.compare.techniques import TECHNIQUES
-from tunelab.config import closest, checked_values, option, read_config_file
+from tunelab.config import checked_values, closest, option, read_config_file
+from tunelab.data.folder import scan_image_folder
 from tunelab.errors import TunelabError
 from tunelab.evaluate.protocol import METRICS
 from tunelab.evaluate.sampling import GUIDANCE, STEPS
+from tunelab.methods import METHODS
+from tunelab.toyworld.subjects import SUBJECTS
+from tunelab.train.prepare import run_schemas
 
 # Training options the bench sets itself, the same for every experiment.
 SET_BY_COMPARE = ("model", "images", "out", "prompt", "resume", "overwrite", "num_processes", "log_with")
@@ -56,30 +59,23 @@ class CompareConfig:
 
 
 def _experiment(entry: Any, index: int, where: str) -> Experiment:
-    from tunelab.methods import method_class
-    from tunelab.train.options import TrainOptions
-
     if not isinstance(entry, dict):
         raise TunelabError(f"{where}: experiment {index + 1} must be a mapping with 'name' and 'technique'")
     entry = dict(entry)
     name, technique = str(entry.pop("name", "")).strip(), entry.pop("technique", None)
     if not name or technique is None:
         raise TunelabError(f"{where}: experiment {index + 1} needs a 'name' and a 'technique'")
-    if technique not in TECHNIQUES:
-        raise TunelabError(f"{where}: experiment {name!r}: unknown technique {technique!r}{closest(str(technique), TECHNIQUES)} "
-                           f"(techniques: {', '.join(TECHNIQUES)})")
+    if technique not in METHODS:
+        raise TunelabError(f"{where}: experiment {name!r}: unknown technique {technique!r}{closest(str(technique), METHODS)} "
+                           f"(techniques: {', '.join(METHODS)})")
     for key in entry:
         if str(key).replace("-", "_") in SET_BY_COMPARE:
             raise TunelabError(f"{where}: experiment {name!r}: {key!r} is set by the comparison for every experiment")
-    schema = method_class(technique).options_schema
-    training = checked_values([TrainOptions, schema], entry, f"{where}, experiment {name!r}")
+    training = checked_values(run_schemas(technique), entry, f"{where}, experiment {name!r}")
     return Experiment(name, technique, training)
 
 
 def _check_subject(options: CompareOptions, where: str) -> None:
-    from tunelab.data.folder import scan_image_folder
-    from tunelab.toyworld.subjects import SUBJECTS
-
     if options.subject in SUBJECTS:
         return
     folder = Path(options.subject).expanduser()

@@ -17,8 +17,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from tunelab.compare.config import CompareConfig, Experiment
 from tunelab.errors import TunelabError
+from tunelab.evaluate.protocol import METRICS
+from tunelab.toyworld.subjects import SUBJECTS, write_training_images
+from tunelab.train.stopping import TrainingInterrupted
 
 LOCK = ".compare.lock"
 
@@ -71,15 +76,11 @@ def check_output_folder(out: Path, config: CompareConfig, rerun: bool = False) -
 
 
 def _device() -> str:
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def experiment_spec(config: CompareConfig, experiment: Experiment | None, out: Path, device: str, data: Path) -> dict:
     """What the worker needs to train and evaluate one experiment (None: the untuned base)."""
-    from tunelab.toyworld.subjects import SUBJECTS
-
     options = config.options
     name = experiment.name if experiment else "base"
     folder = out / "experiments" / name
@@ -128,16 +129,12 @@ def _run_worker(spec: dict) -> None:
     except KeyboardInterrupt:
         code = process.wait()  # the worker got the same Ctrl-C and is saving its checkpoint
     if code == 130:
-        from tunelab.train.stopping import TrainingInterrupted
-
         raise TrainingInterrupted(f"stopped during experiment {spec['name']!r}; rerun the same command to go on")
     if code != 0 or not Path(spec["result"]).is_file():
         raise TunelabError(f"experiment {spec['name']!r} failed (exit {code}); its output is in {folder}")
 
 
 def training_data(config: CompareConfig, out: Path) -> Path:
-    from tunelab.toyworld.subjects import SUBJECTS, write_training_images
-
     subject = SUBJECTS.get(config.options.subject)
     if subject is None:
         return Path(config.options.subject).expanduser().resolve()
@@ -169,8 +166,6 @@ def run_comparison(config: CompareConfig, out: Path, rerun: bool = False, progre
 
 def finish_records(records: list[dict], config: CompareConfig) -> list[dict]:
     """Cost, prior drift against the base, and only the metrics asked for."""
-    from tunelab.evaluate.protocol import METRICS
-
     base = records[0]
     for record in records:
         record["usd"] = round(record["train_seconds"] / 3600 * config.options.usd_per_hour, 6)

@@ -8,12 +8,23 @@ Run as `python -m tunelab.compare.worker SPEC_JSON` (the spec itself, as text).
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import sys
 import time
 from pathlib import Path
 
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tunelab.compare.report_images import save_grid
+from tunelab.evaluate.protocol import evaluate_subject
+from tunelab.generate.session import GenerateOptions, prepare
+from tunelab.methods import method_class
+from tunelab.process import quiet_libraries, run_guarded
+from tunelab.toyworld.subjects import SUBJECTS
+from tunelab.train.loop import train
+from tunelab.train.prepare import prepare_run
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -24,8 +35,6 @@ def _peak_memory_mb(device: str) -> float:
 
 def _loss_curve(log_dir: Path, points: int = 200) -> list[tuple[int, float]]:
     """(step, loss) from the run's TensorBoard log (accelerate writes it a folder down), thinned to at most `points`."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     for folder in sorted({path.parent for path in log_dir.rglob("events.out.tfevents*")}):
         events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
         events.Reload()
@@ -35,15 +44,19 @@ def _loss_curve(log_dir: Path, points: int = 200) -> list[tuple[int, float]]:
     return []
 
 
-def train_experiment(spec: dict) -> dict:
-    from tunelab.train.command import prepare_run
-    from tunelab.train.loop import train
-    from tunelab.compare.techniques import artifact_bytes
+def artifact_bytes(artifact: Path) -> int:
+    """Size on disk of a file, or of every file in a folder (a DreamBooth pipeline)."""
+    if artifact.is_dir():
+        return sum(path.stat().st_size for path in artifact.rglob("*") if path.is_file())
+    return artifact.stat().st_size
 
+
+def train_experiment(spec: dict) -> dict:
     out = Path(spec["out"])
-    options, method, resolved = prepare_run(spec["technique"], spec["training"])
+    run = prepare_run(spec["technique"], spec["training"])
+    options, method = run.options, run.method
     started = time.perf_counter()
-    artifact = train(options, method, resolved)
+    artifact = train(options, method, run.resolved, run.family_options)
     seconds = time.perf_counter() - started
     trainable = method.learned_parameter_count()
     return {
@@ -60,16 +73,10 @@ def train_experiment(spec: dict) -> dict:
 
 def evaluate_experiment(spec: dict, artifact: str | None) -> dict:
     """Scores and the sample grid of the model with the experiment's artifact attached (the base without one)."""
-    from tunelab.compare.techniques import ATTACH
-    from tunelab.evaluate.protocol import evaluate_subject
-    from tunelab.generate.command import GenerateOptions, prepare
-    from tunelab.compare.report_images import save_grid
-    from tunelab.toyworld.subjects import SUBJECTS
-
     evaluation = spec["evaluation"]
     if spec["subject"] not in SUBJECTS:
         return {}  # a folder subject: no renderer, no quality metrics
-    attach = ATTACH[spec["technique"]](artifact, spec["identifier"]) if artifact else {}
+    attach = method_class(spec["technique"]).generate_options(Path(artifact), spec["identifier"]) if artifact else {}
     generate_options = GenerateOptions(**{"model": spec["model"], "prompt": "", "out": "", "sampler": "dpm++_2m",
                                           "device": spec["device"], **attach})
     session = prepare(generate_options)
@@ -91,10 +98,6 @@ def run_spec(spec: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    import logging
-
-    from tunelab.cli import quiet_libraries, run_guarded
-
     quiet_libraries()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     spec = json.loads(argv[0])

@@ -10,9 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tunelab.errors import TunelabError
+from PIL import Image, ImageDraw, ImageFont
 
-GRID_PARAMETERS = {"seed": int, "steps": int, "guidance": float, "sampler": str, "lora_weight": float}
+from tunelab.errors import TunelabError
+from tunelab.generate.png_info import save_png
+from tunelab.generate.session import apply_image_options, image_record, prepare, render, text_inputs
+from tunelab.methods import generation_methods
+
+SAMPLING_PARAMETERS = {"seed": int, "steps": int, "guidance": float, "sampler": str}
 PAD = 4  # pixels around each label
 
 
@@ -25,13 +30,22 @@ class Axis:
         return f"{self.parameter}={value}"
 
 
+def grid_parameters() -> dict[str, type]:
+    """What a grid may sweep: the sampling options, and the techniques' own per-image options (a LoRA's weight)."""
+    parameters = dict(SAMPLING_PARAMETERS)
+    for method in generation_methods():
+        parameters |= method.grid_parameters()
+    return parameters
+
+
 def parse_axis(spec: str, flag: str) -> Axis:
     """'steps=10,20' -> Axis('steps', [10, 20])."""
+    parameters = grid_parameters()
     parameter, separator, values_text = spec.partition("=")
     parameter = parameter.strip().replace("-", "_")
-    if not separator or parameter not in GRID_PARAMETERS:
-        raise TunelabError(f"{flag} {spec!r}: expected PARAM=v1,v2,... with PARAM one of {', '.join(GRID_PARAMETERS)}")
-    kind = GRID_PARAMETERS[parameter]
+    if not separator or parameter not in parameters:
+        raise TunelabError(f"{flag} {spec!r}: expected PARAM=v1,v2,... with PARAM one of {', '.join(parameters)}")
+    kind = parameters[parameter]
     values = []
     for text in values_text.split(","):
         try:
@@ -53,8 +67,6 @@ class Layout:
 
 def grid_layout(cell_size: tuple[int, int], column_labels: list[str], row_labels: list[str], font) -> Layout:
     """Columns as wide as their widest label or the image; row labels in a left margin."""
-    from PIL import Image, ImageDraw
-
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
     def text_size(text: str) -> tuple[int, int]:
@@ -80,8 +92,6 @@ def grid_layout(cell_size: tuple[int, int], column_labels: list[str], row_labels
 
 
 def draw_grid(cells: list[list], column_labels: list[str], row_labels: list[str]):
-    from PIL import Image, ImageDraw, ImageFont
-
     font = ImageFont.load_default()
     layout = grid_layout(cells[0][0].size, column_labels, row_labels, font)
     grid = Image.new("RGB", layout.size, "white")
@@ -104,20 +114,7 @@ def grid_paths(out: str) -> tuple[Path, Path]:
     return out_path / "grid.png", out_path
 
 
-def apply_cell_options(session, options) -> None:
-    """Put the sampler and LoRA weights of one cell on the loaded pipeline."""
-    from tunelab.generate.samplers import make_scheduler
-
-    session.pipeline.scheduler = make_scheduler(options.sampler, session.scheduler_config)
-    if options.lora_weight is not None and session.lora_names:
-        session.loras = [(path, options.lora_weight) for path, _ in session.loras]
-        session.pipeline.set_adapters(session.lora_names, adapter_weights=[options.lora_weight] * len(session.lora_names))
-
-
 def generate_grid(options) -> list[Path]:
-    from tunelab.generate.command import image_record, prepare, render, text_inputs
-    from tunelab.generate.png_info import save_png
-
     x_axis = parse_axis(options.grid_x, "--grid-x")
     y_axis = parse_axis(options.grid_y, "--grid-y") if options.grid_y else None
     if y_axis is not None and y_axis.parameter == x_axis.parameter:
@@ -131,8 +128,6 @@ def generate_grid(options) -> list[Path]:
         for cell in row:
             if cell.steps < 1:
                 raise TunelabError("--grid steps values must be at least 1")
-            if cell.lora_weight is not None and not (options.lora or "<lora:" in options.prompt):
-                raise TunelabError("a lora_weight grid needs a LoRA (--lora FILE or a <lora:NAME:W> tag)")
 
     session = prepare(cell_options[0][0])
     grid_file, cells_dir = grid_paths(options.out)
@@ -140,7 +135,7 @@ def generate_grid(options) -> list[Path]:
     for row_index, row in enumerate(cell_options):
         images.append([])
         for column_index, cell in enumerate(row):
-            apply_cell_options(session, cell)
+            apply_image_options(session, cell)
             image = render(session, cell, cell.seed, text_inputs(session, cell))
             path = cells_dir / f"cell-r{row_index}-c{column_index}.png"
             paths.append(save_png(image, path, image_record(session, cell, cell.seed)))

@@ -5,6 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from tunelab.errors import TunelabError
+from tunelab.methods import generation_methods
+
 PARAMETERS_KEY = "parameters"  # what A1111, Forge and civitai read
 TUNELAB_KEY = "tunelab"
 
@@ -21,21 +27,13 @@ def a1111_parameters(record: dict) -> str:
         "Size": f"{record['width']}x{record['height']}",
         "Model": record["model"],
     }
-    for index, (path, weight) in enumerate(record.get("loras", [])):
-        fields[f"Lora {index}"] = f"{Path(path).stem}:{weight}"
-    if record.get("embeddings"):
-        fields["Embeddings"] = " ".join(token for _, token in record["embeddings"])
-    for index, (path, strength) in enumerate(record.get("hypernetworks", [])):
-        suffix = f" {index}" if index else ""  # A1111's own fields name one hypernetwork
-        fields[f"Hypernet{suffix}"] = Path(path).stem
-        fields[f"Hypernet strength{suffix}"] = strength
+    for method in generation_methods():
+        fields |= method.a1111_fields(record.get(method.generate_flag.record_key, []))
     lines.append(", ".join(f"{key}: {value}" for key, value in fields.items()))
     return "\n".join(lines)
 
 
 def save_png(image, path: Path, record: dict) -> Path:
-    from PIL.PngImagePlugin import PngInfo
-
     info = PngInfo()
     info.add_text(PARAMETERS_KEY, a1111_parameters(record))
     info.add_text(TUNELAB_KEY, json.dumps(record, sort_keys=True))
@@ -45,16 +43,12 @@ def save_png(image, path: Path, record: dict) -> Path:
 
 
 def read_record(path: Path) -> dict:
-    from PIL import Image
-
     with Image.open(path) as image:
         return json.loads(image.text[TUNELAB_KEY])
 
 
 def read_options(path: Path) -> dict:
     """The generate options recorded in a PNG by tunelab generate, for `--from-png`."""
-    from tunelab.errors import TunelabError
-
     if not path.is_file():
         raise TunelabError(f"--from-png: file not found: {path}")
     try:

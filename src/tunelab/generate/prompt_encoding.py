@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.generate.prompt_weighting import BREAK, BREAK_WEIGHT, parse_prompt_weights
+from tunelab.models.family import family_for
 
 
 @dataclass
@@ -98,8 +99,6 @@ def encode_prompt(family, windows_per_encoder: dict[str, list[Window]], device) 
 def encode_prompt_pair(pipeline, prompt: str, negative_prompt: str = "") -> dict[str, torch.Tensor]:
     """The pipeline's prompt arguments: `prompt_embeds` and `negative_prompt_embeds` (plus the pooled
     pair for SDXL), the shorter of the two padded with empty windows to the other's length."""
-    from tunelab.models.family import family_for
-
     family = family_for(pipeline)
     device = pipeline._execution_device
     windows = {}

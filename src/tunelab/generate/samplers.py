@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+
+import diffusers
+
 from tunelab.errors import TunelabError
 
 # name -> (diffusers scheduler class, config overrides)
@@ -52,13 +56,9 @@ def sampler_name(name: str | None, base_config) -> str:
 
 def make_scheduler(name: str | None, base_config):
     """A scheduler of the named kind, keeping the model's own beta schedule (or flow shift) and prediction type."""
-    import diffusers
-
     name = sampler_name(name, base_config)
     table = FLOW_SAMPLERS if _is_flow_matching(base_config) else SAMPLERS
     if name not in table:
-        import difflib
-
         close = difflib.get_close_matches(name, table, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         kind = " for a flow-matching model (Flux.1)" if table is FLOW_SAMPLERS else ""

@@ -1,27 +1,32 @@
-"""The small protocol every technique implements; the trainer knows nothing else about it."""
+"""The contract every technique keeps: training, saving, and using its artifact in generation.
+
+Everything that differs between techniques lives on its `Method` class; the trainer, generation,
+the comparison bench and `bench speed` only call what is declared here. `Method` gives the
+defaults most techniques share (train whole modules, captions as they are, no extra state); a
+technique overrides what it does differently.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import torch
 
+from tunelab.config import option
+from tunelab.errors import TunelabError
 
-class Method(Protocol):
-    name: ClassVar[str]
-    options_schema: ClassVar[type]  # dataclass of the technique's own options
-    default_learning_rate: ClassVar[float]  # used when --learning-rate is not given
-    default_prompt: ClassVar[str | None]  # caption for uncaptioned images when --prompt is not given
 
-    def __init__(self, options: Any) -> None: ...
-    def setup(self, family) -> None: ...  # freeze the base, inject layers, add tokens
-    def trainable_modules(self) -> dict[str, torch.nn.Module]: ...  # modules holding trainable weights
-    def trainable_parameters(self) -> list[dict]: ...  # optimizer parameter groups
-    def learned_parameter_count(self) -> int: ...  # what the technique learns (TI: its new rows, not the whole table)
-    def training_captions(self, captions: list[str]) -> list[str]: ...  # e.g. TI prompt templates
-    def after_step(self, step: int) -> None: ...  # after each optimizer step: e.g. restore frozen rows, EMA
-    def save(self, out_dir: Path, metadata: dict[str, str]) -> Path: ...  # the artifact, via formats/
+@dataclass(frozen=True)
+class GenerateFlag:
+    """How `tunelab generate` asks for a technique's artifacts: a repeatable flag, maybe an A1111 prompt tag."""
+
+    field: str  # GenerateOptions field, and the flag: "lora" -> --lora FILE[:WEIGHT]
+    help: str
+    record_key: str  # where the PNG record lists what was attached: "loras"
+    tag: str | None = None  # A1111 extra-network tag kind: <lora:NAME:WEIGHT>
 
 
 def parameter_groups(modules: dict[str, torch.nn.Module], text_encoder_names, text_encoder_lr: float | None) -> list[dict]:
@@ -38,3 +43,134 @@ def parameter_groups(modules: dict[str, torch.nn.Module], text_encoder_names, te
 def group_parameter_count(groups: list[dict]) -> int:
     """Elements of the trainable parameters in optimizer groups."""
     return sum(p.numel() for group in groups for p in group["params"] if p.requires_grad)
+
+
+def parse_weighted_path(spec: str) -> tuple[Path, float]:
+    """'FILE' or 'FILE:WEIGHT' -> (path, weight); a trailing part that is not a number belongs to the path."""
+    head, _, tail = spec.rpartition(":")
+    if head:
+        try:
+            return Path(head), float(tail)
+        except ValueError:
+            pass
+    return Path(spec), 1.0
+
+
+class Method:
+    # --- what the technique is
+    name: ClassVar[str]  # registry key and `tunelab train NAME`
+    title: ClassVar[str]  # for people: "Textual Inversion"
+    options_schema: ClassVar[type]  # dataclass of the technique's own options
+    default_learning_rate: ClassVar[float]  # used when --learning-rate is not given
+    families: ClassVar[frozenset[str]]  # model families it makes sense on; others are refused before loading
+    artifact_name: ClassVar[str]  # what `save` writes in the output folder
+    # --- how its artifact is used when generating (None: the artifact is a whole model, passed as --model)
+    generate_flag: ClassVar[GenerateFlag | None] = None
+    # The reference training step `bench speed` times it against ("lora" or "full"; None: no reference)
+    reference_mode: ClassVar[str | None] = None
+    # Options a run needs when the user gives none (its required ones); the bench and the tests use them.
+    example_options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+        self.family = None
+        self._modules: dict[str, torch.nn.Module] = {}
+
+    # --- training
+    @property
+    def default_prompt(self) -> str | None:
+        """Caption for uncaptioned images when --prompt is not given."""
+        return None
+
+    @property
+    def text_encoder_lr(self) -> float | None:
+        """A separate learning rate for trained text encoders (None: the run's)."""
+        return None
+
+    def setup(self, family) -> None:
+        """Freeze the base, inject layers or add tokens; set `self._modules` to what trains."""
+        raise NotImplementedError
+
+    def trainable_modules(self) -> dict[str, torch.nn.Module]:
+        return dict(self._modules)
+
+    def trainable_parameters(self) -> list[dict]:
+        """Optimizer parameter groups."""
+        return parameter_groups(self._modules, self.family.text_encoder_names, self.text_encoder_lr)
+
+    def learned_parameter_count(self) -> int:
+        """What the technique learns (Textual Inversion: its new rows, not the whole table)."""
+        return group_parameter_count(self.trainable_parameters())
+
+    def training_captions(self, captions: list[str]) -> list[str]:
+        return captions
+
+    def after_step(self, step: int) -> None:
+        """After each optimizer step: e.g. restore frozen rows, EMA."""
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs beyond the optimizer's parameters (plain values and tensors)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def save(self, out_dir: Path, metadata: dict[str, str]) -> Path:
+        """Write the artifact (via formats/) and return its path."""
+        raise NotImplementedError
+
+    # --- generation
+    @classmethod
+    def generate_options(cls, artifact: Path, identifier: str | None) -> dict:
+        """`tunelab generate` options that load this artifact on its base model (the comparison bench uses them)."""
+        return {cls.generate_flag.field: [str(artifact)]}
+
+    @classmethod
+    def parse_spec(cls, spec: str) -> tuple[Path, Any]:
+        """One value of the generate flag -> (file, its weight, strength or token)."""
+        return parse_weighted_path(spec)
+
+    @classmethod
+    def generate_fields(cls) -> list[tuple[str, Any, dataclasses.Field]]:
+        """GenerateOptions fields this technique adds: its flag (and any option of its own)."""
+        flag = cls.generate_flag
+        return [(flag.field, list[str], option(flag.help, repeat=True, default_factory=list))]
+
+    @classmethod
+    def grid_parameters(cls) -> dict[str, type]:
+        """Per-image options of this technique an X/Y grid may sweep (name -> type)."""
+        return {}
+
+    @classmethod
+    def requested(cls, options, tagged: list[tuple[Path, float]], adapters_dir: Path | None) -> list[tuple[Path, Any]]:
+        """What a generate run asks for: flag values, then prompt tags."""
+        return [cls.parse_spec(spec) for spec in getattr(options, cls.generate_flag.field)] + tagged
+
+    @classmethod
+    def attach(cls, pipeline, specs: list[tuple[Path, Any]], adapters_dir: Path | None = None) -> tuple[list, Any]:
+        """Load the files (and any found for it in the adapters folder) onto the pipeline:
+        (the entries as loaded, a handle for `detach`)."""
+        raise NotImplementedError
+
+    @classmethod
+    def detach(cls, pipeline, handle) -> None:
+        """Undo `attach`; the base model comes back exactly."""
+        raise NotImplementedError
+
+    @classmethod
+    def apply_generate_options(cls, pipeline, entries: list, handle, options) -> list:
+        """Per-image options of this technique (a grid cell's LoRA weight); returns the entries as now in effect."""
+        return entries
+
+    @classmethod
+    def a1111_fields(cls, entries: list) -> dict[str, Any]:
+        """The PNG `parameters` fields A1111 writes for these entries (file, weight)."""
+        return {}
+
+
+def require_family(method: type[Method], family_name: str, family_title: str, techniques_there: list[str]) -> None:
+    """One clear line when a technique makes no sense on a family (e.g. a Hypernetwork on Flux)."""
+    if family_name not in method.families:
+        raise TunelabError(
+            f"{method.title} is not supported on {family_title} models (supported there: {', '.join(techniques_there)})"
+        )

@@ -11,13 +11,16 @@ import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
+from diffusers.training_utils import EMAModel
 
 from tunelab.config import option
 from tunelab.errors import TunelabError
-from tunelab.methods.base import parameter_groups
+from tunelab.formats.sd_checkpoint import require_writable, save_single_file
+from tunelab.methods.base import Method
+from tunelab.precision import PrecisionName, precision_dtype
 
 
 @dataclass
@@ -29,32 +32,33 @@ class DreamBoothOptions:
     ema: bool = option("keep an exponential moving average of the trained weights and save it", default=False)
     ema_decay: float = option("EMA decay per step", default=0.9999)
     single_file: bool = option("also write OUT/model.safetensors in the original Stable Diffusion (SDXL: SGM) layout", default=False)
-    save_precision: Literal["fp32", "fp16", "bf16"] = option("dtype of the saved model", default="fp32")
+    save_precision: PrecisionName = option("dtype of the saved model", default="fp32")
 
 
-class DreamBoothMethod:
+class DreamBoothMethod(Method):
     name: ClassVar[str] = "dreambooth"
+    title: ClassVar[str] = "DreamBooth (full fine-tuning)"
     default_learning_rate: ClassVar[float] = 5e-6  # full fine-tuning: diffusers' DreamBooth default
     options_schema: ClassVar[type] = DreamBoothOptions
-    default_prompt: ClassVar[str | None] = None
+    artifact_name: ClassVar[str] = "pipeline"  # a diffusers folder: the artifact is the whole model
+    # Full fine-tuning of Flux.1's 12B transformer is not offered.
+    families: ClassVar[frozenset[str]] = frozenset({"sd", "sdxl"})
+    reference_mode: ClassVar[str] = "full"
 
     def __init__(self, options: DreamBoothOptions):
         if options.text_encoder_stop_step is not None and not options.train_text_encoder:
             raise TunelabError("--text-encoder-stop-step needs --train-text-encoder")
         if not 0.0 < options.ema_decay < 1.0:
             raise TunelabError(f"--ema-decay must be between 0 and 1, got {options.ema_decay}")
-        self.options = options
-        self.family = None
-        self._modules: dict[str, torch.nn.Module] = {}
+        super().__init__(options)
         self._ema = None
 
+    @property
+    def text_encoder_lr(self) -> float | None:
+        return self.options.text_encoder_lr
+
     def setup(self, family) -> None:
-        from tunelab.models.family import require_technique
-
-        require_technique(family, self.name)
         if self.options.single_file:
-            from tunelab.formats.sd_checkpoint import require_writable
-
             require_writable(family.pipeline)  # refused now, not after the run
         self.family = family
         names = [family.denoiser_name] + (list(family.text_encoder_names) if self.options.train_text_encoder else [])
@@ -68,26 +72,10 @@ class DreamBoothMethod:
             module.to(dtype=dtype).requires_grad_(True)
             self._modules[name] = module
         if self.options.ema:
-            from diffusers.training_utils import EMAModel
-
             self._ema = EMAModel(self._trained_parameters(), decay=self.options.ema_decay)
 
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
         return [p for module in self._modules.values() for p in module.parameters()]
-
-    def trainable_modules(self) -> dict[str, torch.nn.Module]:
-        return dict(self._modules)
-
-    def learned_parameter_count(self) -> int:
-        from tunelab.methods.base import group_parameter_count
-
-        return group_parameter_count(self.trainable_parameters())
-
-    def trainable_parameters(self) -> list[dict]:
-        return parameter_groups(self._modules, self.family.text_encoder_names, self.options.text_encoder_lr)
-
-    def training_captions(self, captions: list[str]) -> list[str]:
-        return captions
 
     def after_step(self, step: int) -> None:
         if self._ema is not None:
@@ -107,12 +95,9 @@ class DreamBoothMethod:
             self._ema.load_state_dict(state["ema"])
 
     def save(self, out_dir: Path, metadata: dict[str, str]) -> Path:
-        from tunelab.formats.safetensors_io import precision_dtype
-        from tunelab.formats.sd_checkpoint import save_single_file
-
         dtype = precision_dtype(self.options.save_precision)
         pipeline = self._pipeline_for_saving(dtype)
-        folder = Path(out_dir) / "pipeline"
+        folder = Path(out_dir) / self.artifact_name
         pipeline.save_pretrained(folder, safe_serialization=True)
         (folder / "tunelab_run.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
         if self.options.single_file:
@@ -144,3 +129,8 @@ class DreamBoothMethod:
                     target.data.copy_(shadow.data)
                 return
             offset += count
+
+
+    @classmethod
+    def generate_options(cls, artifact: Path, identifier: str | None) -> dict:
+        return {"model": str(artifact)}

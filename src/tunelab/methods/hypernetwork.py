@@ -24,7 +24,15 @@ from torch import nn
 
 from tunelab.config import option
 from tunelab.errors import TunelabError
-from tunelab.formats.hypernetwork import HypernetworkFile, HypernetworkStructure
+from tunelab.formats.hypernetwork import (
+    HypernetworkFile,
+    HypernetworkStructure,
+    read_hypernetwork,
+    write_hypernetwork_pt,
+    write_hypernetwork_safetensors,
+)
+from tunelab.methods.base import GenerateFlag, Method
+from tunelab.models.family import family_for
 
 logger = logging.getLogger(__name__)
 
@@ -200,29 +208,30 @@ def _structure_from_options(options: HypernetworkOptions) -> HypernetworkStructu
     )
 
 
-class HypernetworkMethod:
+class HypernetworkMethod(Method):
     name: ClassVar[str] = "hypernetwork"
+    title: ClassVar[str] = "Hypernetwork"
     default_learning_rate: ClassVar[float] = 1e-5  # A1111's default
     options_schema: ClassVar[type] = HypernetworkOptions
     artifact_name: ClassVar[str] = "hypernetwork.safetensors"
     pt_artifact_name: ClassVar[str] = "hypernetwork.pt"
-    default_prompt: ClassVar[str | None] = None
+    # A1111's hypernetworks are defined for UNet attention contexts.
+    families: ClassVar[frozenset[str]] = frozenset({"sd", "sdxl"})
+    generate_flag: ClassVar[GenerateFlag] = GenerateFlag(
+        "hypernetwork", "hypernetwork file with optional strength, FILE[:STRENGTH]; repeatable", "hypernetworks", tag="hypernet"
+    )
 
     def __init__(self, options: HypernetworkOptions):
         sizes = options.layer_structure
         if len(sizes) < 2 or sizes[0] != 1 or sizes[-1] != 1 or any(size <= 0 for size in sizes):
             raise TunelabError(f"--layer-structure must start and end with 1 and be positive, got {sizes}")
-        self.options = options
+        super().__init__(options)
         self.structure = _structure_from_options(options)
-        self.family = None
         self.hypernetwork: Hypernetwork | None = None
         self.hooks: HypernetworkHooks | None = None
         self.step = 0
 
     def setup(self, family) -> None:
-        from tunelab.models.family import require_technique
-
-        require_technique(family, self.name)
         self.family = family
         denoiser = family.module(family.denoiser_name)
         available = context_widths(denoiser)
@@ -239,39 +248,41 @@ class HypernetworkMethod:
         device = next(denoiser.parameters()).device
         self.hypernetwork.to(device)  # fp32, whatever the frozen model's dtype
         self.hooks = attach_hypernetwork(denoiser, self.hypernetwork, strength=1.0)  # A1111 trains at strength 1
-
-    def trainable_modules(self) -> dict[str, nn.Module]:
-        return {"hypernetwork": self.hypernetwork}
-
-    def learned_parameter_count(self) -> int:
-        from tunelab.methods.base import group_parameter_count
-
-        return group_parameter_count(self.trainable_parameters())
+        self._modules = {"hypernetwork": self.hypernetwork}
 
     def trainable_parameters(self) -> list[dict]:
         return [{"params": list(self.hypernetwork.parameters()), "name": "hypernetwork"}]
-
-    def training_captions(self, captions: list[str]) -> list[str]:
-        return captions
 
     def after_step(self, step: int) -> None:
         self.step = step
 
     def save(self, out_dir: Path, metadata: dict[str, str]) -> Path:
-        from tunelab.formats.hypernetwork import (
-            write_hypernetwork_pt,
-            write_hypernetwork_safetensors,
-        )
-
         hypernetwork_file = self.hypernetwork.to_file(self.options.name, self.step)
         write_hypernetwork_pt(hypernetwork_file, Path(out_dir) / self.pt_artifact_name)
         return write_hypernetwork_safetensors(hypernetwork_file, Path(out_dir) / self.artifact_name, metadata)
 
+    # --- generation
+    @classmethod
+    def attach(cls, pipeline, specs, adapters_dir=None):
+        return specs, attach_hypernetworks(pipeline, specs)
+
+    @classmethod
+    def detach(cls, pipeline, handle) -> None:
+        for hooks in handle:
+            hooks.remove()
+
+    @classmethod
+    def a1111_fields(cls, entries):
+        fields = {}
+        for index, (path, strength) in enumerate(entries):
+            suffix = f" {index}" if index else ""  # A1111's own fields name one hypernetwork
+            fields[f"Hypernet{suffix}"] = Path(path).stem
+            fields[f"Hypernet strength{suffix}"] = strength
+        return fields
+
 
 def load_hypernetwork(path: Path, denoiser: nn.Module) -> Hypernetwork:
     """Read a file and check that it fits the denoiser's attention widths."""
-    from tunelab.formats.hypernetwork import read_hypernetwork
-
     if not path.is_file():
         raise TunelabError(f"hypernetwork file not found: {path}")
     hypernetwork = Hypernetwork.from_file(read_hypernetwork(path), path)
@@ -290,12 +301,9 @@ def load_hypernetwork(path: Path, denoiser: nn.Module) -> Hypernetwork:
 
 def attach_hypernetworks(pipeline, specs: list[tuple[Path, float]]) -> list[HypernetworkHooks]:
     """Load hypernetwork files onto the pipeline's denoiser with their strengths, in order."""
-    from tunelab.models.family import family_for, require_technique
-
     if not specs:
         return []
     family = family_for(pipeline)
-    require_technique(family, "hypernetwork")
     denoiser = family.module(family.denoiser_name)
     device = next(denoiser.parameters()).device
     hooks = []

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.utils import get_peft_model_state_dict
 
 from tunelab.config import option
 from tunelab.errors import TunelabError
+from tunelab.formats.kohya_lora import kohya_metadata
+from tunelab.formats.lora_io import read_lora, write_lora
 from tunelab.formats.lora_set import LoraModule, LoraSet
-from tunelab.methods.base import parameter_groups
+from tunelab.formats.module_paths import from_file_path
+from tunelab.lora.merge import check_fits
+from tunelab.lora.modules import adaptable_modules
+from tunelab.methods.base import GenerateFlag, Method, parse_weighted_path  # noqa: F401 (lora tools parse FILE:WEIGHT)
+from tunelab.precision import PrecisionName, precision_dtype
 
 TargetGroup = Literal["attention", "feedforward", "conv"]
 ADAPTER_NAME = "default"
-
-
 
 
 @dataclass
@@ -31,25 +37,32 @@ class LoraOptions:
     train_text_encoder: bool = option("train a LoRA on the text encoder(s)", default=False)
     text_encoder_lr: float | None = option("learning rate for the text-encoder LoRA (default: --learning-rate)", default=None)
     format: Literal["kohya", "peft"] = option("file layout of lora.safetensors", default="kohya")
-    save_precision: Literal["fp32", "fp16", "bf16"] = option("dtype of the saved LoRA weights", default="fp32")
+    save_precision: PrecisionName = option("dtype of the saved LoRA weights", default="fp32")
 
 
-class LoraMethod:
+class LoraMethod(Method):
     name: ClassVar[str] = "lora"
+    title: ClassVar[str] = "LoRA"
     default_learning_rate: ClassVar[float] = 1e-4  # the usual LoRA rate (kohya, diffusers)
     options_schema: ClassVar[type] = LoraOptions
     artifact_name: ClassVar[str] = "lora.safetensors"
-    default_prompt: ClassVar[str | None] = None
+    families: ClassVar[frozenset[str]] = frozenset({"sd", "sdxl", "flux"})
+    generate_flag: ClassVar[GenerateFlag] = GenerateFlag(
+        "lora", "LoRA file with optional weight, FILE[:WEIGHT]; repeat the flag for several", "loras", tag="lora"
+    )
+    reference_mode: ClassVar[str] = "lora"
 
     def __init__(self, options: LoraOptions):
         if options.rank < 1:
             raise TunelabError(f"--rank must be at least 1, got {options.rank}")
         if not (options.train_unet or options.train_text_encoder):
             raise TunelabError("nothing to train: enable --train-unet or --train-text-encoder")
-        self.options = options
+        super().__init__(options)
         self.alpha = float(options.alpha if options.alpha is not None else options.rank)
-        self.family = None
-        self._modules: dict[str, torch.nn.Module] = {}
+
+    @property
+    def text_encoder_lr(self) -> float | None:
+        return self.options.text_encoder_lr
 
     def _component_names(self, family) -> list[str]:
         names = [family.denoiser_name] if self.options.train_unet else []
@@ -58,11 +71,6 @@ class LoraMethod:
         return names
 
     def setup(self, family) -> None:
-        from peft import LoraConfig, inject_adapter_in_model
-
-        from tunelab.models.family import require_technique
-
-        require_technique(family, self.name)
         self.family = family
         for name in self._component_names(family):
             groups = family.lora_targets.get(name, {})  # e.g. Flux's T5 takes no LoRA
@@ -87,29 +95,8 @@ class LoraMethod:
         if not self._modules:
             raise TunelabError(f"no modules matched LoRA targets {self.options.targets}")
 
-    def trainable_modules(self) -> dict[str, torch.nn.Module]:
-        return dict(self._modules)
-
-    def learned_parameter_count(self) -> int:
-        from tunelab.methods.base import group_parameter_count
-
-        return group_parameter_count(self.trainable_parameters())
-
-    def trainable_parameters(self) -> list[dict]:
-        return parameter_groups(self._modules, self.family.text_encoder_names, self.options.text_encoder_lr)
-
-    def training_captions(self, captions: list[str]) -> list[str]:
-        return captions
-
-    def after_step(self, step: int) -> None:
-        pass
-
     def lora_set(self) -> LoraSet:
         """The trained adapters as format-free tensors."""
-        from peft.utils import get_peft_model_state_dict
-
-        from tunelab.formats.module_paths import from_file_path
-
         lora: LoraSet = {}
         for name, module in self._modules.items():
             state = get_peft_model_state_dict(module, adapter_name=ADAPTER_NAME)
@@ -123,10 +110,6 @@ class LoraMethod:
         return lora
 
     def save(self, out_dir: Path, metadata: dict[str, str]) -> Path:
-        from tunelab.formats.kohya_lora import kohya_metadata
-        from tunelab.formats.lora_io import write_lora
-        from tunelab.formats.safetensors_io import precision_dtype
-
         dtype = precision_dtype(self.options.save_precision)
         lora = {key: module.to(dtype) for key, module in self.lora_set().items()}
         if self.options.format == "kohya":
@@ -134,15 +117,44 @@ class LoraMethod:
         return write_lora(lora, Path(out_dir) / self.artifact_name, self.options.format, metadata)
 
 
-def parse_weighted_path(spec: str) -> tuple[Path, float]:
-    """'FILE' or 'FILE:WEIGHT' -> (path, weight); a trailing part that is not a number belongs to the path."""
-    head, _, tail = spec.rpartition(":")
-    if head:
-        try:
-            return Path(head), float(tail)
-        except ValueError:
-            pass
-    return Path(spec), 1.0
+    # --- generation
+    @classmethod
+    def generate_fields(cls):
+        return super().generate_fields() + [
+            ("lora_weight", float | None, option("one weight for every LoRA, replacing the ones given with them", default=None)),
+        ]
+
+    @classmethod
+    def grid_parameters(cls) -> dict[str, type]:
+        return {"lora_weight": float}
+
+    @classmethod
+    def requested(cls, options, tagged, adapters_dir):
+        loras = super().requested(options, tagged, adapters_dir)
+        if options.lora_weight is not None:
+            if not loras:
+                raise TunelabError("--lora-weight (or a lora_weight grid) needs a LoRA (--lora FILE or a <lora:NAME:W> tag)")
+            loras = [(path, options.lora_weight) for path, _ in loras]
+        return loras
+
+    @classmethod
+    def attach(cls, pipeline, specs, adapters_dir=None):
+        return specs, attach_loras(pipeline, specs)
+
+    @classmethod
+    def detach(cls, pipeline, handle) -> None:
+        detach_loras(pipeline, handle)
+
+    @classmethod
+    def apply_generate_options(cls, pipeline, entries, handle, options):
+        if options.lora_weight is None or not handle:
+            return entries
+        pipeline.set_adapters(handle, adapter_weights=[options.lora_weight] * len(handle))
+        return [(path, options.lora_weight) for path, _ in entries]
+
+    @classmethod
+    def a1111_fields(cls, entries):
+        return {f"Lora {index}": f"{Path(path).stem}:{weight}" for index, (path, weight) in enumerate(entries)}
 
 
 def attach_loras(pipeline, loras: list[tuple[Path, float]]) -> list[str]:
@@ -154,12 +166,6 @@ def attach_loras(pipeline, loras: list[tuple[Path, float]]) -> list[str]:
     layout, alphas included, so what it computes does not depend on its converters (which know
     Flux.1's widths only).
     """
-    import tempfile
-
-    from tunelab.formats.lora_io import read_lora, write_lora
-    from tunelab.lora.merge import check_fits
-    from tunelab.lora.modules import adaptable_modules
-
     weight_shapes = {key: tuple(module.weight.shape) for key, module in adaptable_modules(pipeline).items()}
     names = []
     for index, (path, _) in enumerate(loras):
@@ -181,6 +187,9 @@ def attach_loras(pipeline, loras: list[tuple[Path, float]]) -> list[str]:
 
 
 def detach_loras(pipeline, names: list[str]) -> None:
-    """Remove attached LoRAs; the base weights come back exactly (PEFT keeps them untouched)."""
+    """Remove attached LoRAs; the base weights come back exactly (PEFT keeps them untouched), and once no
+    adapter is left the wrapped layers are unwrapped too, so the model is the one loaded."""
     if names:
         pipeline.delete_adapters(names)
+        if not any(pipeline.get_list_adapters().values()):
+            pipeline.unload_lora_weights()

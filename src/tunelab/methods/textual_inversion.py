@@ -9,6 +9,7 @@ matrix), so the model outside the new rows stays bit-identical.
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,11 @@ import torch
 
 from tunelab.config import option
 from tunelab.errors import TunelabError
+from tunelab.formats.embedding import Embedding, read_embedding, write_embedding_pt, write_embedding_safetensors
+from tunelab.methods.base import GenerateFlag, Method
+from tunelab.models.family import family_for
+
+logger = logging.getLogger(__name__)
 
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 
@@ -59,12 +65,21 @@ class _EncoderRows:
     original: torch.Tensor  # (vocab + n, dim) the matrix as set up
 
 
-class TextualInversionMethod:
+class TextualInversionMethod(Method):
     name: ClassVar[str] = "textual_inversion"
+    title: ClassVar[str] = "Textual Inversion"
     default_learning_rate: ClassVar[float] = 5e-3  # A1111's default
     options_schema: ClassVar[type] = TextualInversionOptions
     artifact_name: ClassVar[str] = "embedding.safetensors"
     pt_artifact_name: ClassVar[str] = "embedding.pt"
+    # Flux.1's T5 has no place for a learned token.
+    families: ClassVar[frozenset[str]] = frozenset({"sd", "sdxl"})
+    example_options: ClassVar[dict] = {"token": "<example-token>", "init_word": "toy"}
+    generate_flag: ClassVar[GenerateFlag] = GenerateFlag(
+        "embedding",
+        "textual-inversion embedding, FILE[:TOKEN] (default token: the name in the file, else the file name); repeatable",
+        "embeddings",
+    )
 
     def __init__(self, options: TextualInversionOptions):
         token = options.token
@@ -76,9 +91,8 @@ class TextualInversionMethod:
             raise TunelabError(f"--vectors must be at least 1, got {options.vectors}")
         if not options.init_word.strip():
             raise TunelabError("--init-word must not be empty")
-        self.options = options
+        super().__init__(options)
         self.tokens = [token] + [f"{token}_{i}" for i in range(1, options.vectors)]  # diffusers' multi-vector names
-        self.family = None
         self.step = 0
         self._rows: dict[str, _EncoderRows] = {}
         self._random = random.Random(0)
@@ -89,9 +103,6 @@ class TextualInversionMethod:
         return self.options.token
 
     def setup(self, family) -> None:
-        from tunelab.models.family import require_technique
-
-        require_technique(family, self.name)
         self.family = family
         self._random = random.Random(torch.initial_seed())  # templates repeat with the run's seed
         for name in family.text_encoder_names:
@@ -185,21 +196,57 @@ class TextualInversionMethod:
         version, internal, gauss = state["template_rng"]
         self._random.setstate((version, tuple(internal), gauss))
 
-    def embedding(self):
-        from tunelab.formats.embedding import Embedding
-
+    def embedding(self) -> Embedding:
         vectors = {name: rows.embedding.detach()[rows.ids].float().cpu() for name, rows in self._rows.items()}
         return Embedding(vectors, name=self.options.token, step=self.step)
 
     def save(self, out_dir: Path, metadata: dict[str, str]) -> Path:
-        from tunelab.formats.embedding import (
-            write_embedding_pt,
-            write_embedding_safetensors,
-        )
-
         embedding = self.embedding()
         write_embedding_pt(embedding, Path(out_dir) / self.pt_artifact_name)
         return write_embedding_safetensors(embedding, Path(out_dir) / self.artifact_name, metadata)
+
+
+    # --- generation
+    @classmethod
+    def generate_options(cls, artifact: Path, identifier: str | None) -> dict:
+        return {cls.generate_flag.field: [f"{artifact}:{identifier}"]}
+
+    @classmethod
+    def parse_spec(cls, spec: str) -> tuple[Path, str | None]:
+        return parse_token_path(spec)
+
+    @classmethod
+    def requested(cls, options, tagged, adapters_dir):
+        return [cls.parse_spec(spec) for spec in options.embedding]
+
+    @classmethod
+    def attach(cls, pipeline, specs, adapters_dir=None):
+        """Flag embeddings, then every embedding in DIR/embeddings/ (one that does not fit this model is skipped with
+        a warning, as A1111 lists it as skipped). Returns ((file, token) per embedding, the tokens added per encoder)."""
+        family = family_for(pipeline)
+        before = {name: set(family.tokenizer_for(name).get_added_vocab()) for name in family.text_encoder_names}
+        tokens = attach_embeddings(pipeline, specs)
+        loaded = [(path, token) for (path, _), token in zip(specs, tokens)]
+        for path, token in folder_embeddings(adapters_dir):
+            try:
+                attach_embeddings(pipeline, [(path, token)])
+            except TunelabError as error:
+                logger.warning("embedding %s skipped: %s", path.name, error)
+                continue
+            loaded.append((path, token))
+        added = {name: sorted(set(family.tokenizer_for(name).get_added_vocab()) - known) for name, known in before.items()}
+        return loaded, added
+
+    @classmethod
+    def detach(cls, pipeline, handle) -> None:
+        family = family_for(pipeline)
+        for name, tokens in handle.items():
+            if tokens:
+                pipeline.unload_textual_inversion(tokens, tokenizer=family.tokenizer_for(name), text_encoder=family.module(name))
+
+    @classmethod
+    def a1111_fields(cls, entries):
+        return {"Embeddings": " ".join(token for _, token in entries)} if entries else {}
 
 
 def parse_token_path(spec: str) -> tuple[Path, str | None]:
@@ -214,13 +261,9 @@ def attach_embeddings(pipeline, specs: list[tuple[Path, str | None]]) -> list[st
     """Add each embedding's token to the pipeline (diffusers' loader); returns the tokens.
 
     The token is the one given, else the name the file holds, else the file name (as A1111 does)."""
-    from tunelab.formats.embedding import read_embedding
-    from tunelab.models.family import family_for, require_technique
-
     if not specs:
         return []
     family = family_for(pipeline)
-    require_technique(family, "textual_inversion")
     tokens = []
     for path, token in specs:
         if not path.is_file():
@@ -250,3 +293,11 @@ def attach_embeddings(pipeline, specs: list[tuple[Path, str | None]]) -> list[st
                 raise TunelabError(f"cannot load embedding {path}: {str(error).splitlines()[0]}") from None
         tokens.append(token)
     return tokens
+
+
+def folder_embeddings(folder: Path | None) -> list[tuple[Path, str]]:
+    """(file, token = file stem) for each embedding in DIR/embeddings/, sorted by name, as A1111 loads them."""
+    if folder is None or not (folder / "embeddings").is_dir():
+        return []
+    files = sorted(p for p in (folder / "embeddings").iterdir() if p.is_file() and p.suffix.lower() in EMBEDDING_SUFFIXES)
+    return [(path, path.stem) for path in files]

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from tunelab.config import flag_name
+from tunelab.errors import TunelabError
 
 # One generator for the whole batch, or one per sample: then a sample's noise depends on that
 # sample alone, whatever batch or process it lands in.
@@ -37,15 +43,14 @@ class NoisyBatch:
     target: torch.Tensor  # (B, C, h, w) what the denoiser should predict
 
 
-ALL_TECHNIQUES = frozenset({"lora", "dreambooth", "textual_inversion", "hypernetwork"})
-
-
 class ModelFamily(Protocol):
-    name: str
+    name: str  # the key techniques list their families by: "sd"
+    title: str  # for people: "Stable Diffusion 1.x/2.x"
+    train_options: type | None  # dataclass of training options only this family reads (flags of `tunelab train`)
+    options_scope: str  # what those options are for, in error messages: "flow-matching models (Flux.1)"
     pipeline: Any
     denoiser_name: str  # "unet" or "transformer"
     text_encoder_names: tuple[str, ...]
-    techniques: frozenset[str]  # the techniques that make sense on this family; others are refused
     lora_targets: dict[str, dict[str, tuple[str, ...]]]  # component -> group -> module-name suffixes
     base_model_version: str  # kohya's ss_base_model_version
 
@@ -66,41 +71,48 @@ class ModelFamily(Protocol):
     def enable_gradient_checkpointing(self) -> None: ...
 
 
+# diffusers pipeline class -> the family that trains and samples it; the one list of families.
 FAMILIES = {
     "StableDiffusionPipeline": "tunelab.models.sd:StableDiffusionFamily",
     "StableDiffusionXLPipeline": "tunelab.models.sdxl:StableDiffusionXLFamily",
     "FluxPipeline": "tunelab.models.flux:FluxFamily",
 }
-FAMILY_NAMES = {"sd": "Stable Diffusion 1.x/2.x", "sdxl": "SDXL", "flux": "Flux.1"}
-TECHNIQUE_NAMES = {"lora": "LoRA", "dreambooth": "DreamBooth (full fine-tuning)", "textual_inversion": "Textual Inversion",
-                   "hypernetwork": "Hypernetwork"}
 
 
-def family_for(pipeline, options=None) -> ModelFamily:
-    """Pick the family from the pipeline class; new families register in FAMILIES.
+def family_class(pipeline_class_name: str) -> type:
+    if pipeline_class_name not in FAMILIES:
+        raise TunelabError(f"model family {pipeline_class_name} is not supported yet (supported: {', '.join(FAMILIES)})")
+    module_name, class_name = FAMILIES[pipeline_class_name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def all_families() -> list[type]:
+    return [family_class(name) for name in FAMILIES]
+
+
+def family_for(pipeline, options=None, family_options=None) -> ModelFamily:
+    """The family of a loaded pipeline, by its class.
 
     `options` are the run's TrainOptions when training (families read the settings of their own
-    objective from them, and refuse ones that do not apply); None for generation and tools."""
-    import importlib
-
-    from tunelab.errors import TunelabError
-
-    name = type(pipeline).__name__
-    if name not in FAMILIES:
-        raise TunelabError(f"model family {name} is not supported yet (supported: {', '.join(FAMILIES)})")
-    module_name, class_name = FAMILIES[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)(pipeline, options)
+    objective from them, and refuse ones that do not apply) and `family_options` the instance of the
+    family's own `train_options`; both None for generation and tools."""
+    return family_class(type(pipeline).__name__)(pipeline, options, family_options)
 
 
-def require_technique(family, technique: str) -> None:
-    """One clear line when a technique makes no sense on a family (e.g. a Hypernetwork on Flux)."""
-    from tunelab.errors import TunelabError
+def given_options(options) -> list[str]:
+    """Flags of a family-options instance that were set (a field left at None was not given)."""
+    return [flag_name(field.name) for field in dataclasses.fields(options) if getattr(options, field.name) is not None]
 
-    if technique not in family.techniques:
-        supported = ", ".join(TECHNIQUE_NAMES[t] for t in sorted(family.techniques))
-        raise TunelabError(
-            f"{TECHNIQUE_NAMES[technique]} is not supported on {FAMILY_NAMES[family.name]} models (supported there: {supported})"
-        )
+
+def check_family_options(family, family_options: dict[str, Any]) -> None:
+    """Refuse options that belong to another family (`--flow-shift` on Stable Diffusion), before any model loads."""
+    for owner in all_families():
+        options = family_options.get(owner.name)
+        if owner.name == family.name or options is None:
+            continue
+        given = given_options(options)
+        if given:
+            raise TunelabError(f"{given[0]} applies to {owner.options_scope}; {family.title} models do not take it")
 
 
 class VaeLatentsMixin:
@@ -136,8 +148,6 @@ class VaeLatentsMixin:
         return distribution.mean, distribution.std
 
     def sample_latents(self, mean: torch.Tensor, std: torch.Tensor, generator: Generators) -> torch.Tensor:
-        from diffusers.utils.torch_utils import randn_tensor
-
         # Drawn as diffusers' DiagonalGaussianDistribution.sample draws, so cached and fresh agree exactly.
         noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         config = self.pipeline.vae.config

@@ -16,25 +16,47 @@ caption goes through it once and its output is kept for the run.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from diffusers import FluxPipeline
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
+from tunelab.config import option
 from tunelab.errors import TunelabError
 from tunelab.models.family import Generators, NoisyBatch, VaeLatentsMixin, draw, draw_noise, tokenize
 from tunelab.models.sd import StableDiffusionFamily
 
-TIMESTEP_SAMPLING = ("sigmoid", "uniform", "flux_shift")
+TimestepSampling = Literal["sigmoid", "uniform", "flux_shift"]
 # Flux.1-dev reads 512 T5 tokens (schnell 256); a smaller tokenizer (the tiny preset) caps it.
 MAX_T5_TOKENS = 512
 
 
+@dataclass
+class FlowMatchingOptions:
+    """`tunelab train` options only flow-matching models read; None: not given (the defaults below apply)."""
+
+    timestep_sampling: TimestepSampling | None = option(
+        "flow-matching models (Flux.1): how sigma is drawn; sigmoid (logit-normal, the default), uniform, "
+        "or flux_shift (Flux.1's resolution-dependent shift)", default=None,
+    )
+    flow_shift: float | None = option("flow-matching models: shift sigma toward noise, s*sigma/(1+(s-1)*sigma), e.g. 3 (default 1: none)", default=None)
+    flux_guidance: float | None = option("Flux.1-dev: value fed to the guidance embedding while training (default 1.0)", default=None)
+
+    def __post_init__(self):
+        # Checked where the options are made, so a bad value is refused before any model loads.
+        if self.flow_shift is not None and self.flow_shift <= 0:
+            raise TunelabError(f"--flow-shift must be positive, got {self.flow_shift}")
+
+
 class FluxFamily(VaeLatentsMixin):
     name = "flux"
+    title = "Flux.1"
+    train_options = FlowMatchingOptions
+    options_scope = "flow-matching models (Flux.1)"
     denoiser_name = "transformer"
     text_encoder_names = ("text_encoder", "text_encoder_2")
-    # Full fine-tuning of a 12B transformer, Textual Inversion (T5 has no place for it) and
-    # hypernetworks (A1111's are defined for UNet cross-attention) are not offered on Flux.
-    techniques = frozenset({"lora"})
     base_model_version = "flux1"
     prompt_weighting = False  # generation hands the prompt text to FluxPipeline as written
     lora_targets = {
@@ -46,27 +68,21 @@ class FluxFamily(VaeLatentsMixin):
         "text_encoder": StableDiffusionFamily.lora_targets["text_encoder"],
     }
 
-    def __init__(self, pipeline, options=None):
+    def __init__(self, pipeline, options=None, family_options: FlowMatchingOptions | None = None):
         self.pipeline = pipeline
-        self.timestep_sampling = "sigmoid"
-        self.flow_shift = 1.0
-        self.guidance = 1.0
         if options is not None:
-            if options.min_snr_gamma:
-                raise TunelabError("--min-snr-gamma weights DDPM timesteps (SD, SDXL); Flux.1 is trained with flow matching")
-            if options.timestep_sampling is not None:
-                if options.timestep_sampling not in TIMESTEP_SAMPLING:
-                    raise TunelabError(
-                        f"--timestep-sampling {options.timestep_sampling!r}: choose one of {', '.join(TIMESTEP_SAMPLING)}"
-                    )
-                self.timestep_sampling = options.timestep_sampling
-            if options.flow_shift is not None:
-                if options.flow_shift <= 0:
-                    raise TunelabError(f"--flow-shift must be positive, got {options.flow_shift}")
-                self.flow_shift = options.flow_shift
-            if options.flux_guidance is not None:
-                self.guidance = options.flux_guidance
+            self.check_options(options)
+        flow = family_options or FlowMatchingOptions()
+        self.timestep_sampling = flow.timestep_sampling or "sigmoid"
+        self.flow_shift = flow.flow_shift if flow.flow_shift is not None else 1.0
+        self.guidance = flow.flux_guidance if flow.flux_guidance is not None else 1.0
         self._t5_cache: dict[str, torch.Tensor] = {}  # caption -> (L, D)
+
+    @staticmethod
+    def check_options(options) -> None:
+        """TrainOptions that make no sense here, refused before the model loads."""
+        if options.min_snr_gamma:
+            raise TunelabError("--min-snr-gamma weights DDPM timesteps (SD, SDXL); Flux.1 is trained with flow matching")
 
     @property
     def native_resolution(self) -> int:
@@ -102,8 +118,6 @@ class FluxFamily(VaeLatentsMixin):
         if self.timestep_sampling != "flux_shift":
             return self.flow_shift
         # The resolution-dependent shift Flux.1 samples with (mu linear in the packed image length).
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
         config = self.pipeline.scheduler.config
         tokens = (latents.shape[-2] // 2) * (latents.shape[-1] // 2)
         mu = calculate_shift(tokens, config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift)
@@ -128,8 +142,6 @@ class FluxFamily(VaeLatentsMixin):
         return NoisyBatch(noisy=noisy, timesteps=sigmas * 1000, target=noise - latents)
 
     def predict(self, batch: NoisyBatch, conditioning: dict[str, torch.Tensor]) -> torch.Tensor:
-        from diffusers import FluxPipeline
-
         transformer = self._forward_module("transformer")
         dtype = self.pipeline.transformer.dtype
         latents = batch.noisy.to(dtype)

@@ -8,17 +8,30 @@ parameters, so tests and examples train and sample in seconds on a CPU. `tiny-sd
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
 from tunelab.errors import TunelabError
+from tunelab.models.diffusers_folder import load_diffusers_folder
+from tunelab.models.tokenizer import build_clip_tokenizer, build_t5_tokenizer
 
 
 def _tiny_vae(**overrides):
     """SD's VAE structure at two levels (a 2x VAE); SDXL and Flux change its latent scaling."""
-    from diffusers import AutoencoderKL
-
     settings = dict(
         in_channels=3,
         out_channels=3,
@@ -34,8 +47,6 @@ def _tiny_vae(**overrides):
 
 def tiny_clip(model_class, tokenizer, hidden_size: int, positions: int = 77, **extra):
     """A two-layer CLIP text encoder (CLIPTextModel, or CLIPTextModelWithProjection for SDXL's second)."""
-    from transformers import CLIPTextConfig
-
     return model_class(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
@@ -54,17 +65,10 @@ def tiny_clip(model_class, tokenizer, hidden_size: int, positions: int = 77, **e
 
 def sd_pipeline(**components):
     """A Stable Diffusion pipeline of these components, without the NSFW checker (never needed here)."""
-    from diffusers import StableDiffusionPipeline
-
     return StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
 def build_tiny_sd(seed: int = 0):
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    from tunelab.models.tokenizer import build_clip_tokenizer
-
     tokenizer = build_clip_tokenizer()
     # Each component gets its own seeded generator state so the build is deterministic.
     torch.manual_seed(seed)
@@ -101,10 +105,7 @@ def build_tiny_sdxl(seed: int = 0):
     and 48, so their embedding files differ), pooled projection, `text_time` size conditioning, and
     the UNet laid out as SDXL's (2 layers per level, the first level without attention, then
     attention levels with more transformer layers), so SGM block names map exactly as on SDXL."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from tunelab.models.tokenizer import build_clip_tokenizer
 
     tokenizer, tokenizer_2 = build_clip_tokenizer(), build_clip_tokenizer()
     time_embed_dim, pooled_dim = 8, 32
@@ -160,10 +161,7 @@ def build_tiny_flux(seed: int = 0):
     """Flux.1-dev's structure in miniature: one double-stream and one single-stream block, rotary
     axes, guidance embedding, a 16-channel-packed latent (4 VAE channels x 2x2 patches), a CLIP
     text encoder for the pooled vector and a T5 encoder for the sequence."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
-    from tunelab.models.tokenizer import build_clip_tokenizer, build_t5_tokenizer
 
     tokenizer, tokenizer_2 = build_clip_tokenizer(), build_t5_tokenizer()
     torch.manual_seed(seed)
@@ -214,17 +212,31 @@ def build_tiny_flux(seed: int = 0):
     return pipeline
 
 
-def _toyworld(seed: int = 0):
-    from tunelab.toyworld.base import load_toyworld  # pretrained weights shipped in the package, not built from config
+# The pretrained toyworld base ships inside the package as a diffusers folder (fp16 weights and its model card);
+# toyworld/ makes it (`tunelab toyworld pretrain`), the preset only loads it.
+TOYWORLD_BASE = Path(__file__).parent.parent / "toyworld" / "base"
 
-    return load_toyworld(seed)
+
+def load_toyworld(seed: int = 0):
+    """The shipped weights, in fp32 (the seed is ignored: a pretrained model has no random init)."""
+    if not (TOYWORLD_BASE / "model_index.json").is_file():
+        raise TunelabError(f"the toyworld base is missing from this install ({TOYWORLD_BASE}); "
+                           "build one with `tunelab toyworld pretrain --out DIR` and pass --model DIR")
+    return load_diffusers_folder(TOYWORLD_BASE, torch.float32)
 
 
 PRESETS: dict[str, Callable[..., object]] = {
     "tiny-sd": build_tiny_sd,
     "tiny-sdxl": build_tiny_sdxl,
     "tiny-flux": build_tiny_flux,
-    "toyworld": _toyworld,
+    "toyworld": load_toyworld,
+}
+# The diffusers pipeline class each preset builds, known without building it.
+PRESET_PIPELINES = {
+    "tiny-sd": "StableDiffusionPipeline",
+    "tiny-sdxl": "StableDiffusionXLPipeline",
+    "tiny-flux": "FluxPipeline",
+    "toyworld": "StableDiffusionPipeline",
 }
 
 
@@ -233,4 +245,10 @@ def build_preset(name: str, seed: int = 0):
         builder = PRESETS[name]
     except KeyError:
         raise TunelabError(f"unknown preset {name!r}; built-in presets: {', '.join(sorted(PRESETS))}") from None
-    return builder(seed=seed)
+    pipeline = builder(seed=seed)
+    # Built from config, the modules start in training mode (dropout on: the tiny T5 has 0.1); a loaded
+    # model is in eval mode, and so is a preset, so sampling is deterministic. The trainer sets what trains.
+    for component in pipeline.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return pipeline

@@ -6,21 +6,13 @@ import torch
 from diffusers import DDPMScheduler
 
 from tunelab.errors import TunelabError
-from tunelab.models.family import ALL_TECHNIQUES, Generators, NoisyBatch, VaeLatentsMixin, draw, draw_noise, tokenize
-
-# TrainOptions fields that only flow-matching models (Flux) read.
-FLOW_OPTIONS = ("timestep_sampling", "flow_shift", "flux_guidance")
-
-
-def refuse_flow_options(options, family_name: str) -> None:
-    given = [name for name in FLOW_OPTIONS if options is not None and getattr(options, name) is not None]
-    if given:
-        flag = "--" + given[0].replace("_", "-")
-        raise TunelabError(f"{flag} applies to flow-matching models (Flux.1); {family_name} models are trained with DDPM noise")
-
+from tunelab.models.family import Generators, NoisyBatch, VaeLatentsMixin, draw, draw_noise, tokenize
 
 class StableDiffusionFamily(VaeLatentsMixin):
     name = "sd"
+    title = "Stable Diffusion 1.x/2.x"
+    train_options = None  # every option SD reads is a TrainOptions field
+    options_scope = "Stable Diffusion models"
     denoiser_name = "unet"
     text_encoder_names = ("text_encoder",)
     # Module-name suffixes a LoRA may target, per component and group (PEFT matches on suffix).
@@ -36,16 +28,18 @@ class StableDiffusionFamily(VaeLatentsMixin):
         },
     }
 
-    techniques = ALL_TECHNIQUES
     prompt_weighting = True  # generation encodes A1111-weighted prompts itself (generate/prompt_encoding.py)
 
-    def __init__(self, pipeline, options=None):
+    def __init__(self, pipeline, options=None, family_options=None):
         self.pipeline = pipeline
-        refuse_flow_options(options, "Stable Diffusion")
         # Training always uses the DDPM forward process of the model's own beta schedule.
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.prediction_type = self.noise_scheduler.config.prediction_type
         self._alphas_cumprod = self.noise_scheduler.alphas_cumprod  # (T,)
+
+    @staticmethod
+    def check_options(options) -> None:
+        """Every TrainOptions field applies to Stable Diffusion."""
 
     @property
     def base_model_version(self) -> str:

@@ -16,6 +16,8 @@ CLIP_TARGETS = StableDiffusionFamily.lora_targets["text_encoder"]
 
 class StableDiffusionXLFamily(StableDiffusionFamily):
     name = "sdxl"
+    title = "SDXL"
+    options_scope = "SDXL models"
     text_encoder_names = ("text_encoder", "text_encoder_2")
     lora_targets = {**StableDiffusionFamily.lora_targets, "text_encoder_2": CLIP_TARGETS}
     base_model_version = "sdxl_base_v1-0"

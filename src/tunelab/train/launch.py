@@ -7,7 +7,10 @@ import signal
 import subprocess
 import sys
 
+import torch
+
 from tunelab.errors import TunelabError
+from tunelab.train.stopping import TrainingInterrupted
 
 
 def inside_launched_process() -> bool:
@@ -28,8 +31,6 @@ def without_num_processes(argv: list[str]) -> list[str]:
 
 def relaunch(argv: list[str], num_processes: int, mixed_precision: str) -> None:
     """Run `tunelab <argv>` in `num_processes` processes with `accelerate launch`, and wait."""
-    import torch
-
     env = dict(os.environ)
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"  # accelerate then uses gloo between CPU processes
@@ -56,8 +57,6 @@ def relaunch(argv: list[str], num_processes: int, mixed_precision: str) -> None:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if stop["requested"]:
-        from tunelab.train.stopping import TrainingInterrupted
-
         raise TrainingInterrupted("training stopped on request (see above); continue with the same command and --resume latest")
     if code != 0:
         raise TunelabError(f"the {num_processes} training processes stopped with exit status {code} (their messages are above)")

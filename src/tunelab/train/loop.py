@@ -8,22 +8,38 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
+from tunelab.config import to_json
+from tunelab.data.buckets import BucketBatchSampler
+from tunelab.data.dataset import build_dataset, collate
+from tunelab.data.order import EpochShuffleSampler
+from tunelab.data.paired import PriorPairedDataset, collate_paired
 from tunelab.errors import TunelabError
+from tunelab.models.family import check_family_options, family_class, family_for
+from tunelab.models.loading import load_pipeline
+from tunelab.train.checkpoints import resolve_resume, save_checkpoint
 from tunelab.train.options import TrainOptions
+from tunelab.train.output import record_run
+from tunelab.train.prepare import validate_train_options
+from tunelab.train.prior import cache_folder, default_cache_root, ensure_class_images, model_identity
+from tunelab.train.state import Progress, load_training_state, save_training_state
 from tunelab.train.step import prepare_step
+from tunelab.train.stopping import StopRequest, TrainingInterrupted
 
 logger = logging.getLogger(__name__)
 
+
 def make_loader(dataset, options: TrainOptions, collate):
-    from torch.utils.data import DataLoader
-
-    from tunelab.data.buckets import BucketBatchSampler
-    from tunelab.data.order import EpochShuffleSampler
-
     # Starting an iterator draws a worker seed from the loader's generator, or else from the global
     # RNG that dropout uses; a resumed run starts one where the straight run did not.
     worker_seeds = torch.Generator().manual_seed(options.seed)
@@ -55,10 +71,6 @@ def stop_requested(accelerator, stop) -> bool:
 
 def build_training_data(options: TrainOptions, method, family, resolution: int, accelerator, stop):
     """The instance dataset, paired with class images when prior preservation is on."""
-    from tunelab.data.dataset import build_dataset, collate
-    from tunelab.data.paired import PriorPairedDataset, collate_paired
-    from tunelab.train.prior import cache_folder, default_cache_root, ensure_class_images, model_identity
-
     def dataset_from(folder, prompt):
         return build_dataset(
             folder, prompt, resolution, center_crop=options.center_crop, random_flip=options.random_flip,
@@ -111,38 +123,37 @@ def write_samples(accelerator, family, method, options: TrainOptions, out_dir: P
             module.train()
 
 
-def train(options: TrainOptions, method, resolved_config: dict) -> Path:
-    from accelerate.state import AcceleratorState
+@dataclass
+class Session:
+    """What one run's steps share."""
 
-    from tunelab.train.stopping import StopRequest
+    options: TrainOptions
+    method: Any
+    accelerator: Any
+    family: Any
+    step: Any  # the prepared TrainingStep: optimizer, schedule, trained modules
+    resolution: int
+    out_dir: Path
+    metadata: dict[str, str]
+    stop: Any
+    progress: Progress = field(default_factory=Progress)
+    started: float = 0.0  # when the first step began (perf_counter)
 
+
+def train(options: TrainOptions, method, resolved_config: dict, family_options: dict | None = None) -> Path:
+    """Train `method` with `options`; returns the artifact's path (None on the processes that do not write it)."""
+    validate_train_options(options)
     try:
         with StopRequest() as stop:
-            return _run(options, method, resolved_config, stop)
+            return _run(options, method, resolved_config, family_options or {}, stop)
     finally:
         # accelerate keeps mixed precision in process-wide state; clear it so the next run in this
         # process (tests, the comparison bench) may choose its own.
         AcceleratorState._reset_state()
 
 
-def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-
-    from tunelab.config import to_json
-    from tunelab.models.family import family_for
-    from tunelab.models.loading import load_pipeline
-    from tunelab.train.checkpoints import resolve_resume, save_checkpoint
-    from tunelab.train.output import record_run
-    from tunelab.train.prior import validate_prior_options
-    from tunelab.train.state import Progress, load_training_state, save_training_state
-    from tunelab.train.stopping import TrainingInterrupted
-
+def _run(options: TrainOptions, method, resolved_config: dict, family_options: dict, stop) -> Path:
     out_dir = Path(options.out)
-    if options.steps < 1:
-        raise TunelabError(f"--steps must be at least 1, got {options.steps}")
-    validate_prior_options(options)
     resume_from = resolve_resume(options.resume, out_dir)
     accelerator = Accelerator(
         mixed_precision=options.mixed_precision,
@@ -151,42 +162,65 @@ def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
         project_dir=str(out_dir / "logs"),
     )
     set_seed(options.seed)
-
-    pipeline = load_pipeline(options.model, seed=options.seed)
-    family = family_for(pipeline, options)
+    family = load_family(options, method, family_options)
     resolution = options.resolution or family.native_resolution
     dataset, collate = build_training_data(options, method, family, resolution, accelerator, stop)
     if dataset.skipped:
         logger.warning("skipped %d unusable image(s); first: %s (%s)", len(dataset.skipped), *dataset.skipped[0])
-
     step = prepare_step(options, method, family, accelerator)
-    optimizer, lr_scheduler = step.optimizer, step.lr_scheduler
     loader, order = make_loader(dataset, options, collate)  # order: its sampler, shuffled by (seed, epoch)
     loader = accelerator.prepare(loader)
-
     metadata = {"tunelab_config": to_json(resolved_config), "tunelab_method": method.name}
-    if accelerator.is_main_process:
-        record_run(out_dir, resolved_config)
-    if accelerator.is_main_process and options.log_with != "none":
-        accelerator.init_trackers("tunelab", config={k: str(v) for k, v in resolved_config.items()})
+    session = Session(options, method, accelerator, family, step, resolution, out_dir, metadata, stop)
+    start_records(session, resolved_config)
+    restore(session, resume_from)
+    run_steps(session, dataset, loader, order)
+    return finish(session)
 
-    progress = Progress()
+
+def load_family(options: TrainOptions, method, family_options: dict):
+    """The model and its family, refused where another family's option was given."""
+    pipeline = load_pipeline(options.model, seed=options.seed)
+    family = family_for(pipeline, options, family_options.get(family_class(type(pipeline).__name__).name))
+    check_family_options(family, family_options)  # where only loading could tell the family
+    return family
+
+
+def start_records(session: Session, resolved_config: dict) -> None:
+    """config.yaml beside the outputs, and the training log."""
+    if session.accelerator.is_main_process:
+        record_run(session.out_dir, resolved_config)
+    if session.accelerator.is_main_process and session.options.log_with != "none":
+        session.accelerator.init_trackers("tunelab", config={k: str(v) for k, v in resolved_config.items()})
+
+
+def restore(session: Session, resume_from: Path | None) -> None:
     if resume_from is not None:
-        progress = load_training_state(resume_from, optimizer, lr_scheduler, accelerator.scaler, method)
-        logger.info("resumed from %s at step %d", resume_from, progress.step)
-    elif options.resume == "latest":
-        logger.info("no checkpoint in %s yet: starting from the beginning", out_dir)
+        step = session.step
+        session.progress = load_training_state(resume_from, step.optimizer, step.lr_scheduler, session.accelerator.scaler,
+                                               session.method)
+        logger.info("resumed from %s at step %d", resume_from, session.progress.step)
+    elif session.options.resume == "latest":
+        logger.info("no checkpoint in %s yet: starting from the beginning", session.out_dir)
 
-    def checkpoint() -> Path:
-        def contents(folder: Path) -> None:
-            save_training_state(folder, optimizer, lr_scheduler, accelerator.scaler, progress, method)
-            method.save(folder, metadata)
 
-        return save_checkpoint(out_dir, progress.step, options.keep_last, contents)
+def checkpoint(session: Session) -> Path:
+    step = session.step
 
-    bar = tqdm(total=options.steps, initial=progress.step, desc=f"train {method.name}",
+    def contents(folder: Path) -> None:
+        save_training_state(folder, step.optimizer, step.lr_scheduler, session.accelerator.scaler, session.progress,
+                            session.method)
+        session.method.save(folder, session.metadata)
+
+    return save_checkpoint(session.out_dir, session.progress.step, session.options.keep_last, contents)
+
+
+def run_steps(session: Session, dataset, loader, order) -> None:
+    """Micro-batches until the run has its optimizer steps; resumes mid-epoch where a checkpoint left off."""
+    options, progress, accelerator = session.options, session.progress, session.accelerator
+    session.started = time.perf_counter()
+    bar = tqdm(total=options.steps, initial=progress.step, desc=f"train {session.method.name}",
                disable=not accelerator.is_local_main_process)
-    started = time.perf_counter()
     while progress.step < options.steps:
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(progress.epoch)
@@ -198,57 +232,76 @@ def _run(options: TrainOptions, method, resolved_config: dict, stop) -> Path:
             batches.set_epoch(progress.epoch)
         for batch in batches:
             progress.batches_in_epoch += 1
-            result = step(batch, progress.epoch, progress.batches_in_epoch - 1)
-            if not result.synced:
-                continue
-            if not result.finite:
-                progress.skipped_steps += 1
-                progress.nonfinite_in_a_row += 1
-                logger.warning("step %d: NaN/inf loss or gradients; step skipped (%d in a row)",
-                               progress.step + 1, progress.nonfinite_in_a_row)
-                if progress.nonfinite_in_a_row >= options.max_nonfinite_steps:
-                    raise TunelabError(
-                        f"{progress.nonfinite_in_a_row} steps in a row had NaN/inf loss or gradients; stopped at step "
-                        f"{progress.step} (lower --learning-rate, or use bf16 or fp32 instead of fp16)"
-                    )
-            else:
-                progress.nonfinite_in_a_row = 0
-                progress.step += 1
-                method.after_step(progress.step)
-                logs = {"loss": result.loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
-                if options.class_prompt is not None:
-                    logs |= {"instance_loss": result.instance_loss.detach().item(),
-                             "prior_loss": result.prior_loss.detach().item()}
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.4f}" if k != "lr" else f"{v:.2e}" for k, v in logs.items()})
-                if options.log_with != "none":
-                    accelerator.log(logs, step=progress.step)
-                if accelerator.is_main_process:
-                    if options.sample_every and progress.step % options.sample_every == 0:
-                        with step.encoders_on_device():
-                            write_samples(accelerator, family, method, options, out_dir, progress.step, resolution,
-                                          step.modules, stop)
-                    if options.checkpoint_every and progress.step % options.checkpoint_every == 0:
-                        checkpoint()
-            if stop_requested(accelerator, stop):
-                folder = checkpoint() if accelerator.is_main_process else None
-                raise TrainingInterrupted(
-                    f"stopped by {stop.signal_name or 'a stop request to another process'} at step {progress.step}; checkpoint {folder}; "
-                    f"continue with the same command and --resume latest"
-                )
+            result = session.step(batch, progress.epoch, progress.batches_in_epoch - 1)
+            if result.synced:
+                if result.finite:
+                    after_optimizer_step(session, result, bar)
+                else:
+                    count_nonfinite(progress, options)
+            stop_if_asked(session)
             if progress.step >= options.steps:
                 break
         else:
             progress.epoch += 1
             progress.batches_in_epoch = 0
     bar.close()
+
+
+def count_nonfinite(progress: Progress, options: TrainOptions) -> None:
+    """A step with NaN/inf loss or gradients was skipped; too many in a row stop the run."""
+    progress.skipped_steps += 1
+    progress.nonfinite_in_a_row += 1
+    logger.warning("step %d: NaN/inf loss or gradients; step skipped (%d in a row)", progress.step + 1, progress.nonfinite_in_a_row)
+    if progress.nonfinite_in_a_row >= options.max_nonfinite_steps:
+        raise TunelabError(
+            f"{progress.nonfinite_in_a_row} steps in a row had NaN/inf loss or gradients; stopped at step "
+            f"{progress.step} (lower --learning-rate, or use bf16 or fp32 instead of fp16)"
+        )
+
+
+def after_optimizer_step(session: Session, result, bar) -> None:
+    """Count the step, log it, and write samples and checkpoints when they are due."""
+    options, progress, accelerator = session.options, session.progress, session.accelerator
+    progress.nonfinite_in_a_row = 0
+    progress.step += 1
+    session.method.after_step(progress.step)
+    logs = {"loss": result.loss.detach().item(), "lr": session.step.lr_scheduler.get_last_lr()[0]}
+    if options.class_prompt is not None:
+        logs |= {"instance_loss": result.instance_loss.detach().item(), "prior_loss": result.prior_loss.detach().item()}
+    bar.update(1)
+    bar.set_postfix({k: f"{v:.4f}" if k != "lr" else f"{v:.2e}" for k, v in logs.items()})
+    if options.log_with != "none":
+        accelerator.log(logs, step=progress.step)
+    if not accelerator.is_main_process:
+        return
+    if options.sample_every and progress.step % options.sample_every == 0:
+        with session.step.encoders_on_device():
+            write_samples(accelerator, session.family, session.method, options, session.out_dir, progress.step,
+                          session.resolution, session.step.modules, session.stop)
+    if options.checkpoint_every and progress.step % options.checkpoint_every == 0:
+        checkpoint(session)
+
+
+def stop_if_asked(session: Session) -> None:
+    """On a signal, every process stops at this step; the main one leaves a checkpoint to resume from."""
+    if stop_requested(session.accelerator, session.stop):
+        folder = checkpoint(session) if session.accelerator.is_main_process else None
+        raise TrainingInterrupted(
+            f"stopped by {session.stop.signal_name or 'a stop request to another process'} at step {session.progress.step}; "
+            f"checkpoint {folder}; continue with the same command and --resume latest"
+        )
+
+
+def finish(session: Session) -> Path | None:
+    """Write the artifact (main process) and close the run."""
+    accelerator, progress = session.accelerator, session.progress
     accelerator.wait_for_everyone()
     artifact = None
     if accelerator.is_main_process:
-        metadata["tunelab_steps"] = str(progress.step)
-        artifact = method.save(out_dir, metadata)
+        session.metadata["tunelab_steps"] = str(progress.step)
+        artifact = session.method.save(session.out_dir, session.metadata)
         if progress.skipped_steps:
             logger.warning("%d step(s) were skipped for NaN/inf values", progress.skipped_steps)
-        logger.info("trained to step %d in %.1f s; wrote %s", progress.step, time.perf_counter() - started, artifact)
+        logger.info("trained to step %d in %.1f s; wrote %s", progress.step, time.perf_counter() - session.started, artifact)
     accelerator.end_training()
     return artifact

@@ -19,7 +19,7 @@ class TrainOptions:
     batch_size: int = option("images per micro-batch", default=1)
     gradient_accumulation: int = option("micro-batches per optimizer step", default=1)
     learning_rate: float | None = option(
-        "learning rate (default: the technique's: lora 1e-4, dreambooth 5e-6, textual_inversion 5e-3, hypernetwork 1e-5)",
+        "learning rate (default: the technique's own, see `tunelab train TECHNIQUE --help`)",
         default=None,
     )
     lr_scheduler: Literal["constant", "cosine", "linear"] = option("learning-rate schedule after warm-up", default="constant")
@@ -66,12 +66,6 @@ class TrainOptions:
         "probability of training a sample on the empty caption, e.g. 0.1, so the model keeps an unconditional "
         "prediction for classifier-free guidance (kohya's caption_dropout_rate; 0 disables)", default=0.0,
     )
-    timestep_sampling: Literal["sigmoid", "uniform", "flux_shift"] | None = option(
-        "flow-matching models (Flux.1): how sigma is drawn; sigmoid (logit-normal, the default), uniform, "
-        "or flux_shift (Flux.1's resolution-dependent shift)", default=None,
-    )
-    flow_shift: float | None = option("flow-matching models: shift sigma toward noise, s*sigma/(1+(s-1)*sigma), e.g. 3 (default 1: none)", default=None)
-    flux_guidance: float | None = option("Flux.1-dev: value fed to the guidance embedding while training (default 1.0)", default=None)
     seed: int = option("random seed for weights init, data order and noise", default=0)
     center_crop: bool = option("center crop (else a seeded random crop)", default=True)
     random_flip: bool = option("random horizontal flips", default=False)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
+from tunelab.config import write_resolved
 from tunelab.errors import TunelabError
 
 # Options that may change when the same run is continued or repeated into the same folder.
@@ -13,8 +16,6 @@ RUN_RECORD = "run.yaml"
 
 def check_output_folder(out: Path, resolved: dict, overwrite: bool) -> None:
     """Refuse before any work if the folder holds another run."""
-    import yaml
-
     record = out / RUN_RECORD
     if record.is_file() and not overwrite:
         previous = yaml.safe_load(record.read_text(encoding="utf-8")) or {}
@@ -32,10 +33,6 @@ def check_output_folder(out: Path, resolved: dict, overwrite: bool) -> None:
 def record_run(out: Path, resolved: dict) -> None:
     """Claim the folder once the run has really started (a typo in --model must not claim it), and
     write config.yaml, which is also a valid --config file."""
-    import yaml
-
-    from tunelab.config import write_resolved
-
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_RECORD).write_text(yaml.safe_dump(resolved, sort_keys=True), encoding="utf-8")
     write_resolved(out / "config.yaml", {key: value for key, value in resolved.items() if key != "technique"})

@@ -9,8 +9,11 @@ import os
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from tunelab.errors import TunelabError
+from tunelab.models.presets import PRESETS
+from tunelab.train.stopping import TrainingInterrupted
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +26,6 @@ def default_cache_root() -> Path:
 
 def model_identity(reference: str, seed: int) -> str:
     """What names a base model for the cache: a preset and its seed, or a file/folder and its mtime."""
-    from tunelab.models.presets import PRESETS
-
     if reference in PRESETS:
         return f"preset:{reference}:seed={seed}"
     path = Path(reference).expanduser().resolve()
@@ -46,8 +47,6 @@ def ensure_class_images(
 
     Image i always comes from seed + i, so a cache filled in several runs equals one filled at once.
     """
-    from tqdm.auto import tqdm
-
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "prompt.txt").write_text(class_prompt)
     missing = [i for i in range(count) if not (folder / CLASS_IMAGE_PATTERN.format(index=i)).is_file()]
@@ -58,8 +57,6 @@ def ensure_class_images(
     pipeline.set_progress_bar_config(disable=True)
     for index in tqdm(missing, desc="class images", disable=not show_progress):
         if stop is not None and stop.requested:
-            from tunelab.train.stopping import TrainingInterrupted
-
             # Images written so far stay in the cache; the next run generates only the rest.
             raise TrainingInterrupted(f"stopped by {stop.signal_name} while generating class images; run again to continue")
         image = pipeline(

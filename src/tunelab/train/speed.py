@@ -12,6 +12,8 @@ from contextlib import contextmanager, nullcontext
 from functools import partial
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from tunelab.errors import TunelabError
 from tunelab.train.options import TrainOptions
@@ -34,8 +36,6 @@ def attention_backends(choice: str, device: torch.device):
     `auto` on CUDA allows flash, memory-efficient and math but not cuDNN: with torch 2.11/cu130 the
     cuDNN kernel's backward failed on Flux's shapes, and PyTorch prefers cuDNN on Hopper when allowed.
     """
-    from torch.nn.attention import SDPBackend
-
     named = {
         "flash": SDPBackend.FLASH_ATTENTION,
         "efficient": SDPBackend.EFFICIENT_ATTENTION,
@@ -56,14 +56,11 @@ def attention_context(choice: str, device: torch.device):
     backends = attention_backends(choice, device)
     if backends is None:
         return nullcontext
-    from torch.nn.attention import sdpa_kernel
 
     return partial(sdpa_kernel, backends)
 
 
 def _selective_policy(_ctx, op, *args, **kwargs):
-    from torch.utils.checkpoint import CheckpointPolicy
-
     return CheckpointPolicy.MUST_SAVE if op in _saved_ops() else CheckpointPolicy.PREFER_RECOMPUTE
 
 
@@ -78,8 +75,6 @@ def _saved_ops() -> set:
 def selective_checkpoint(module, *args):
     """Checkpoint a block but keep the outputs of its matmuls, convolutions and attention: only the cheap
     element-wise and normalisation ops are recomputed in the backward pass."""
-    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
-
     context = partial(create_selective_checkpoint_contexts, _selective_policy)
     return checkpoint(module.__call__, *args, use_reentrant=False, context_fn=context)
 

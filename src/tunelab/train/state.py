@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.formats.safetensors_io import save_tensors
+from tunelab.safe_load import load_state_dict
 
 PARAMS_FILE = "params.safetensors"
 STATE_FILE = "state.pt"
@@ -39,8 +41,6 @@ def _parameters(optimizer) -> dict[str, torch.nn.Parameter]:
 
 
 def save_training_state(folder: Path, optimizer, lr_scheduler, scaler, progress: Progress, method) -> None:
-    from tunelab.formats.safetensors_io import save_tensors
-
     save_tensors({name: p.detach() for name, p in _parameters(optimizer).items()}, folder / PARAMS_FILE)
     state = {
         "optimizer": optimizer.state_dict(),
@@ -50,14 +50,12 @@ def save_training_state(folder: Path, optimizer, lr_scheduler, scaler, progress:
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "python_rng": random.getstate(),
         "progress": asdict(progress),
-        "method": method.state_dict() if hasattr(method, "state_dict") else None,
+        "method": method.state_dict(),
     }
     torch.save(state, folder / STATE_FILE)
 
 
 def load_training_state(folder: Path, optimizer, lr_scheduler, scaler, method) -> Progress:
-    from tunelab.formats.safe_load import load_state_dict
-
     params = _parameters(optimizer)
     saved = load_state_dict(folder / PARAMS_FILE)
     if set(saved) != set(params) or any(saved[n].shape != p.shape for n, p in params.items()):
@@ -74,7 +72,7 @@ def load_training_state(folder: Path, optimizer, lr_scheduler, scaler, method) -
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     random.setstate(_as_tuples(state["python_rng"]))
-    if state["method"] is not None:
+    if state["method"] is not None:  # checkpoints of techniques that had no state of their own hold None
         method.load_state_dict(state["method"])
     return Progress(**state["progress"])
 

@@ -17,11 +17,20 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from diffusers.optimization import get_scheduler
 
 from tunelab.errors import TunelabError
+from tunelab.methods import check_family
+from tunelab.precision import precision_dtype
+from tunelab.train.latent_cache import LatentCache
 from tunelab.train.options import TrainOptions
+from tunelab.train.speed import adamw_kernel, apply_speed_options, attention_context, modules_on, offloaded_encoders
+from tunelab.train.text_cache import TextEmbeddingCache
 
-WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+def weight_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype frozen weights are cast to: fp32 without mixed precision ("no")."""
+    return torch.float32 if mixed_precision == "no" else precision_dtype(mixed_precision)
 
 
 def make_optimizer(options: TrainOptions, groups: list[dict], device: torch.device, default_learning_rate: float):
@@ -30,19 +39,16 @@ def make_optimizer(options: TrainOptions, groups: list[dict], device: torch.devi
         if device.type != "cuda":
             raise TunelabError("--optimizer adamw8bit needs a CUDA GPU; use adamw on this machine")
         try:
-            import bitsandbytes as bnb
+            import bitsandbytes as bnb  # deferred: optional GPU dependency, imported only when chosen
         except ImportError:
             raise TunelabError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
         return bnb.optim.AdamW8bit(groups, lr=learning_rate, weight_decay=options.weight_decay)
-    from tunelab.train.speed import adamw_kernel
 
     # foreach: a few multi-tensor kernels instead of several per tensor; fused: one kernel for the whole update.
     return torch.optim.AdamW(groups, lr=learning_rate, weight_decay=options.weight_decay, **adamw_kernel(options, device))
 
 
 def make_lr_scheduler(options: TrainOptions, optimizer):
-    from diffusers.optimization import get_scheduler
-
     name = "constant_with_warmup" if options.lr_scheduler == "constant" else options.lr_scheduler
     return get_scheduler(
         name, optimizer, num_warmup_steps=options.lr_warmup_steps, num_training_steps=options.steps
@@ -101,13 +107,9 @@ class TrainingStep:
     """One micro-batch of training on prepared modules; see `prepare_step`."""
 
     def __init__(self, accelerator, family, method, options: TrainOptions, optimizer, lr_scheduler, modules: list):
-        from tunelab.train.latent_cache import LatentCache
-        from tunelab.train.speed import attention_context, modules_on, offloaded_encoders
-        from tunelab.train.text_cache import TextEmbeddingCache
-
         self.accelerator, self.family, self.method, self.options = accelerator, family, method, options
         self.optimizer, self.lr_scheduler, self.modules = optimizer, lr_scheduler, modules
-        self.weight_dtype = WEIGHT_DTYPES[options.mixed_precision]
+        self.weight_dtype = weight_dtype(options.mixed_precision)
         # With --offload-encoders the VAE and text encoders sit on the CPU and come to the device only
         # while they fill the caches (and while sample images are made).
         self.offloaded = offloaded_encoders(options, family)
@@ -157,15 +159,12 @@ class TrainingStep:
 def prepare_step(options: TrainOptions, method, family, accelerator) -> TrainingStep:
     """Freeze and place the model, set the technique up, apply the speed options, build the optimizer
     and schedule, and hand the trained modules to accelerate."""
-    from tunelab.train.speed import apply_speed_options, offloaded_encoders
-
-    if not 0.0 <= options.caption_dropout < 1.0:
-        raise TunelabError(f"--caption-dropout must be at least 0 and below 1, got {options.caption_dropout}")
-    weight_dtype = WEIGHT_DTYPES[options.mixed_precision]
+    frozen_dtype = weight_dtype(options.mixed_precision)
     offloaded = {id(module) for module in offloaded_encoders(options, family)}
     for module in family.frozen_modules().values():
         module.requires_grad_(False)
-        module.to("cpu" if id(module) in offloaded else accelerator.device, dtype=weight_dtype)
+        module.to("cpu" if id(module) in offloaded else accelerator.device, dtype=frozen_dtype)
+    check_family(type(method), family.name, family.title)
     method.setup(family)
     trainable = method.trainable_modules()
     apply_speed_options(options, family, trainable)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import signal
 import threading
 
-from tunelab.errors import TunelabError
+from tunelab.errors import Interrupted
 
-
-class TrainingInterrupted(TunelabError):
-    """The run stopped on request; its message says how to resume."""
+TrainingInterrupted = Interrupted  # the training loop's name for it
 
 
 class StopRequest:

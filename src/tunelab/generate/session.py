@@ -1,0 +1,242 @@
+"""Generation as a library: options -> a loaded pipeline with its adapters -> images that record how they were made.
+
+`tunelab generate`, its X/Y grids, the comparison bench and the web UI all call this module. It
+never names a technique: each registered technique with a generate flag says how its files are
+asked for, attached, detached and recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.config import option
+from tunelab.errors import TunelabError
+from tunelab.generate.png_info import save_png
+from tunelab.generate.prompt_encoding import encode_prompt_pair
+from tunelab.generate.prompt_tags import extract_tags, resolve_adapter
+from tunelab.generate.samplers import make_scheduler, sampler_name
+from tunelab.methods import check_family, generation_methods
+from tunelab.models.family import family_for
+from tunelab.models.loading import load_pipeline
+from tunelab.precision import PrecisionName, precision_dtype
+
+
+@dataclass
+class CommonGenerateOptions:
+    model: str = option("preset name, diffusers folder or checkpoint file")
+    prompt: str = option("text prompt")
+    out: str = option("output .png file, or a folder for several images")
+    negative_prompt: str = option("negative prompt", default="")
+    seed: int = option("seed of a CPU torch.Generator, as in diffusers; image i uses seed + i", default=0)
+    steps: int = option("sampling steps", default=20)
+    sampler: str | None = option(
+        "sampler name: euler, euler_a, ddim, dpm++_2m, dpm++_2m_karras, dpm++_2m_sde_karras, ... (default dpm++_2m_karras; "
+        "Flux.1: euler or heun, default euler)", default=None,
+    )
+    guidance: float = option("classifier-free guidance scale", default=7.0)
+    width: int | None = option("image width (default: the model's native size)", default=None)
+    height: int | None = option("image height (default: the model's native size)", default=None)
+    count: int = option("number of images", default=1)
+    seeds: list[int] = option("explicit seeds, one image each (instead of --seed and --count)", default_factory=list)
+    precision: PrecisionName = option("inference dtype", default="fp32")
+    device: str = option("torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...", default="auto")
+    adapters_dir: str | None = option(
+        "folder for <lora:NAME:W> and <hypernet:NAME:W> prompt tags (NAME = file stem); its embeddings/ subfolder "
+        "is loaded as tokens named after the files",
+        default=None,
+    )
+    vae_tiling: bool = option("decode the image in tiles: large images in little memory", default=False)
+    vae_slicing: bool = option("decode a batch one image at a time", default=False)
+    cpu_offload: bool = option(
+        "keep each model on the CPU until it runs (diffusers' enable_model_cpu_offload): less GPU memory; needs CUDA",
+        default=False,
+    )
+    from_png: str | None = option(
+        "regenerate the image in this PNG (written by tunelab generate) from its recorded options; flags given override them",
+        default=None,
+    )
+    grid_x: str | None = option(
+        "X/Y grid columns, PARAM=v1,v2,... over seed, steps, guidance, sampler or lora_weight; "
+        "writes OUT/grid.png and the cells beside it (or OUT.png and OUT-cells/)",
+        default=None,
+    )
+    grid_y: str | None = option("X/Y grid rows, PARAM=v1,v2,... (as --grid-x)", default=None)
+    prompt_weighting: bool = option(
+        "A1111 prompt syntax: (text:1.3), (text), [text], BREAK, prompts over 75 tokens; --no-prompt-weighting passes the text as is",
+        default=True,
+    )
+
+
+# The options of `tunelab generate`: the common ones, then each technique's flag (--lora, --embedding, ...).
+GenerateOptions = dataclasses.make_dataclass(
+    "GenerateOptions",
+    [spec for method in generation_methods() for spec in method.generate_fields()],
+    bases=(CommonGenerateOptions,),
+    namespace={"__module__": __name__},
+)
+
+
+@dataclass
+class Attached:
+    """One technique's files on the loaded pipeline."""
+
+    method: type
+    entries: list  # (file, weight / strength / token) as loaded
+    handle: Any  # what the technique needs to detach them
+
+
+@dataclass
+class Session:
+    """A loaded pipeline with its adapters attached, and what the prompt resolved to."""
+
+    pipeline: Any
+    attached: list[Attached]  # in the registry's order, which is the order they were attached
+    prompt_text: str  # the prompt without its <lora:...>/<hypernet:...> tags
+    scheduler_config: Any  # the model's own, so each sampler is built from it and not from another sampler's
+    width: int
+    height: int
+    family: Any  # the model family: native size, and whether prompts take A1111 weighting
+
+    def detach(self) -> None:
+        """Take every adapter off again; the base model is as it was loaded."""
+        for attached in reversed(self.attached):
+            attached.method.detach(self.pipeline, attached.handle)
+        self.attached = []
+
+
+def image_seeds(options) -> list[int]:
+    """--seeds as given, else --count consecutive seeds from --seed (A1111's batch behaviour)."""
+    return list(options.seeds) or [options.seed + index for index in range(options.count)]
+
+
+def output_paths(out: str, seeds: list[int]) -> list[Path]:
+    out_path = Path(out)
+    if out_path.suffix.lower() == ".png" and len(seeds) == 1:
+        return [out_path]
+    return [out_path / f"{index:03d}-{seed}.png" for index, seed in enumerate(seeds)]
+
+
+def _check(options) -> None:
+    if options.grid_x is None and options.grid_y is not None:
+        raise TunelabError("--grid-y needs --grid-x")
+    if options.count < 1 or options.steps < 1:
+        raise TunelabError("--count and --steps must be at least 1")
+
+
+def _device(options) -> str:
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if options.device == "auto" else options.device
+    if options.cpu_offload and not (torch.cuda.is_available() and device.startswith("cuda")):
+        raise TunelabError(f"--cpu-offload needs a CUDA GPU (device here: {device})")
+    return device
+
+
+def prepare(options) -> Session:
+    _check(options)
+    adapters_dir = Path(options.adapters_dir).expanduser() if options.adapters_dir else None
+    if adapters_dir is not None and not adapters_dir.is_dir():
+        raise TunelabError(f"--adapters-dir {adapters_dir} is not a folder")
+    methods = generation_methods()
+    prompt_text, tags = extract_tags(options.prompt)
+    requests = {}
+    for method in methods:
+        tagged = [(resolve_adapter(adapters_dir, tag), tag.weight) for tag in tags if tag.kind == method.generate_flag.tag]
+        requests[method.name] = method.requested(options, tagged, adapters_dir)
+    pipeline = load_pipeline(options.model, torch_dtype=precision_dtype(options.precision))
+    family = family_for(pipeline)
+    scheduler_config = pipeline.scheduler.config
+    pipeline.scheduler = make_scheduler(options.sampler, scheduler_config)
+    device = _device(options)
+    # With offloading, only the denoiser goes to the GPU now, so hypernetworks (hooks, not submodules) attach there.
+    (family.module(family.denoiser_name) if options.cpu_offload else pipeline).to(device)
+    attached = []
+    for method in methods:  # the registry's order: LoRAs before hypernetworks, whose hooks then see the LoRA'd to_k/to_v
+        if requests[method.name]:
+            check_family(method, family.name, family.title)
+        entries, handle = method.attach(pipeline, requests[method.name], adapters_dir)
+        attached.append(Attached(method, entries, handle))
+    pipeline.set_progress_bar_config(disable=True)
+    if options.vae_tiling:
+        pipeline.vae.enable_tiling()
+    if options.vae_slicing:
+        pipeline.vae.enable_slicing()
+    if options.cpu_offload:
+        pipeline.enable_model_cpu_offload(device=device)
+    native = family.native_resolution
+    return Session(pipeline, attached, prompt_text, scheduler_config, options.width or native, options.height or native, family)
+
+
+def apply_image_options(session: Session, options) -> None:
+    """Put one image's sampler and technique options (a grid cell's LoRA weight) on the loaded pipeline."""
+    session.pipeline.scheduler = make_scheduler(options.sampler, session.scheduler_config)
+    for attached in session.attached:
+        attached.entries = attached.method.apply_generate_options(session.pipeline, attached.entries, attached.handle, options)
+
+
+def text_inputs(session: Session, options) -> dict:
+    """The pipeline's prompt arguments: weighted embeddings (A1111 syntax), or the plain text."""
+    if not session.family.prompt_weighting:
+        if options.negative_prompt:
+            raise TunelabError("this model (Flux.1, guidance-distilled) takes no negative prompt; leave --negative-prompt out")
+        return {"prompt": session.prompt_text, "max_sequence_length": session.family.max_sequence_length}
+    if not options.prompt_weighting:
+        return {"prompt": session.prompt_text, "negative_prompt": options.negative_prompt or None}
+    return encode_prompt_pair(session.pipeline, session.prompt_text, options.negative_prompt)
+
+
+def render(session: Session, options, seed: int, prompt_inputs: dict):
+    return session.pipeline(
+        **prompt_inputs,
+        num_inference_steps=options.steps,
+        guidance_scale=options.guidance,
+        width=session.width,
+        height=session.height,
+        generator=torch.Generator().manual_seed(seed),
+    ).images[0]
+
+
+def image_record(session: Session, options, seed: int) -> dict:
+    """Everything needed to make this image again (`--from-png`), plus the A1111-style summary fields."""
+    record = {
+        "model": options.model,
+        "prompt": options.prompt,
+        "negative_prompt": options.negative_prompt,
+        "seed": seed,
+        "steps": options.steps,
+        "sampler": sampler_name(options.sampler, session.scheduler_config),
+        "guidance": options.guidance,
+        "width": session.width,
+        "height": session.height,
+        "precision": options.precision,
+        "prompt_weighting": options.prompt_weighting,
+    }
+    for attached in session.attached:
+        record[attached.method.generate_flag.record_key] = [(str(path), value) for path, value in attached.entries]
+    record["options"] = reproducible_options(options, seed, session)
+    return record
+
+
+# Options that say where and how many images go, not how one image is made.
+_NOT_RECORDED = ("out", "count", "seeds", "from_png", "grid_x", "grid_y")
+
+
+def reproducible_options(options, seed: int, session: Session) -> dict:
+    """The options that make exactly this image again: `--from-png` reads them back."""
+    recorded = {key: value for key, value in asdict(options).items() if key not in _NOT_RECORDED}
+    recorded.update(seed=seed, width=session.width, height=session.height)
+    return recorded
+
+
+def generate_images(options) -> list[Path]:
+    """One image per seed, each saved as a PNG with its record."""
+    session = prepare(options)
+    prompt_inputs = text_inputs(session, options)  # the same for every seed: encode once
+    seeds = image_seeds(options)
+    paths = output_paths(options.out, seeds)
+    for seed, path in zip(seeds, paths):
+        save_png(render(session, options, seed, prompt_inputs), path, image_record(session, options, seed))
+    return paths

@@ -1,0 +1,27 @@
+"""A diffusers pipeline folder (model_index.json and one folder per component) -> its pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import diffusers
+import torch
+
+from tunelab.errors import TunelabError
+
+
+def load_diffusers_folder(folder: Path, torch_dtype: torch.dtype):
+    index = json.loads((folder / "model_index.json").read_text())
+    class_name = index.get("_class_name", "")
+    pipeline_class = getattr(diffusers, class_name, None)
+    if pipeline_class is None:
+        raise TunelabError(f"{folder}: unknown pipeline class {class_name!r} in model_index.json")
+    extra = {}
+    if "safety_checker" in index:
+        # Training and generation here never need the NSFW classifier; skipping it saves memory and time.
+        extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    try:
+        return pipeline_class.from_pretrained(folder, dtype=torch_dtype, local_files_only=True, **extra)
+    except (OSError, ValueError, EnvironmentError) as error:
+        raise TunelabError(f"cannot load diffusers folder {folder}: {error}".splitlines()[0]) from None

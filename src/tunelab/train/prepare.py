@@ -1,0 +1,80 @@
+"""One training run's settings, resolved and checked before any model loads.
+
+`tunelab train`, the comparison bench and `bench speed` build runs here: the run's options, the
+technique's, and each model family's own (Flux's timestep sampling, ...). Every option error is
+reported here, in the first second, not after class images were generated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from tunelab.config import resolve, to_dict
+from tunelab.errors import TunelabError
+from tunelab.methods import check_family, method_class
+from tunelab.methods.base import Method
+from tunelab.models.family import all_families, check_family_options, family_class
+from tunelab.models.loading import pipeline_class_name
+from tunelab.train.options import TrainOptions
+from tunelab.train.prior import validate_prior_options
+
+
+@dataclass
+class Run:
+    options: TrainOptions
+    method: Method
+    resolved: dict[str, Any]  # the full configuration, as config.yaml records it
+    family_options: dict[str, Any]  # family name -> its own options (FlowMatchingOptions, ...)
+
+
+def families_with_options() -> list[type]:
+    return [family for family in all_families() if family.train_options is not None]
+
+
+def run_schemas(method_name: str) -> list[type]:
+    """Every option a run of this technique takes: the trainer's, the technique's, the families' own."""
+    families = families_with_options()
+    return [TrainOptions, method_class(method_name).options_schema, *(family.train_options for family in families)]
+
+
+def validate_train_options(options: TrainOptions) -> None:
+    """Values no run can use, whatever the model."""
+    if options.steps < 1:
+        raise TunelabError(f"--steps must be at least 1, got {options.steps}")
+    if options.batch_size < 1 or options.gradient_accumulation < 1:
+        raise TunelabError("--batch-size and --gradient-accumulation must be at least 1")
+    if not 0.0 <= options.caption_dropout < 1.0:
+        raise TunelabError(f"--caption-dropout must be at least 0 and below 1, got {options.caption_dropout}")
+    if options.num_processes < 1:
+        raise TunelabError(f"--num-processes must be at least 1, got {options.num_processes}")
+    validate_prior_options(options)
+
+
+def check_model_fits(method: type[Method], model: str, family_options: dict[str, Any], train_options=None) -> None:
+    """Refuse a technique or a family's option on a model they do not apply to, when the model's family is
+    known without loading it (else the trainer checks the same once the model is loaded)."""
+    class_name = pipeline_class_name(model)
+    if class_name is None:
+        return
+    family = family_class(class_name)
+    check_family(method, family.name, family.title)
+    check_family_options(family, family_options)
+    if train_options is not None:
+        family.check_options(train_options)
+
+
+def prepare_run(method_name: str, values: dict, config_path=None) -> Run:
+    """Options, technique and the resolved configuration of one training run, as `tunelab train` builds them."""
+    method_type = method_class(method_name)
+    options, method_options, *family_instances = resolve(run_schemas(method_name), values, config_path)
+    if options.learning_rate is None:
+        options = replace(options, learning_rate=method_type.default_learning_rate)  # recorded as used
+    validate_train_options(options)
+    family_options = {family.name: instance for family, instance in zip(families_with_options(), family_instances)}
+    method = method_type(method_options)
+    check_model_fits(method_type, options.model, family_options, options)
+    # The technique is part of the run: a config.yaml written here is also a valid --config file.
+    resolved = {"technique": method_name, **to_dict(options, method_options, *family_instances)}
+    return Run(options, method, resolved, family_options)
+

@@ -1,0 +1,38 @@
+"""Every option error of `tunelab train` is reported before any model loads (so in the first second,
+not after class images were generated), as one line and exit 2."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import tunelab.train.loop
+from helpers import run_cli
+
+BAD_RUNS = [
+    (["lora", "--model", "tiny-sd", "--caption-dropout", "2", "--class-prompt", "a toy"],
+     "--caption-dropout must be at least 0 and below 1"),
+    (["lora", "--model", "tiny-sd", "--steps", "0"], "--steps must be at least 1"),
+    (["lora", "--model", "tiny-sd", "--rank", "0"], "--rank must be at least 1"),
+    (["lora", "--model", "tiny-sd", "--flow-shift", "3"], "--flow-shift applies to flow-matching models (Flux.1)"),
+    (["lora", "--model", "tiny-sdxl", "--timestep-sampling", "uniform"], "--timestep-sampling applies to flow-matching models"),
+    (["lora", "--model", "tiny-flux", "--flow-shift", "-1"], "--flow-shift must be positive"),
+    (["lora", "--model", "tiny-flux", "--min-snr-gamma", "5"], "Flux.1 is trained with flow matching"),
+    (["lora", "--model", "tiny-sd", "--class-images", "x"], "--class-images needs --class-prompt"),
+    (["textual_inversion", "--model", "tiny-sd", "--token", "<Toy>", "--init-word", "toy"], "--token must be lower case"),
+    (["hypernetwork", "--model", "tiny-flux"], "Hypernetwork is not supported on Flux.1 models (supported there: LoRA)"),
+]
+
+
+@pytest.mark.parametrize("arguments,message", BAD_RUNS)
+def test_option_errors_come_before_any_model_loads(arguments, message, subject_images, tmp_path, capsys, monkeypatch):
+    loaded = []
+    monkeypatch.setattr(tunelab.train.loop, "load_pipeline", lambda *args, **kwargs: loaded.append(args))
+    started = time.perf_counter()
+    code = run_cli("train", *arguments, "--images", subject_images, "--out", tmp_path / "out")
+    seconds = time.perf_counter() - started
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not loaded and not (tmp_path / "out").exists()
+    assert seconds < 5  # no model, no class images: nothing slow ran (a generous bound for a busy machine)
