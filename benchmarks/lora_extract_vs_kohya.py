@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from lora_vs_diffusers import cpu_busy_seconds  # beside this script too
 from machine import cpu_model  # benchmarks/machine.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,13 +69,6 @@ def make_pair(folder: Path, seed: int, noise: float) -> None:
                     module.weight += torch.randn(module.weight.shape, generator=generator) * noise  # (out, in[, kh, kw])
     save_single_file(pipeline, folder / "tuned.safetensors", dtype=torch.float16)
     print(f"wrote {folder / 'base.safetensors'} and {folder / 'tuned.safetensors'} (fp16, noise std {noise:g})")
-
-
-def cpu_busy_seconds() -> float:
-    """CPU seconds all cores spent busy since boot."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def time_command(label: str, command: list[str], out: Path, log: Path) -> None:
