@@ -48,7 +48,11 @@ def test_the_same_seed_gives_the_same_weights(tmp_path, generation):
         pipeline = load_pipeline(tmp_path / "a")
         assert pipeline.unet.config.sample_size == 16 and pipeline.vae_scale_factor == 4
         assert "Images 64x64 px, latents 16x16x4" in (tmp_path / "a" / "README.md").read_text()
-        assert "--generation 2" in (tmp_path / "a" / "README.md").read_text()
+        card = (tmp_path / "a" / "README.md").read_text()
+        assert "--generation 2" in card and "--vae-crop 32" in card
+        record = json.loads((tmp_path / "a" / "pretraining.json").read_text())
+        assert set(record["autoencoder_scores"]) == {"readback_accuracy", "bullseye_fidelity", "checker_fidelity", "flag_fidelity"}
+        assert f"read back exactly {record['autoencoder_scores']['readback_accuracy']:.2f}" in card
 
 
 def test_a_stopped_run_resumes_to_the_same_weights_as_one_never_stopped(tmp_path):

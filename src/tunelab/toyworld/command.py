@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate.base_scores import measure_base
+from tunelab.evaluate.base_scores import measure_autoencoder, measure_base
 from tunelab.evaluate.sampling import GUIDANCE, STEPS
 from tunelab.machine import describe
 from tunelab.models.loading import load_pipeline
@@ -64,6 +64,8 @@ def _pretrain(args: argparse.Namespace) -> None:
     def progress(stage, step, value):
         if stage == "eval":
             print(f"step {step}: {json.dumps(value)}", flush=True)
+        elif stage == "autoencoder scores":
+            print(f"autoencoder reconstructions: {json.dumps(value)}", flush=True)
         elif stage == "resume":
             print(f"resumed the {value} stage at step {step}", flush=True)
         elif step % args.log_every == 0:
@@ -72,7 +74,8 @@ def _pretrain(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     facts = pretrain(out, recipe, progress, evaluate=lambda pipeline: _scores(pipeline, recipe.eval_images),
-                     checkpoints=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume)
+                     checkpoints=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                     evaluate_autoencoder=lambda vae, world: measure_autoencoder(vae, world, count=recipe.eval_images))
     pipeline = load_pipeline(out)  # score the saved fp16 weights, as they ship
     scores = _scores(pipeline, args.score_images)
     write_card(out, pipeline, describe(torch.get_num_threads()), scores, args.score_images,

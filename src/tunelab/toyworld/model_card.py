@@ -30,6 +30,14 @@ the size with chance {keep['size']}, the colour {keep['colour']}, the position {
 {recipe['caption_dropout']:.0%} of captions are empty (for classifier-free guidance). The autoencoder trains on {autoencoder}."""
 
 
+def _autoencoder_text(scores: dict | None) -> str:
+    if not scores:
+        return ""
+    fidelities = ", ".join(f"{name.removesuffix('_fidelity')} {value:.2f}" for name, value in scores.items() if name.endswith("_fidelity"))
+    return (f"\nThe autoencoder alone (encode, decode, read back), the ceiling for any model built on it: held-out scenes "
+            f"read back exactly {scores['readback_accuracy']:.2f}; subject fidelity of reconstructed subject renders {fidelities}.")
+
+
 def write_card(folder: Path, pipeline, machine: str, scores: dict, images: int, sampling: str) -> None:
     """Write README.md beside the saved weights: the recipe, the run's record and the held-out `scores`
     (measured by the caller on `pipeline`, the saved weights, from `images` images sampled as `sampling` says)."""
@@ -64,7 +72,7 @@ only for scoring: {held_out}. The denoiser never sees subject colours (orange, p
 
 ## Recipe
 Stage 1, autoencoder: {recipe['vae_steps']} steps of AdamW (lr {recipe['vae_learning_rate']}), batch {recipe['vae_batch']}{crop},
-MSE + 1e-6 KL; the latent scaling factor is set to 1/std of the encoded scenes ({vae.scaling_factor:.4f}).
+MSE + 1e-6 KL; the latent scaling factor is set to 1/std of the encoded scenes ({vae.scaling_factor:.4f}).{_autoencoder_text(facts.get("autoencoder_scores"))}
 Stage 2, UNet + text encoder together on the cached latents: {recipe['steps']} steps of AdamW (lr {recipe['learning_rate']},
 {recipe['warmup_steps']} warm-up steps then cosine to a tenth), batch {recipe['batch']}, epsilon prediction on SD's scaled-linear
 DDPM schedule, min-SNR-gamma {recipe['min_snr_gamma']} (tunelab's own training objective, `models/sd.py`).
