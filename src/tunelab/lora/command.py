@@ -12,12 +12,27 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
-from tunelab.config import option
+import torch
 
-Precision = Literal["fp32", "fp16", "bf16"]
+from tunelab.config import add_arguments as add_schema_arguments
+from tunelab.config import option, resolve
+from tunelab.errors import TunelabError
+from tunelab.formats.lora_io import base_model_version, encoded_size, output_metadata, read_lora_file, write_lora
+from tunelab.formats.sd_checkpoint import save_single_file
+from tunelab.lora.combine import WeightedLora, combine_svd, concat
+from tunelab.lora.extract import ExtractSettings, differences_outside, extract_lora
+from tunelab.lora.info import human_size, render, summarize
+from tunelab.lora.merge import apply_loras, check_fits
+from tunelab.lora.modules import adaptable_modules, module_weights
+from tunelab.lora.precision import PRECISIONS, PROBE_TIMESTEPS, denoiser_probe, precision_deviations
+from tunelab.lora.resize import Dynamic, resize_lora
+from tunelab.methods.base import parse_weighted_path
+from tunelab.models.family import family_for
+from tunelab.models.loading import load_pipeline
+from tunelab.precision import PrecisionName, precision_dtype
+
+Precision = PrecisionName
 LoraLayout = Literal["kohya", "peft"]
-
-
 
 
 # Positional arguments: resolved with the options (so they get the same type checks), parsed by hand.
@@ -111,10 +126,6 @@ class PrecisionReportOptions:
 
 
 def _device(name: str) -> str:
-    import torch
-
-    from tunelab.errors import TunelabError
-
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -123,8 +134,6 @@ def _device(name: str) -> str:
 
 
 def _lora_out(out: str) -> Path:
-    from tunelab.errors import TunelabError
-
     path = Path(out)
     if path.suffix.lower() != ".safetensors":
         raise TunelabError(f"LoRA files are written as .safetensors, not {path.suffix or 'a file without extension'} ({path})")
@@ -133,15 +142,11 @@ def _lora_out(out: str) -> Path:
 
 def _common_dtype(loras):
     """The one dtype all the inputs' factors share, else float32."""
-    import torch
-
     dtypes = {module.down.dtype for lora in loras for module in lora.values()}
     return dtypes.pop() if len(dtypes) == 1 else torch.float32
 
 
 def _save_lora(lora, out: str, file_format: str, dtype, carried: dict[str, str], base_version: str) -> Path:
-    from tunelab.formats.lora_io import output_metadata, write_lora
-
     lora = {key: module.to(dtype) for key, module in lora.items()}
     path = write_lora(lora, _lora_out(out), file_format, output_metadata(lora, file_format, carried, base_version))
     ranks = sorted({module.rank for module in lora.values()})
@@ -155,18 +160,12 @@ def _record(options) -> str:
 
 
 def _model_modules(reference: str):
-    from tunelab.lora.modules import adaptable_modules
-    from tunelab.models.loading import load_pipeline
-
     pipeline = load_pipeline(reference)
     return pipeline, adaptable_modules(pipeline)
 
 
 def _read_for_model(path: Path, modules):
     """A LoRA read against a model: kohya names resolve exactly, and every module must fit."""
-    from tunelab.formats.lora_io import read_lora_file
-    from tunelab.lora.merge import check_fits
-
     loaded = read_lora_file(path, modules.keys())
     check_fits(loaded.lora, {key: tuple(module.weight.shape) for key, module in modules.items()}, path.name)
     return loaded
@@ -184,12 +183,6 @@ def _print_kept(report) -> None:
 
 
 def extract(options: ExtractOptions) -> Path:
-    from tunelab.errors import TunelabError
-    from tunelab.formats.safetensors_io import precision_dtype
-    from tunelab.lora.extract import ExtractSettings, extract_lora
-    from tunelab.lora.modules import module_weights
-    from tunelab.models.family import family_for
-
     settings = ExtractSettings(options.rank, options.conv_rank, options.alpha, options.clamp_quantile, options.min_diff,
                                options.clamp_mode, options.modules)
     settings.validate()
@@ -210,9 +203,6 @@ def extract(options: ExtractOptions) -> Path:
 
 def _print_differences_outside(base, tuned, base_modules) -> None:
     """Say which changes the LoRA leaves behind: biases, norms, embeddings of the components it covers."""
-    from tunelab.lora.extract import differences_outside
-    from tunelab.models.family import family_for
-
     family = family_for(base)
     in_lora_reach = {id(module.weight) for module in base_modules.values()}
     for component in (family.denoiser_name, *family.text_encoder_names):
@@ -224,11 +214,6 @@ def _print_differences_outside(base, tuned, base_modules) -> None:
 
 
 def merge(options: MergeOptions) -> Path:
-    from tunelab.errors import TunelabError
-    from tunelab.formats.safetensors_io import precision_dtype
-    from tunelab.lora.merge import apply_loras
-    from tunelab.methods.lora import parse_weighted_path
-
     if not options.lora:
         raise TunelabError("give at least one --lora FILE[:WEIGHT] to merge")
     out = Path(options.out)
@@ -241,8 +226,6 @@ def merge(options: MergeOptions) -> Path:
     apply_loras(modules, weighted)
     dtype = precision_dtype(options.precision)
     if file_format == "single-file":
-        from tunelab.formats.sd_checkpoint import save_single_file
-
         save_single_file(pipeline, out, dtype=dtype, metadata={"tunelab_merge": _record(options)})
     else:
         if out.suffix.lower() == ".safetensors":
@@ -253,12 +236,6 @@ def merge(options: MergeOptions) -> Path:
 
 
 def combine(inputs: LorasInput, options: CombineOptions) -> Path:
-    from tunelab.errors import TunelabError
-    from tunelab.formats.lora_io import base_model_version, read_lora_file
-    from tunelab.formats.safetensors_io import precision_dtype
-    from tunelab.lora.combine import WeightedLora, combine_svd, concat
-    from tunelab.methods.lora import parse_weighted_path
-
     if options.mode == "svd" and options.rank is None:
         raise TunelabError("--mode svd needs --rank")
     if options.mode == "concat" and options.rank is not None:
@@ -282,10 +259,6 @@ def combine(inputs: LorasInput, options: CombineOptions) -> Path:
 
 
 def resize(inputs: FileInput, options: ResizeOptions) -> Path:
-    from tunelab.formats.lora_io import base_model_version, read_lora_file
-    from tunelab.formats.safetensors_io import precision_dtype
-    from tunelab.lora.resize import Dynamic, resize_lora
-
     loaded = read_lora_file(inputs.file)
     dynamic = Dynamic.parse(options.dynamic) if options.dynamic is not None else None
     resized, report = resize_lora(loaded.lora, options.rank, dynamic)
@@ -297,9 +270,6 @@ def resize(inputs: FileInput, options: ResizeOptions) -> Path:
 
 
 def convert(inputs: FileInput, options: ConvertOptions) -> Path:
-    from tunelab.formats.lora_io import base_model_version, read_lora_file
-    from tunelab.formats.safetensors_io import precision_dtype
-
     loaded = read_lora_file(inputs.file)
     dtype = precision_dtype(options.precision) if options.precision else _common_dtype([loaded.lora])
     version = base_model_version(loaded.lora, loaded.metadata)
@@ -307,24 +277,12 @@ def convert(inputs: FileInput, options: ConvertOptions) -> Path:
 
 
 def info(inputs: FileInput, options: InfoOptions) -> None:
-    from tunelab.formats.lora_io import read_lora_file
-    from tunelab.lora.info import render, summarize
-
     loaded = read_lora_file(inputs.file)
     summary = summarize(loaded.lora, loaded.metadata, loaded.format, loaded.path)
     print(json.dumps(summary, indent=2) if options.json else render(summary, options.modules))
 
 
 def precision_report(inputs: FileInput, options: PrecisionReportOptions) -> None:
-    from tunelab.formats.lora_io import encoded_size
-    from tunelab.lora.info import human_size
-    from tunelab.lora.precision import (
-        PRECISIONS,
-        PROBE_TIMESTEPS,
-        denoiser_probe,
-        precision_deviations,
-    )
-
     pipeline, modules = _model_modules(options.model)
     pipeline.to(_device(options.device))
     loaded = _read_for_model(Path(inputs.file), modules)
@@ -359,8 +317,6 @@ TOOLS: dict[str, tuple[str, type | None, type, Callable]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tunelab.config import add_arguments as add_schema_arguments
-
     tools = parser.add_subparsers(dest="tool", required=True, parser_class=type(parser))
     for name, (help_text, inputs, schema, _) in TOOLS.items():
         sub = tools.add_parser(name, help=help_text, description=help_text)
@@ -373,8 +329,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tunelab.config import resolve
-
     _, inputs, schema, function = TOOLS[args.tool]
     internal = {"_module", "_argv", "debug", "command", "tool", "config"}
     cli_values = {key: value for key, value in vars(args).items() if key not in internal}

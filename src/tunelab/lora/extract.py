@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
 import torch
+from tqdm.auto import tqdm
 
 from tunelab.errors import TunelabError
-from tunelab.lora.clamp import ClampMode, clamp_factors
 from tunelab.formats.lora_set import LoraModule, LoraSet, split_component
+from tunelab.lora.clamp import ClampMode, clamp_factors
 from tunelab.lora.modules import is_spatial_conv
 from tunelab.lora.svd import truncated_svd, with_sign_convention
 
@@ -158,8 +159,6 @@ def extract_lora(
     progress: bool = True,
 ) -> Extraction:
     """LoRA factors for `tuned - base`, per "<component>.<module path>" weight of both models."""
-    from tqdm.auto import tqdm
-
     settings.validate()
     check_same_architecture(base, tuned)
     notes: list[str] = []
