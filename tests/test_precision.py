@@ -1,4 +1,4 @@
-"""The one table of precisions: names to dtypes and back, and every former table now reads it."""
+"""The one table of precisions: names to dtypes, and the option annotation that lists the same names."""
 
 from typing import get_args
 
@@ -21,11 +21,3 @@ def test_an_unknown_name_is_a_clear_error():
     with pytest.raises(TunelabError, match="unknown precision 'fp8'; choose from fp32, fp16, bf16"):
         precision_dtype("fp8")
 
-
-def test_former_homes_read_the_one_table():
-    from tunelab.formats import safetensors_io
-    from tunelab.lora import precision as lora_precision
-
-    assert safetensors_io.precision_dtype is precision_dtype
-    assert safetensors_io.PRECISIONS is PRECISIONS
-    assert lora_precision.PRECISIONS is PRECISIONS

@@ -9,8 +9,6 @@ import torch
 from safetensors.torch import save_file
 
 from tunelab.errors import TunelabError
-# Re-exported: methods/, generate/command.py and lora/command.py still import them from here.
-from tunelab.precision import PRECISIONS, precision_dtype  # noqa: F401
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:
