@@ -1,4 +1,4 @@
-"""`tunelab lora convert` and the readers behind every tool: kohya, PEFT, LyCORIS LoCon; LoHa/LoKr refused."""
+"""`tunelab lora convert` and the readers behind every tool: kohya, PEFT, LyCORIS LoCon; OFT, full and mixed modules refused."""
 
 from __future__ import annotations
 
@@ -87,9 +87,9 @@ def test_lycoris_locon_with_a_tucker_core_reads_as_the_same_convolution(tmp_path
 @pytest.mark.parametrize(
     "parts,message",
     [
-        (("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"), "is a LoHa file"),
-        (("lokr_w1", "lokr_w2", "alpha"), "is a LoKr file"),
-        (("lora_down.weight", "lora_up.weight", "dora_scale"), "is a DoRA file"),
+        (("oft_blocks", "alpha"), "is a OFT file"),
+        (("diff",), "is a full weight difference"),
+        (("lora_down.weight", "lora_up.weight", "hada_w1_a"), "mixes LoRA (lora_down.weight) and LoHa (hada_w1_a) weights"),
         (("lora_down.weight", "lora_up.weight", "bias_indices"), "unrecognised keys in this kohya LoRA file"),
     ],
 )

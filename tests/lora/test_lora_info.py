@@ -50,7 +50,7 @@ def test_json_summary(mixed_rank_file, capsys):
     assert summary["ranks"] == {"2": 6, "4": 3} and summary["dtypes"] == {"float16": 9}
     assert summary["metadata"]["long"] == "x" * 500
     conv = next(module for module in summary["modules"] if module["key"] == "unet.down_blocks.1.resnets.0.conv1")
-    assert conv == {"key": "unet.down_blocks.1.resnets.0.conv1", "kind": "conv 3x3", "shape": [32, 16, 3, 3],
+    assert conv == {"key": "unet.down_blocks.1.resnets.0.conv1", "algorithm": "lora", "kind": "conv 3x3", "shape": [32, 16, 3, 3],
                     "rank": 2, "alpha": 1.0, "dtype": "float16"}
     assert summary["parameters"] == sum((module["shape"][0] + math.prod(module["shape"][1:])) * module["rank"]
                                         for module in summary["modules"])

@@ -11,6 +11,10 @@ from the weights themselves (q, k, v are as wide as the block's input; the MLP t
 so any Flux-shaped model reads exactly; a part whose block is all zeros is dropped, and a
 block-diagonal `up` gives back the parts' own ranks. diffusers' reader does the same splitting
 but for Flux.1's widths only (3072 / 12288).
+
+The variants: a fused LoHa splits exactly by rows of its `a` factors, and parts fuse with those
+block-diagonal; a DoRA with per-output magnitudes splits and fuses with its magnitudes; a LoKr
+splits only where the parts fall on its Kronecker blocks and never fuses (write it with PEFT's layout).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import re
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.formats.lora_set import AdapterModule, DoraModule, LohaModule, LoraModule, LoraSet, algorithm_title, split_component
+from tunelab.formats.lycoris import module_to_parts
 from tunelab.formats.module_paths import to_file_path
-from tunelab.formats.lora_set import LoraModule, LoraSet, split_component
 
 DENOISER = "transformer"
 TEXT_ENCODER_PREFIX = "lora_te1"  # kohya's Flux LoRAs call CLIP-L te1 (T5 would be te3)
@@ -77,13 +82,11 @@ def _part_widths(kohya: str, parts: tuple[str, ...], model_width: int) -> list[i
 
 
 def to_kohya_flux_tensors(lora: LoraSet) -> dict[str, torch.Tensor]:
-    fused: dict[str, dict[int, LoraModule]] = {}
+    fused: dict[str, dict[int, AdapterModule]] = {}
     tensors: dict[str, torch.Tensor] = {}
 
-    def put(name: str, module: LoraModule) -> None:
-        tensors[f"{name}.lora_down.weight"] = module.down
-        tensors[f"{name}.lora_up.weight"] = module.up
-        tensors[f"{name}.alpha"] = torch.tensor(float(module.alpha), dtype=module.down.dtype)
+    def put(name: str, module: AdapterModule) -> None:
+        tensors.update({f"{name}.{part}": tensor for part, tensor in module_to_parts(module).items()})
 
     for key, module in lora.items():
         component, module_path = split_component(key)
@@ -97,8 +100,31 @@ def to_kohya_flux_tensors(lora: LoraSet) -> dict[str, torch.Tensor]:
         else:
             raise TunelabError(f"no kohya Flux name for {key} (kohya's Flux LoRAs hold the transformer and CLIP-L only)")
     for name, parts in fused.items():
-        put(name, _fuse(name, parts))
+        put(name, _fuse_any(name, parts))
     return tensors
+
+
+def _fuse_any(name: str, parts: dict[int, AdapterModule]) -> AdapterModule:
+    kinds = {module.algorithm for module in parts.values()}
+    if kinds == {"lora"}:
+        return _fuse(name, parts)
+    table = BLOCKS[_KOHYA_NAME.match(name).group(1)][1]
+    all_parts = table[_KOHYA_NAME.match(name).group(3)]
+    if len(all_parts) == 1:
+        return parts[0]
+    title = " and ".join(sorted(algorithm_title(kind) for kind in kinds))
+    if len(kinds) > 1 or len(parts) < len(all_parts) or kinds - {"loha", "dora"}:
+        raise TunelabError(
+            f"{name} fuses {', '.join(all_parts)} into one module, which {title} adapters on "
+            f"{len(parts)} of them cannot be written as; write this LoRA with --format peft"
+        )
+    ordered = [parts[index] for index in range(len(all_parts))]
+    if kinds == {"loha"}:
+        return LohaModule.stacked(ordered)
+    if not all(module.on_output_axis for module in ordered):
+        raise TunelabError(f"{name}: a DoRA with per-input magnitudes cannot be fused; write this LoRA with --format peft")
+    inner = _fuse(name, {index: module.inner for index, module in enumerate(ordered)})
+    return DoraModule(inner, torch.cat([module.dora_scale.flatten() for module in ordered])[:, None])
 
 
 def _fuse(name: str, parts: dict[int, LoraModule]) -> LoraModule:
@@ -128,26 +154,19 @@ def _fuse(name: str, parts: dict[int, LoraModule]) -> LoraModule:
     return LoraModule(torch.cat(downs).to(dtype), up.to(dtype), float(rank))
 
 
-def from_kohya_flux_tensors(tensors: dict[str, torch.Tensor], names: list[str], resolve_text_encoder) -> tuple[LoraSet, set[str]]:
-    """The LoraSet and the tensor keys used. `resolve_text_encoder(name)` maps a CLIP-L kohya name
-    (lora_te_/lora_te1_) to its "text_encoder.<path>" key."""
+def from_kohya_flux_tensors(modules: dict[str, AdapterModule], resolve_text_encoder) -> LoraSet:
+    """The LoraSet of a kohya Flux file's modules (name -> adapter). `resolve_text_encoder(name)` maps a
+    CLIP-L kohya name (lora_te_/lora_te1_) to its "text_encoder.<path>" key."""
     lora: LoraSet = {}
-    used: set[str] = set()
     unknown = []
-    for name in names:
-        down, up = tensors[f"{name}.lora_down.weight"], tensors.get(f"{name}.lora_up.weight")
-        if up is None:
-            raise TunelabError(f"LoRA module {name} has lora_down but no lora_up weight; the file is incomplete")
-        alpha_tensor = tensors.get(f"{name}.alpha")
-        alpha = float(alpha_tensor.item()) if alpha_tensor is not None else float(down.shape[0])
-        used.update(f"{name}.{part}" for part in ("lora_down.weight", "lora_up.weight", "alpha"))
+    for name, module in modules.items():
         match = _KOHYA_NAME.match(name)
         if match is None:
             key = resolve_text_encoder(name) if name.startswith(("lora_te_", "lora_te1_")) else None
             if key is None:
                 unknown.append(name)
             else:
-                lora[key] = LoraModule(down, up, alpha)
+                lora[key] = module
             continue
         kohya_blocks, index, kohya = match.groups()
         diffusers_blocks, table = BLOCKS[kohya_blocks]
@@ -155,23 +174,42 @@ def from_kohya_flux_tensors(tensors: dict[str, torch.Tensor], names: list[str], 
             unknown.append(name)
             continue
         parts = table[kohya]
-        for part_index, (part, part_up) in enumerate(zip(parts, _split_up(name, up, parts, kohya, down.shape[1]))):
-            module = _trimmed(LoraModule(down, part_up, alpha))
-            if module is not None:
-                lora[f"{DENOISER}.{diffusers_blocks}.{index}.{part}"] = module
+        for part, part_module in zip(parts, _split(name, module, parts, kohya)):
+            if part_module is not None:
+                lora[f"{DENOISER}.{diffusers_blocks}.{index}.{part}"] = part_module
     if unknown:
         raise TunelabError(f"{len(unknown)} LoRA modules have no place in a Flux transformer: {', '.join(unknown[:5])}")
-    return lora, used
+    return lora
+
+
+def _split(name: str, module: AdapterModule, parts: tuple[str, ...], kohya: str) -> list[AdapterModule | None]:
+    """A fused module's parts (None for a LoRA part it leaves untouched)."""
+    out, model_width = module.delta_shape[0], module.delta_shape[1]
+    if isinstance(module, LoraModule):
+        return [_trimmed(LoraModule(module.down, part_up, module.alpha))
+                for part_up in _split_up(name, module.up, parts, kohya, model_width)]
+    if len(parts) == 1:
+        return [module]
+    widths = _row_widths(name, out, parts, kohya, model_width)
+    starts = [sum(widths[:index]) for index in range(len(widths))]
+    try:
+        return [module.rows(start, start + width) for start, width in zip(starts, widths)]
+    except TunelabError as error:
+        raise TunelabError(f"{name}: {error}") from None
+
+
+def _row_widths(name: str, out: int, parts: tuple[str, ...], kohya: str, model_width: int) -> list[int]:
+    widths = [model_width] * (len(parts) - 1)
+    widths.append(out - sum(widths) if kohya == "linear1" else model_width)
+    if sum(widths) != out or widths[-1] <= 0:
+        raise TunelabError(f"{name}: its {out} output rows do not split into {', '.join(parts)}")
+    return widths
 
 
 def _split_up(name: str, up: torch.Tensor, parts: tuple[str, ...], kohya: str, model_width: int) -> list[torch.Tensor]:
     if len(parts) == 1:
         return [up]
-    widths = [model_width] * (len(parts) - 1)
-    widths.append(up.shape[0] - sum(widths) if kohya == "linear1" else model_width)
-    if sum(widths) != up.shape[0] or widths[-1] <= 0:
-        raise TunelabError(f"{name}: lora_up has {up.shape[0]} rows, which do not split into {', '.join(parts)}")
-    return list(torch.split(up, widths, dim=0))
+    return list(torch.split(up, _row_widths(name, up.shape[0], parts, kohya, model_width), dim=0))
 
 
 def _trimmed(module: LoraModule) -> LoraModule | None:

@@ -18,8 +18,8 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.formats.kohya_flux import DENOISER, from_kohya_flux_tensors, is_kohya_flux, to_kohya_flux_tensors
-from tunelab.formats.lora_set import LoraModule, LoraSet, split_component
-from tunelab.formats.lycoris import TUCKER_CORE, fold_tucker
+from tunelab.formats.lora_set import AdapterModule, LoraSet, algorithms, split_component
+from tunelab.formats.lycoris import is_module_part, module_from_parts, module_to_parts
 from tunelab.formats.module_paths import from_file_path, to_file_path
 from tunelab.formats.safetensors_io import save_tensors
 from tunelab.models.original_layout import original_module_path, unet_module_map
@@ -65,39 +65,55 @@ def to_kohya_tensors(lora: LoraSet, base_model_version: str | None = None) -> di
     tensors: dict[str, torch.Tensor] = {}
     for key, module in lora.items():
         name = kohya_name(key, prefixes, sgm)
-        tensors[f"{name}.lora_down.weight"] = module.down
-        tensors[f"{name}.lora_up.weight"] = module.up
-        tensors[f"{name}.alpha"] = torch.tensor(float(module.alpha), dtype=module.down.dtype)
+        tensors.update({f"{name}.{part}": tensor for part, tensor in module_to_parts(module).items()})
     return tensors
 
 
-def kohya_metadata(lora: LoraSet, base_model_version: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+# tunelab's algorithm -> LyCORIS's `algo` network argument (DoRA is LyCORIS's LoCon with dora_wd).
+LYCORIS_ALGO = {"loha": "loha", "lokr": "lokr", "dora": "locon", "loha+dora": "loha", "lokr+dora": "lokr"}
+
+
+def kohya_metadata(lora: LoraSet, base_model_version: str, extra: dict[str, str] | None = None,
+                   network_args: dict[str, str] | None = None) -> dict[str, str]:
     """The `ss_*` keys kohya's tools and UIs read to show a LoRA's settings.
 
     kohya keeps two settings: network_dim / network_alpha for linear layers (and 1x1 convs),
-    conv_dim / conv_alpha in network_args for convolutions with larger kernels.
+    conv_dim / conv_alpha in network_args for convolutions with larger kernels. LoHa, LoKr and DoRA
+    files are LyCORIS's: `ss_network_module` lycoris.kohya and `algo` (with `dora_wd` for DoRA) in
+    network_args; `network_args` adds the algorithm's own settings (LoKr's factor, ...).
     """
 
-    def is_spatial(module: LoraModule) -> bool:
-        return module.down.dim() == 4 and tuple(module.down.shape[2:]) != (1, 1)
+    def is_spatial(module: AdapterModule) -> bool:
+        shape = module.delta_shape
+        return len(shape) == 4 and tuple(shape[2:]) != (1, 1)
 
-    def dim_and_alpha(modules: list[LoraModule]) -> tuple[str, str]:
+    def dim_and_alpha(modules: list[AdapterModule]) -> tuple[str, str]:
+        ranks = [module.rank for module in modules if module.rank is not None]
         alphas = {module.alpha for module in modules}
-        return str(max(module.rank for module in modules)), str(next(iter(alphas))) if len(alphas) == 1 else "Dynamic"
+        return str(max(ranks, default=0)), str(next(iter(alphas))) if len(alphas) == 1 else "Dynamic"
 
     conv = [module for module in lora.values() if is_spatial(module)]
     linear = [module for module in lora.values() if not is_spatial(module)] or conv
     network_dim, network_alpha = dim_and_alpha(linear) if linear else ("0", "0")
-    network_args = {}
+    args: dict[str, str] = {}
+    network_module = "networks.lora"
+    kinds = algorithms(lora)
+    if kinds and kinds != ["lora"]:
+        algorithm = kinds[0]
+        network_module = "lycoris.kohya"
+        args["algo"] = LYCORIS_ALGO[algorithm]
+        if algorithm.endswith("dora"):
+            args["dora_wd"] = "True"
     if conv:
-        network_args["conv_dim"], network_args["conv_alpha"] = dim_and_alpha(conv)
+        args["conv_dim"], args["conv_alpha"] = dim_and_alpha(conv)
+    args.update(network_args or {})
     metadata = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": network_module,
         "ss_network_dim": network_dim,
         "ss_network_alpha": network_alpha,
         "ss_base_model_version": base_model_version,
         "ss_v2": str(base_model_version.startswith("sd_v2")),
-        "ss_network_args": json.dumps(network_args),
+        "ss_network_args": json.dumps(args),
     }
     metadata.update(extra or {})
     return metadata
@@ -108,7 +124,9 @@ def write_kohya_lora(lora: LoraSet, path: Path, metadata: dict[str, str]) -> Pat
 
 
 def is_kohya_lora(keys: Iterable[str]) -> bool:
-    return any(key.startswith(("lora_unet_", "lora_te")) and ".lora_down." in key for key in keys)
+    """Module names with kohya's prefixes and LyCORIS parts (lora_down, hada_w1_a, lokr_w1, ...)."""
+    return any(key.startswith(("lora_unet_", "lora_te")) and key.partition(".")[2] not in ("", "alpha", "dora_scale")
+               and is_module_part(key.partition(".")[2]) for key in keys)
 
 
 # kohya prefix -> component. SD 1.x/2.x files use lora_te; SDXL files lora_te1 / lora_te2.
@@ -153,8 +171,15 @@ def module_key_from_kohya_name(name: str) -> str | None:
     return f"{component}.{from_file_path(component, '.'.join(levels))}"
 
 
-def _module_names(tensors: dict[str, torch.Tensor]) -> list[str]:
-    return sorted({key.split(".", 1)[0] for key in tensors if key.endswith(".lora_down.weight")})
+def _grouped(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Module name -> its parts: `lora_unet_x.lora_down.weight` -> {"lora_unet_x": {"lora_down.weight": ...}}."""
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        name, _, part = key.partition(".")
+        if not part:
+            raise TunelabError(f"unrecognised keys in this kohya LoRA file ({key}); refusing to guess what they do")
+        modules.setdefault(name, {})[part] = tensor
+    return dict(sorted(modules.items()))
 
 
 @functools.cache
@@ -197,47 +222,27 @@ def _resolver(module_keys: Iterable[str] | None):
 
 
 def from_kohya_tensors(tensors: dict[str, torch.Tensor], module_keys: Iterable[str] | None = None) -> LoraSet:
-    """kohya (and LyCORIS LoCon) tensors as a LoraSet.
+    """kohya and LyCORIS (LoCon, LoHa, LoKr, DoRA) tensors as a LoraSet.
 
     kohya names replace every '.' with '_'. With `module_keys` (a model's own
     "<component>.<module path>" names) each name is resolved exactly against that model
     and a name it lacks is an error; without, names are resolved from their spelling.
     """
-    names = _module_names(tensors)
+    modules = {name: module_from_parts(name, parts) for name, parts in _grouped(tensors).items()}
     resolve = _resolver(module_keys)
-    if is_kohya_flux(names):
-        lora, used = from_kohya_flux_tensors(tensors, names, resolve)
-        _refuse_leftovers(tensors, used)
-        return lora
+    if is_kohya_flux(modules):
+        return from_kohya_flux_tensors(modules, resolve)
     lora: LoraSet = {}
     unknown = []
-    used = set()
-    for name in names:
+    for name, module in modules.items():
         key = resolve(from_sgm_name(name) if name.startswith(_ORIGINAL_BLOCK_PREFIXES) else name)
         if key is None:
             unknown.append(name)
             continue
-        down = tensors[f"{name}.lora_down.weight"]
-        up = tensors.get(f"{name}.lora_up.weight")
-        if up is None:
-            raise TunelabError(f"LoRA module {name} has lora_down but no lora_up weight; the file is incomplete")
-        mid = tensors.get(f"{name}.{TUCKER_CORE}")
-        if mid is not None:
-            down = fold_tucker(down, mid)
-        alpha_tensor = tensors.get(f"{name}.alpha")
-        alpha = float(alpha_tensor.item()) if alpha_tensor is not None else float(down.shape[0])
-        lora[key] = LoraModule(down, up, alpha)
-        used.update(f"{name}.{part}" for part in ("lora_down.weight", "lora_up.weight", "alpha", TUCKER_CORE))
+        lora[key] = module
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
         raise TunelabError(
             f"{len(unknown)} LoRA modules match nothing in this model: {shown}; is it a LoRA for another architecture?"
         )
-    _refuse_leftovers(tensors, used)
     return lora
-
-
-def _refuse_leftovers(tensors: dict[str, torch.Tensor], used: set[str]) -> None:
-    leftover = sorted(set(tensors) - used)
-    if leftover:
-        raise TunelabError(f"unrecognised keys in this kohya LoRA file ({leftover[0]}, {len(leftover)} in all); refusing to guess what they do")

@@ -41,7 +41,7 @@ def write_lora(lora: LoraSet, path: Path, file_format: LoraFormat, metadata: dic
 
 
 def read_lora_file(path: str | Path, module_keys: Iterable[str] | None = None) -> LoraFile:
-    """Read any supported LoRA file (kohya, LyCORIS LoCon, PEFT/diffusers).
+    """Read any supported LoRA file (kohya, LyCORIS LoCon/LoHa/LoKr/DoRA, PEFT/diffusers).
 
     `module_keys` are a model's own "<component>.<module path>" names: kohya names are then
     resolved exactly against that model. Without them, names are resolved from their spelling.
@@ -57,7 +57,7 @@ def read_lora_file(path: str | Path, module_keys: Iterable[str] | None = None) -
             return LoraFile(peft_lora.from_peft_tensors(tensors, metadata), metadata, "peft", path)
     except TunelabError as error:
         raise TunelabError(f"{path.name}: {error}") from None
-    raise TunelabError(f"{path}: not a LoRA file (no kohya lora_down/lora_up or PEFT lora_A/lora_B keys)")
+    raise TunelabError(f"{path}: not a LoRA file (no kohya/LyCORIS lora_down, hada_w1_a or lokr_w1, nor PEFT lora_A keys)")
 
 
 def read_lora(path: Path, module_keys: Iterable[str] | None = None) -> tuple[LoraSet, dict[str, str]]:
@@ -77,7 +77,7 @@ def base_model_version(lora: LoraSet, metadata: dict[str, str]) -> str:
         return "sdxl_base_v1-0"
     for key, module in lora.items():
         if key.startswith("unet.") and key.endswith("attn2.to_k"):
-            return {768: "sd_v1", 1024: "sd_v2"}.get(module.down.shape[1], "unknown")
+            return {768: "sd_v1", 1024: "sd_v2"}.get(module.delta_shape[1], "unknown")
     return "unknown"
 
 

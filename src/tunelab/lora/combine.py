@@ -9,7 +9,7 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.lora.merge import delta_shape, same_weight_shape
-from tunelab.formats.lora_set import LoraModule, LoraSet
+from tunelab.formats.lora_set import LoraModule, LoraSet, require_plain_lora
 from tunelab.lora.resize import ResizedModule, resize_lora
 
 
@@ -29,6 +29,7 @@ def concat(loras: list[WeightedLora]) -> LoraSet:
     """
     parts: dict[str, list[tuple[LoraModule, float, str]]] = defaultdict(list)
     for item in loras:
+        require_plain_lora(item.lora, "lora combine", item.name)
         for key, module in item.lora.items():
             parts[key].append((module, item.weight, item.name))
     combined: LoraSet = {}

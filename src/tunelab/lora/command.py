@@ -38,7 +38,7 @@ LoraLayout = Literal["kohya", "peft"]
 # Positional arguments: resolved with the options (so they get the same type checks), parsed by hand.
 @dataclass
 class FileInput:
-    file: str = option("LoRA file (kohya, LyCORIS LoCon or PEFT/diffusers .safetensors)")
+    file: str = option("LoRA file (kohya, LyCORIS LoCon/LoHa/LoKr/DoRA or PEFT/diffusers .safetensors)")
 
 
 @dataclass
@@ -142,15 +142,15 @@ def _lora_out(out: str) -> Path:
 
 def _common_dtype(loras):
     """The one dtype all the inputs' factors share, else float32."""
-    dtypes = {module.down.dtype for lora in loras for module in lora.values()}
+    dtypes = {module.dtype for lora in loras for module in lora.values()}
     return dtypes.pop() if len(dtypes) == 1 else torch.float32
 
 
 def _save_lora(lora, out: str, file_format: str, dtype, carried: dict[str, str], base_version: str) -> Path:
     lora = {key: module.to(dtype) for key, module in lora.items()}
     path = write_lora(lora, _lora_out(out), file_format, output_metadata(lora, file_format, carried, base_version))
-    ranks = sorted({module.rank for module in lora.values()})
-    rank_text = str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}-{ranks[-1]}"
+    ranks = sorted({module.rank for module in lora.values() if module.rank is not None})  # None: a LoKr of full factors
+    rank_text = "full" if not ranks else str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}-{ranks[-1]}"
     print(f"wrote {path} ({len(lora)} modules, rank {rank_text}, {file_format}, {str(dtype).removeprefix('torch.')})")
     return path
 
@@ -323,7 +323,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if inputs is LorasInput:
             sub.add_argument("loras", nargs="+", metavar="FILE[:WEIGHT]", help="LoRA files, each with an optional weight")
         elif inputs is FileInput:
-            sub.add_argument("file", metavar="FILE", help="LoRA file (kohya, LyCORIS LoCon or PEFT/diffusers)")
+            sub.add_argument("file", metavar="FILE", help="LoRA file (kohya, LyCORIS LoCon/LoHa/LoKr/DoRA or PEFT/diffusers)")
         sub.add_argument("--config", help="YAML or TOML file with any of the options below")
         add_schema_arguments(sub, [schema])
 

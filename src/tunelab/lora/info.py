@@ -6,20 +6,26 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from tunelab.formats.lora_set import LoraSet, split_component
+from tunelab.formats.lora_set import AdapterModule, LoraModule, LoraSet, algorithm_title, split_component
 
 # Metadata values longer than this are cut in the text summary (JSON keeps them whole).
 METADATA_WIDTH = 100
 
 
-def module_kind(down_shape) -> str:
-    if len(down_shape) == 2:
+def module_kind(shape) -> str:
+    if len(shape) == 2:
         return "linear"
-    return f"conv {down_shape[2]}x{down_shape[3]}"
+    return f"conv {shape[2]}x{shape[3]}"
 
 
-def _dtype_name(tensor) -> str:
-    return str(tensor.dtype).removeprefix("torch.")
+def _kind(module: AdapterModule) -> str:
+    """LoHa and LoKr factors may hold a conv kernel flattened into their columns: such a module reads as linear/flat."""
+    kind = module_kind(module.delta_shape)
+    return kind if kind != "linear" or isinstance(module, LoraModule) else "linear/flat"
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def extraction_settings(metadata: dict[str, str]) -> dict | None:
@@ -45,24 +51,28 @@ def summarize(lora: LoraSet, metadata: dict[str, str], file_format: str, path: P
     modules = [
         {
             "key": key,
-            "kind": module_kind(tuple(module.down.shape)),
-            "shape": [module.up.shape[0], *module.down.shape[1:]],
+            "algorithm": module.algorithm,
+            "kind": _kind(module),
+            "shape": list(module.delta_shape),
             "rank": module.rank,
             "alpha": module.alpha,
-            "dtype": _dtype_name(module.down),
+            "dtype": _dtype_name(module.dtype),
         }
         for key, module in sorted(lora.items())
     ]
 
     def counts(values) -> dict[str, int]:
-        return {str(value): count for value, count in sorted(Counter(values).items())}
+        # A LoKr whose factors are both full has no rank (None): listed last, as "full".
+        ordered = sorted(Counter(values).items(), key=lambda item: (item[0] is None, item[0]))
+        return {"full" if value is None else str(value): count for value, count in ordered}
 
     return {
         "file": str(path),
         "format": file_format,
         "size_bytes": path.stat().st_size,
-        "parameters": sum(module.down.numel() + module.up.numel() for module in lora.values()),
+        "parameters": sum(module.parameter_count for module in lora.values()),
         "module_count": len(modules),
+        "algorithms": counts(module["algorithm"] for module in modules),
         "components": counts(split_component(key)[0] for key in lora),
         "kinds": counts(module["kind"] for module in modules),
         "ranks": counts(module["rank"] for module in modules),
@@ -99,6 +109,7 @@ def render(summary: dict, list_modules: bool = False) -> str:
     lines = [
         f"file        {summary['file']}",
         f"format      {summary['format']}",
+        f"algorithm   {_counted({algorithm_title(name): count for name, count in summary['algorithms'].items()})}",
         f"size        {human_size(summary['size_bytes'])} ({summary['parameters']:,} parameters)",
         f"modules     {summary['module_count']}: " + ", ".join(f"{name} {count}" for name, count in summary["components"].items()),
         "kinds       " + ", ".join(f"{kind} {count}" for kind, count in summary["kinds"].items()),
@@ -116,8 +127,10 @@ def render(summary: dict, list_modules: bool = False) -> str:
     else:
         lines.append("metadata    (none)")
     if list_modules:
-        lines.append("modules (key, kind, weight shape, rank, alpha, dtype)")
+        lines.append("modules (key, kind, weight shape, rank, alpha, dtype, algorithm)")
         for module in summary["modules"]:
             shape = "x".join(map(str, module["shape"]))
-            lines.append(f"  {module['key']}  {module['kind']}  {shape}  r={module['rank']}  alpha={module['alpha']:g}  {module['dtype']}")
+            rank = module["rank"] if module["rank"] is not None else "full"
+            lines.append(f"  {module['key']}  {module['kind']}  {shape}  r={rank}  alpha={module['alpha']:g}  {module['dtype']}  "
+                         f"{algorithm_title(module['algorithm'])}")
     return "\n".join(lines)

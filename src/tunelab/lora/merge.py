@@ -1,4 +1,8 @@
-"""Bake LoRA deltas into a model's weights, and check first that a LoRA fits the model."""
+"""Bake LoRA deltas into a model's weights, and check first that a LoRA fits the model.
+
+Every algorithm makes its module's new weight from the current one (`merged`): LoRA, LoHa and LoKr
+add their change times the weight; DoRA renormalises W + delta and interpolates by the weight.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,13 @@ from typing import Iterator, Mapping
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.formats.lora_set import LoraModule, LoraSet
+from tunelab.formats.lora_set import AdapterModule, LoraSet
 
 WeightedLoras = list[tuple[LoraSet, float]]
 
 
-def delta_shape(module: LoraModule) -> tuple[int, ...]:
-    return (module.up.shape[0], *module.down.shape[1:])
+def delta_shape(module: AdapterModule) -> tuple[int, ...]:
+    return module.delta_shape
 
 
 def same_weight_shape(first, second) -> bool:
@@ -37,7 +41,7 @@ def check_fits(lora: LoraSet, weight_shapes: Mapping[str, tuple[int, ...]], sour
     mismatched = sorted(
         f"{key} (LoRA {tuple(delta_shape(module))}, model {tuple(weight_shapes[key])})"
         for key, module in lora.items()
-        if key in weight_shapes and not same_weight_shape(delta_shape(module), weight_shapes[key])
+        if key in weight_shapes and not module.fits(weight_shapes[key])
     )
     problems = []
     if missing:
@@ -49,13 +53,13 @@ def check_fits(lora: LoraSet, weight_shapes: Mapping[str, tuple[int, ...]], sour
 
 
 def apply_loras(modules: Mapping[str, torch.nn.Module], loras: WeightedLoras) -> None:
-    """W += weight * (alpha / r) * up @ down for every module of every LoRA, in place."""
+    """Each module's weight becomes what its adapter makes of it at that weight (LoRA: W += weight * (alpha / r)
+    * up @ down), in place, one LoRA after another."""
     with torch.no_grad():
         for lora, weight in loras:
             for key, module in lora.items():
                 target = modules[key].weight
-                delta = module.delta().to(target.device) * weight  # (out, in[, kh, kw]) in fp32
-                target += delta.reshape(target.shape).to(target.dtype)
+                target.copy_(module.merged(target, weight))  # (out, in[, kh, kw])
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.formats.lora_set import LoraModule, LoraSet
+from tunelab.formats.lora_set import LoraModule, LoraSet, require_plain_lora
 from tunelab.lora.svd import factored_svd, frobenius_kept
 
 DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
@@ -67,6 +67,7 @@ def resize_lora(lora: LoraSet, rank: int | None = None, dynamic: Dynamic | None 
     `rank` alone is the new rank; with `dynamic` it caps the rank the method picks. A module keeps
     at most the rank it has (a higher rank would only add zero singular values).
     """
+    require_plain_lora(lora, "lora resize")
     if rank is None and dynamic is None:
         raise TunelabError("give --rank, --dynamic METHOD=VALUE, or both (the rank then caps the dynamic choice)")
     if rank is not None and rank < 1:
