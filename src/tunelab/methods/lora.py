@@ -209,12 +209,15 @@ class LoraMethod(Method):
 
     def network_args(self) -> dict[str, str]:
         """The algorithm's settings as LyCORIS records them in `ss_network_args`."""
+        args = {}
+        if "conv" in self.options.targets and self.options.algorithm in ("loha", "lokr"):  # kernels may be flattened in their factors
+            args.update(conv_dim=str(self.conv_rank), conv_alpha=str(self.conv_alpha))
         if self.options.algorithm == "lokr":
             factor = self.options.factor if self.options.factor is not None else -1
-            return {"factor": str(factor), "decompose_both": str(self.options.decompose_both), "full_matrix": str(self.options.full_matrix)}
+            args.update(factor=str(factor), decompose_both=str(self.options.decompose_both), full_matrix=str(self.options.full_matrix))
         if self.options.algorithm == "dora":
-            return {"wd_on_out": "True"}
-        return {}
+            args["wd_on_out"] = "True"
+        return args
 
     def save(self, out_dir: Path, metadata: dict[str, str]) -> Path:
         dtype = precision_dtype(self.options.save_precision)
