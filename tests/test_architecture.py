@@ -22,11 +22,11 @@ LAYERS = [
     {"formats"},
     {"lora"},
     {"methods"},
-    {"train", "generate"},
+    {"training", "generation"},
     {"toyworld"},
     {"evaluate"},
-    {"compare", "bench"},
-    {"cli"},
+    {"comparison", "bench"},
+    {"cli"},  # cli.py, api.py (the Python API, `import tunelab`), each folder's command.py
 ]
 LAYER_OF = {name: index for index, names in enumerate(LAYERS) for name in names}
 COMMAND_MODULES = {"command", "demo"}  # a folder's sub-command modules: `add_arguments(parser)` and `run(args)`
@@ -42,8 +42,10 @@ def module_name(path: Path) -> str:
 
 def layer(module: str) -> int:
     parts = module.split(".")
+    if parts == ["tunelab"] or parts[1:] in (["cli"], ["api"]):
+        return LAYER_OF["cli"]  # the command line and the Python API on top of everything
     if len(parts) == 2 and not (SOURCE / parts[1]).is_dir():
-        return LAYER_OF["cli"] if parts[1] == "cli" else LAYER_OF["tunelab"]
+        return LAYER_OF["tunelab"]
     if parts[-1] in COMMAND_MODULES:
         return LAYER_OF["cli"]
     return LAYER_OF[parts[1]]
@@ -56,7 +58,7 @@ def imports_of(tree: ast.Module, module: str, is_package: bool) -> list[tuple[st
         if isinstance(node, ast.Import):
             found += [(alias.name, node) for alias in node.names if alias.name.startswith("tunelab")]
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tunelab"):
-            for alias in node.names:  # `from tunelab.train import step` imports a module
+            for alias in node.names:  # `from tunelab.training import step` imports a module
                 candidate = f"{node.module}.{alias.name}"
                 found.append((candidate if candidate in ALL_MODULES else node.module, node))
     return found

@@ -8,7 +8,7 @@ import yaml
 from tunelab.config import read_config_file, resolve, to_dict, write_resolved
 from tunelab.errors import TunelabError
 from tunelab.methods.lora import LoraOptions
-from tunelab.train.options import TrainOptions
+from tunelab.training.options import TrainOptions
 
 REQUIRED = {"model": "tiny-sd", "images": "imgs", "out": "out"}
 

@@ -13,12 +13,12 @@ from tunelab.process import quiet_libraries, run_guarded
 
 # Sub-command -> (help, module with `add_arguments(parser)` and `run(args)`); modules load only when used.
 COMMANDS = {
-    "train": ("train a technique on a folder of images (`tunelab train --help` lists the techniques)", "tunelab.train.command"),
-    "generate": ("generate images, with LoRAs, embeddings and hypernetworks", "tunelab.generate.command"),
+    "train": ("train a technique on a folder of images (`tunelab train --help` lists the techniques)", "tunelab.training.command"),
+    "generate": ("generate images, with LoRAs, embeddings and hypernetworks", "tunelab.generation.command"),
     "lora": ("LoRA tools: extract, merge, combine, resize, convert, info, precision-report", "tunelab.lora.command"),
     "bench": ("benchmarks: `bench speed` times tunelab's training step beside the reference step", "tunelab.bench.command"),
-    "compare": ("run techniques side by side on one model and subject: time, memory, size, cost, quality", "tunelab.compare.command"),
-    "demo": ("compare the four techniques on a built-in toyworld subject (no download; minutes on a laptop)", "tunelab.compare.demo"),
+    "compare": ("run techniques side by side on one model and subject: time, memory, size, cost, quality", "tunelab.comparison.command"),
+    "demo": ("compare the four techniques on a built-in toyworld subject (no download; minutes on a laptop)", "tunelab.comparison.demo"),
     "toyworld": ("toyworld, the built-in world: pretrain its base, write a subject's images, score a base", "tunelab.toyworld.command"),
 }
 

@@ -72,8 +72,8 @@ def test_results_of_other_settings_or_other_files_are_not_mixed_in(tmp_path, cap
 
 
 def test_rerun_empties_a_comparison_but_never_another_folder(tmp_path, capsys):
-    from tunelab.compare.config import compare_config_from
-    from tunelab.compare.run import check_output_folder
+    from tunelab.comparison.config import compare_config_from
+    from tunelab.comparison.run import check_output_folder
 
     config = compare_config_from({"experiments": [LORA]}, "test")
     out = tmp_path / "out"

@@ -12,9 +12,9 @@ from dataclasses import replace
 import pytest
 from PIL import Image
 
-from tunelab.compare.demo import demo_config
-from tunelab.compare.report import write_reports
-from tunelab.compare.run import run_comparison
+from tunelab.comparison.demo_settings import demo_config
+from tunelab.comparison.report import write_reports
+from tunelab.comparison.run import run_comparison
 
 MARGIN = 0.08  # subject fidelity over the base's (about 0.01); the techniques reach 0.13 (TI) to 0.5 (DreamBooth)
 PROMPT_FIDELITY_FLOOR = 0.5  # of the base's prompt fidelity

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from helpers import run_cli
-from tunelab.generate.png_info import read_record
+from tunelab.generation.png_info import read_record
 
 
 def pixels(path):

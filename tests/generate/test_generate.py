@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from helpers import run_cli
-from tunelab.generate.png_info import read_record
-from tunelab.generate.samplers import SAMPLERS, make_scheduler
+from tunelab.generation.png_info import read_record
+from tunelab.generation.samplers import SAMPLERS, make_scheduler
 from tunelab.models.presets import build_preset
 
 

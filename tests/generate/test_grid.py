@@ -8,8 +8,8 @@ from PIL import Image, ImageFont
 
 from helpers import run_cli
 from tunelab.errors import TunelabError
-from tunelab.generate.grid import grid_layout, parse_axis
-from tunelab.generate.png_info import read_record
+from tunelab.generation.grid import grid_layout, parse_axis
+from tunelab.generation.png_info import read_record
 
 
 def pixels(image_or_path):

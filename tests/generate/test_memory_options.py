@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from helpers import run_cli
-from tunelab.generate.session import GenerateOptions, prepare
+from tunelab.generation.session import GenerateOptions, prepare
 
 
 def test_vae_options_are_set_and_keep_small_images_unchanged(tmp_path):

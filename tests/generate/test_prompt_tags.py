@@ -11,8 +11,8 @@ from PIL import Image
 
 from helpers import run_cli
 from tunelab.errors import TunelabError
-from tunelab.generate.png_info import read_record
-from tunelab.generate.prompt_tags import PromptTag, extract_tags
+from tunelab.generation.png_info import read_record
+from tunelab.generation.prompt_tags import PromptTag, extract_tags
 
 GENERATE = ["generate", "--model", "tiny-sd", "--steps", "4", "--seed", "2", "--sampler", "euler"]
 

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from helpers import run_cli
-from tunelab.generate.prompt_encoding import apply_weights, encode_prompt_pair, prompt_windows
-from tunelab.generate.prompt_weighting import parse_prompt_weights
+from tunelab.generation.prompt_encoding import apply_weights, encode_prompt_pair, prompt_windows
+from tunelab.generation.prompt_weighting import parse_prompt_weights
 from tunelab.models.presets import build_preset
 
 PARSER_TABLE = [

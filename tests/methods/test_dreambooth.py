@@ -12,8 +12,8 @@ from helpers import run_cli
 from tunelab.errors import TunelabError
 from tunelab.methods.dreambooth import DreamBoothMethod, DreamBoothOptions
 from tunelab.models.presets import build_preset
-from tunelab.train.loop import train
-from tunelab.train.options import TrainOptions
+from tunelab.training.loop import train
+from tunelab.training.options import TrainOptions
 
 PROMPT = "a photo of sks toy"
 CLASS_PROMPT = "a photo of a toy"
@@ -63,7 +63,7 @@ def test_class_images_are_generated_once_and_reused(tmp_path, subject_images, mo
 
 
 def test_prior_loss_is_part_of_the_objective(tmp_path, subject_images, monkeypatch):
-    from tunelab.train import step
+    from tunelab.training import step
 
     seen = []
     original = step.diffusion_losses

@@ -13,7 +13,7 @@ from PIL import Image
 
 from helpers import run_cli
 from tunelab.errors import TunelabError
-from tunelab.generate.png_info import read_record
+from tunelab.generation.png_info import read_record
 from tunelab.methods.hypernetwork import (
     HypernetworkMethod,
     HypernetworkOptions,
@@ -21,8 +21,8 @@ from tunelab.methods.hypernetwork import (
     attach_hypernetworks,
 )
 from tunelab.models.presets import build_preset
-from tunelab.train.loop import train
-from tunelab.train.options import TrainOptions
+from tunelab.training.loop import train
+from tunelab.training.options import TrainOptions
 
 PROMPT = "a photo of sks toy"
 

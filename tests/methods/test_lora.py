@@ -12,8 +12,8 @@ from PIL import Image
 from helpers import run_cli
 from tunelab.methods.lora import LoraMethod, LoraOptions
 from tunelab.models.presets import build_preset
-from tunelab.train.loop import train
-from tunelab.train.options import TrainOptions
+from tunelab.training.loop import train
+from tunelab.training.options import TrainOptions
 
 PROMPT = "a photo of sks toy"
 

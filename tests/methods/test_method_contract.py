@@ -18,13 +18,13 @@ from safetensors.torch import load_file
 
 import tunelab.models.loading
 from tunelab.errors import TunelabError
-from tunelab.generate.session import GenerateOptions, prepare
+from tunelab.generation.session import GenerateOptions, prepare
 from tunelab.methods import METHODS, method_class
 from tunelab.models.family import family_class
 from tunelab.models.loading import load_pipeline
 from tunelab.models.presets import PRESET_PIPELINES
-from tunelab.train.loop import train
-from tunelab.train.prepare import prepare_run
+from tunelab.training.loop import train
+from tunelab.training.prepare import prepare_run
 
 TINY_PRESETS = ("tiny-sd", "tiny-sdxl", "tiny-flux")
 PROMPT = "a photo of a red toy"

@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 
 from helpers import run_cli
-from tunelab.generate.png_info import read_record
+from tunelab.generation.png_info import read_record
 from tunelab.methods.textual_inversion import TEMPLATES, TextualInversionMethod, TextualInversionOptions
 from tunelab.models.presets import build_preset
 from tunelab.models.sd import StableDiffusionFamily
-from tunelab.train.loop import train
-from tunelab.train.options import TrainOptions
+from tunelab.training.loop import train
+from tunelab.training.options import TrainOptions
 
 TOKEN = "<sks-toy>"
 PROMPT = f"a photo of {TOKEN}"

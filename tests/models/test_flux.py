@@ -14,7 +14,7 @@ from tunelab.formats.lora_set import LoraModule
 from tunelab.models.family import family_for
 from tunelab.models.flux import FlowMatchingOptions
 from tunelab.models.presets import build_preset
-from tunelab.train.options import TrainOptions
+from tunelab.training.options import TrainOptions
 
 PROMPT = "a photo of sks toy"
 

@@ -129,7 +129,7 @@ def test_sgm_named_kohya_lora_matches_the_same_lora_in_diffusers_names(tmp_path)
 
 
 def test_weighted_prompts_use_both_encoders_and_plain_ones_match_diffusers():
-    from tunelab.generate.prompt_encoding import encode_prompt_pair
+    from tunelab.generation.prompt_encoding import encode_prompt_pair
 
     pipeline = build_preset("tiny-sdxl")
     ours = encode_prompt_pair(pipeline, PROMPT, "blurry")
@@ -155,8 +155,8 @@ def _unet_output(pipeline, prompt=PROMPT):
 
 def test_textual_inversion_writes_clip_l_and_clip_g_that_diffusers_loads(tmp_path, subject_images):
     from tunelab.methods.textual_inversion import TextualInversionMethod, TextualInversionOptions
-    from tunelab.train.loop import train
-    from tunelab.train.options import TrainOptions
+    from tunelab.training.loop import train
+    from tunelab.training.options import TrainOptions
 
     options = TrainOptions(model="tiny-sdxl", images=str(subject_images), out=str(tmp_path), steps=4, learning_rate=0.05,
                            log_with="none")
@@ -194,8 +194,8 @@ def test_textual_inversion_writes_clip_l_and_clip_g_that_diffusers_loads(tmp_pat
 
 def test_hypernetwork_trains_on_both_context_widths_and_reattaches_exactly(tmp_path, subject_images):
     from tunelab.methods.hypernetwork import HypernetworkMethod, HypernetworkOptions, attach_hypernetworks
-    from tunelab.train.loop import train
-    from tunelab.train.options import TrainOptions
+    from tunelab.training.loop import train
+    from tunelab.training.options import TrainOptions
 
     options = TrainOptions(model="tiny-sdxl", images=str(subject_images), out=str(tmp_path), prompt=PROMPT, steps=4,
                            learning_rate=1e-2, log_with="none")

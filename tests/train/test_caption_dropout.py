@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import run_cli
-from tunelab.train.step import drop_captions, sample_generators
+from tunelab.training.step import drop_captions, sample_generators
 
 
 def test_the_drop_rate_is_kept_and_the_draw_is_the_samples_own():

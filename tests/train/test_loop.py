@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from tunelab.methods.lora import LoraMethod, LoraOptions
 from tunelab.models.family import family_for
 from tunelab.models.presets import build_preset
-from tunelab.train.loop import train
-from tunelab.train.step import make_lr_scheduler
-from tunelab.train.options import TrainOptions
+from tunelab.training.loop import train
+from tunelab.training.step import make_lr_scheduler
+from tunelab.training.options import TrainOptions
 
 
 def options_for(tmp_path, images, **overrides) -> TrainOptions:

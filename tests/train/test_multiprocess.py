@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from tunelab.methods.lora import LoraMethod, LoraOptions
-from tunelab.train.checkpoints import complete_checkpoints
-from tunelab.train.loop import train
-from tunelab.train.options import TrainOptions
+from tunelab.training.checkpoints import complete_checkpoints
+from tunelab.training.loop import train
+from tunelab.training.options import TrainOptions
 
 COMMON = dict(model="tiny-sd", prompt="a photo of sks toy", steps=3, learning_rate=1e-3, log_with="none")
 
@@ -72,7 +72,7 @@ def test_sigterm_stops_every_process_at_the_same_step_with_one_checkpoint(tmp_pa
 
 
 def test_a_signal_to_one_process_stops_all_of_them_at_the_same_step(tmp_path, subject_images):
-    from tunelab.train.launch import _children
+    from tunelab.training.launch import _children
 
     out = tmp_path / "run"
     process = start_long_two_process_run(out, subject_images)

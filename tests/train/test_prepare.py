@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-import tunelab.train.loop
+import tunelab.training.loop
 from helpers import run_cli
 
 BAD_RUNS = [
@@ -28,7 +28,7 @@ BAD_RUNS = [
 @pytest.mark.parametrize("arguments,message", BAD_RUNS)
 def test_option_errors_come_before_any_model_loads(arguments, message, subject_images, tmp_path, capsys, monkeypatch):
     loaded = []
-    monkeypatch.setattr(tunelab.train.loop, "load_pipeline", lambda *args, **kwargs: loaded.append(args))
+    monkeypatch.setattr(tunelab.training.loop, "load_pipeline", lambda *args, **kwargs: loaded.append(args))
     started = time.perf_counter()
     code = run_cli("train", *arguments, "--images", subject_images, "--out", tmp_path / "out")
     seconds = time.perf_counter() - started

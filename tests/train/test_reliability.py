@@ -16,11 +16,11 @@ from safetensors.torch import load_file
 from tunelab.errors import TunelabError
 from tunelab.methods.dreambooth import DreamBoothMethod, DreamBoothOptions
 from tunelab.methods.lora import LoraMethod, LoraOptions
-from tunelab.train import step as train_step
-from tunelab.train.checkpoints import complete_checkpoints, resolve_resume
-from tunelab.train.loop import train
-from tunelab.train.options import TrainOptions
-from tunelab.train.stopping import TrainingInterrupted
+from tunelab.training import step as train_step
+from tunelab.training.checkpoints import complete_checkpoints, resolve_resume
+from tunelab.training.loop import train
+from tunelab.training.options import TrainOptions
+from tunelab.training.stopping import TrainingInterrupted
 
 
 def options_for(out, images, **overrides) -> TrainOptions:
@@ -134,9 +134,9 @@ def test_sigterm_during_sampling_stops_the_sampler_quickly(tmp_path, subject_ima
 
 KILL_DURING_SAVE = textwrap.dedent('''
     import os, signal, sys
-    from tunelab.train import loop
-    from tunelab.train.loop import train
-    from tunelab.train.options import TrainOptions
+    from tunelab.training import loop
+    from tunelab.training.loop import train
+    from tunelab.training.options import TrainOptions
     from tunelab.methods.lora import LoraMethod, LoraOptions
 
     original = loop.save_training_state

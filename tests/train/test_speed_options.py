@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 
 from tunelab.errors import TunelabError
 from tunelab.methods.lora import LoraMethod, LoraOptions
-from tunelab.train import speed
-from tunelab.train import step as train_step
-from tunelab.train.loop import train
-from tunelab.train.options import TrainOptions
+from tunelab.training import speed
+from tunelab.training import step as train_step
+from tunelab.training.loop import train
+from tunelab.training.options import TrainOptions
 
 
 def train_lora(tmp_path, name, images, monkeypatch, lora=None, **overrides):

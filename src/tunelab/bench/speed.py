@@ -1,6 +1,6 @@
 """`tunelab bench speed`: tunelab's own training step, timed beside the reference step in one process.
 
-The tunelab side runs `tunelab.train.step` (what `tunelab train` runs for every micro-batch)
+The tunelab side runs `tunelab.training.step` (what `tunelab train` runs for every micro-batch)
 on a real-size model with random weights (or a tiny preset, to check the bench on a CPU).
 The reference side is the plain diffusers + PEFT loop of `reference_step.py`, copied into
 this package. Both print the reference script's fields as JSON lines, plus warm-up seconds
@@ -33,8 +33,8 @@ from tunelab.errors import TunelabError
 from tunelab.methods import METHODS, method_class
 from tunelab.models.family import family_for
 from tunelab.models.loading import load_pipeline
-from tunelab.train.options import TrainOptions
-from tunelab.train.step import prepare_step, weight_dtype
+from tunelab.training.options import TrainOptions
+from tunelab.training.step import prepare_step, weight_dtype
 
 # A run of the length the study trained, to weigh warm-up against steady-state speed.
 RUN_STEPS = 4500

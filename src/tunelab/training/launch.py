@@ -10,7 +10,7 @@ import sys
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.train.stopping import TrainingInterrupted
+from tunelab.training.stopping import TrainingInterrupted
 
 
 def inside_launched_process() -> bool:

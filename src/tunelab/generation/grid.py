@@ -13,8 +13,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from tunelab.errors import TunelabError
-from tunelab.generate.png_info import save_png
-from tunelab.generate.session import apply_image_options, image_record, prepare, render, text_inputs
+from tunelab.generation.png_info import save_png
+from tunelab.generation.session import apply_image_options, image_record, prepare, render, text_inputs
 from tunelab.methods import generation_methods
 
 SAMPLING_PARAMETERS = {"seed": int, "steps": int, "guidance": float, "sampler": str}

@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
@@ -27,14 +27,14 @@ from tunelab.data.paired import PriorPairedDataset, collate_paired
 from tunelab.errors import TunelabError
 from tunelab.models.family import check_family_options, family_class, family_for
 from tunelab.models.loading import load_pipeline
-from tunelab.train.checkpoints import resolve_resume, save_checkpoint
-from tunelab.train.options import TrainOptions
-from tunelab.train.output import record_run
-from tunelab.train.prepare import validate_train_options
-from tunelab.train.prior import cache_folder, default_cache_root, ensure_class_images, model_identity
-from tunelab.train.state import Progress, load_training_state, save_training_state
-from tunelab.train.step import prepare_step
-from tunelab.train.stopping import StopRequest, TrainingInterrupted
+from tunelab.training.checkpoints import resolve_resume, save_checkpoint
+from tunelab.training.options import TrainOptions
+from tunelab.training.output import record_run
+from tunelab.training.prepare import validate_train_options
+from tunelab.training.prior import cache_folder, default_cache_root, ensure_class_images, model_identity
+from tunelab.training.state import Progress, load_training_state, save_training_state
+from tunelab.training.step import prepare_step
+from tunelab.training.stopping import StopRequest, TrainingInterrupted
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,10 @@ def build_training_data(options: TrainOptions, method, family, resolution: int, 
     return PriorPairedDataset(instance, dataset_from(class_folder, options.class_prompt)), collate_paired
 
 
-def write_samples(accelerator, family, method, options: TrainOptions, out_dir: Path, step: int, resolution: int, modules, stop) -> None:
+def write_samples(accelerator, family, method, options: TrainOptions, out_dir: Path, step: int, resolution: int, modules,
+                  stop) -> list[Path]:
+    """Sample images of the model as it is at this step; returns the files written."""
+    written = []
     prompts = options.sample_prompts or [options.prompt or method.default_prompt or ""]
     folder = out_dir / "samples"
     folder.mkdir(parents=True, exist_ok=True)
@@ -116,11 +119,30 @@ def write_samples(accelerator, family, method, options: TrainOptions, out_dir: P
                     callback_on_step_end=stop.pipeline_callback,
                 ).images[0]
             if stop.requested:
-                return  # an interrupted sample is not worth saving
-            image.save(folder / f"step-{step:07d}-{index}.png")
+                return written  # an interrupted sample is not worth saving
+            written.append(folder / f"step-{step:07d}-{index}.png")
+            image.save(written[-1])
     finally:
         for module in modules:
             module.train()
+    return written
+
+
+@dataclass
+class TrainingProgress:
+    """What `on_progress` sees after each optimizer step; `request_stop()` ends the run at this step
+    with a checkpoint, as Ctrl-C does."""
+
+    step: int
+    total: int
+    loss: float
+    learning_rate: float
+    seconds_left: float
+    samples: list[Path]  # sample images written at this step
+    _stop: Any = field(repr=False)
+
+    def request_stop(self) -> None:
+        self._stop.request("a stop request (on_progress)")
 
 
 @dataclass
@@ -138,21 +160,25 @@ class Session:
     stop: Any
     progress: Progress = field(default_factory=Progress)
     started: float = 0.0  # when the first step began (perf_counter)
+    first_step: int = 0  # the step this process started from (a resumed run starts later)
+    on_progress: Callable[[TrainingProgress], None] | None = None
 
 
-def train(options: TrainOptions, method, resolved_config: dict, family_options: dict | None = None) -> Path:
-    """Train `method` with `options`; returns the artifact's path (None on the processes that do not write it)."""
+def train(options: TrainOptions, method, resolved_config: dict, family_options: dict | None = None,
+          on_progress: Callable[[TrainingProgress], None] | None = None) -> Path:
+    """Train `method` with `options`; returns the artifact's path (None on the processes that do not write it).
+    `on_progress`, if given, is called after every optimizer step (main process)."""
     validate_train_options(options)
     try:
         with StopRequest() as stop:
-            return _run(options, method, resolved_config, family_options or {}, stop)
+            return _run(options, method, resolved_config, family_options or {}, stop, on_progress)
     finally:
         # accelerate keeps mixed precision in process-wide state; clear it so the next run in this
         # process (tests, the comparison bench) may choose its own.
         AcceleratorState._reset_state()
 
 
-def _run(options: TrainOptions, method, resolved_config: dict, family_options: dict, stop) -> Path:
+def _run(options: TrainOptions, method, resolved_config: dict, family_options: dict, stop, on_progress) -> Path:
     out_dir = Path(options.out)
     resume_from = resolve_resume(options.resume, out_dir)
     accelerator = Accelerator(
@@ -171,7 +197,7 @@ def _run(options: TrainOptions, method, resolved_config: dict, family_options: d
     loader, order = make_loader(dataset, options, collate)  # order: its sampler, shuffled by (seed, epoch)
     loader = accelerator.prepare(loader)
     metadata = {"tunelab_config": to_json(resolved_config), "tunelab_method": method.name}
-    session = Session(options, method, accelerator, family, step, resolution, out_dir, metadata, stop)
+    session = Session(options, method, accelerator, family, step, resolution, out_dir, metadata, stop, on_progress=on_progress)
     start_records(session, resolved_config)
     restore(session, resume_from)
     run_steps(session, dataset, loader, order)
@@ -218,7 +244,7 @@ def checkpoint(session: Session) -> Path:
 def run_steps(session: Session, dataset, loader, order) -> None:
     """Micro-batches until the run has its optimizer steps; resumes mid-epoch where a checkpoint left off."""
     options, progress, accelerator = session.options, session.progress, session.accelerator
-    session.started = time.perf_counter()
+    session.started, session.first_step = time.perf_counter(), progress.step
     bar = tqdm(total=options.steps, initial=progress.step, desc=f"train {session.method.name}",
                disable=not accelerator.is_local_main_process)
     while progress.step < options.steps:
@@ -274,12 +300,17 @@ def after_optimizer_step(session: Session, result, bar) -> None:
         accelerator.log(logs, step=progress.step)
     if not accelerator.is_main_process:
         return
+    samples = []
     if options.sample_every and progress.step % options.sample_every == 0:
         with session.step.encoders_on_device():
-            write_samples(accelerator, session.family, session.method, options, session.out_dir, progress.step,
-                          session.resolution, session.step.modules, session.stop)
+            samples = write_samples(accelerator, session.family, session.method, options, session.out_dir, progress.step,
+                                    session.resolution, session.step.modules, session.stop)
     if options.checkpoint_every and progress.step % options.checkpoint_every == 0:
         checkpoint(session)
+    if session.on_progress is not None:
+        per_step = (time.perf_counter() - session.started) / (progress.step - session.first_step)
+        session.on_progress(TrainingProgress(progress.step, options.steps, logs["loss"], logs["lr"],
+                                             per_step * (options.steps - progress.step), samples, session.stop))
 
 
 def stop_if_asked(session: Session) -> None:

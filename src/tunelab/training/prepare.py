@@ -16,8 +16,8 @@ from tunelab.methods import check_family, method_class
 from tunelab.methods.base import Method
 from tunelab.models.family import all_families, check_family_options, family_class
 from tunelab.models.loading import pipeline_class_name
-from tunelab.train.options import TrainOptions
-from tunelab.train.prior import validate_prior_options
+from tunelab.training.options import TrainOptions
+from tunelab.training.prior import validate_prior_options
 
 
 @dataclass

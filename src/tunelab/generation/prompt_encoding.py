@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tunelab.generate.prompt_weighting import BREAK, BREAK_WEIGHT, parse_prompt_weights
+from tunelab.generation.prompt_weighting import BREAK, BREAK_WEIGHT, parse_prompt_weights
 from tunelab.models.family import family_for
 
 

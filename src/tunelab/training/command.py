@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tunelab import api
 from tunelab.config import add_arguments as add_schema_arguments
 from tunelab.methods import METHODS, method_class
-from tunelab.train.launch import inside_launched_process, relaunch
-from tunelab.train.loop import train
-from tunelab.train.output import check_output_folder
-from tunelab.train.prepare import prepare_run, run_schemas
+from tunelab.training.launch import inside_launched_process, relaunch
+from tunelab.training.output import check_output_folder
+from tunelab.training.prepare import prepare_run, run_schemas
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,10 +28,11 @@ def run(args: argparse.Namespace) -> None:
     internal = {"_module", "_argv", "debug", "command", "method", "config"}
     cli_values = {key: value for key, value in vars(args).items() if key not in internal}
     prepared = prepare_run(args.method, cli_values, args.config)
-    check_output_folder(Path(prepared.options.out), prepared.resolved, prepared.options.overwrite)
     if prepared.options.num_processes > 1 and not inside_launched_process():
+        # The command starts its copies through accelerate; each of them runs the branch below.
+        check_output_folder(Path(prepared.options.out), prepared.resolved, prepared.options.overwrite)
         relaunch(args._argv, prepared.options.num_processes, prepared.options.mixed_precision)
         return
-    artifact = train(prepared.options, prepared.method, prepared.resolved, prepared.family_options)
-    if artifact is not None:
-        print(f"saved {artifact}")
+    result = api.train(args.method, config=args.config, **cli_values)
+    if result.artifact is not None:
+        print(f"saved {result.artifact}")

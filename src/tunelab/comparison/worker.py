@@ -2,7 +2,7 @@
 
 A process per experiment makes peak memory the experiment's own (process RSS on CPU, the
 CUDA allocator's peak on a GPU) and keeps one run's state out of the next.
-Run as `python -m tunelab.compare.worker SPEC_JSON` (the spec itself, as text).
+Run as `python -m tunelab.comparison.worker SPEC_JSON` (the spec itself, as text).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tunelab.compare.report_images import save_grid
+from tunelab.comparison.report_images import save_grid
 from tunelab.evaluate.protocol import evaluate_subject
-from tunelab.generate.session import GenerateOptions, prepare
+from tunelab.generation.session import GenerateOptions, prepare
 from tunelab.methods import method_class
 from tunelab.process import quiet_libraries, run_guarded
 from tunelab.toyworld.subjects import SUBJECTS
-from tunelab.train.loop import train
-from tunelab.train.prepare import prepare_run
+from tunelab.training.loop import train
+from tunelab.training.prepare import prepare_run
 
 
 def _peak_memory_mb(device: str) -> float:

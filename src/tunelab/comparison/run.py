@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from tunelab.compare.config import CompareConfig, Experiment
+from tunelab.comparison.config import CompareConfig, Experiment
 from tunelab.errors import TunelabError
 from tunelab.evaluate.protocol import METRICS
 from tunelab.toyworld.subjects import SUBJECTS, write_training_images
-from tunelab.train.stopping import TrainingInterrupted
+from tunelab.training.stopping import TrainingInterrupted
 
 LOCK = ".compare.lock"
 
@@ -123,7 +123,7 @@ def _run_worker(spec: dict) -> None:
         shutil.rmtree(folder)  # another experiment's leftovers under this name
     folder.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps({**spec, "training": {k: v for k, v in spec["training"].items() if k != "resume"}}, indent=2) + "\n")
-    process = subprocess.Popen([sys.executable, "-m", "tunelab.compare.worker", json.dumps(spec)])
+    process = subprocess.Popen([sys.executable, "-m", "tunelab.comparison.worker", json.dumps(spec)])
     try:
         code = process.wait()
     except KeyboardInterrupt:

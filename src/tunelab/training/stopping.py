@@ -37,6 +37,11 @@ class StopRequest:
             signal.signal(signum, handler)
         return False
 
+    def request(self, reason: str) -> None:
+        """Ask the run to stop at the next safe point, as a signal would (`reason` names who asked)."""
+        self.requested = True
+        self.signal_name = reason
+
     def pipeline_callback(self, pipeline, step, timestep, callback_kwargs):
         """For diffusers' callback_on_step_end: stop sampling early when asked to stop."""
         if self.requested:

@@ -22,10 +22,10 @@ from diffusers.optimization import get_scheduler
 from tunelab.errors import TunelabError
 from tunelab.methods import check_family
 from tunelab.precision import precision_dtype
-from tunelab.train.latent_cache import LatentCache
-from tunelab.train.options import TrainOptions
-from tunelab.train.speed import adamw_kernel, apply_speed_options, attention_context, modules_on, offloaded_encoders
-from tunelab.train.text_cache import TextEmbeddingCache
+from tunelab.training.latent_cache import LatentCache
+from tunelab.training.options import TrainOptions
+from tunelab.training.speed import adamw_kernel, apply_speed_options, attention_context, modules_on, offloaded_encoders
+from tunelab.training.text_cache import TextEmbeddingCache
 
 
 def weight_dtype(mixed_precision: str) -> torch.dtype:

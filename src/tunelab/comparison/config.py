@@ -15,7 +15,7 @@ from tunelab.evaluate.protocol import METRICS
 from tunelab.evaluate.sampling import GUIDANCE, STEPS
 from tunelab.methods import METHODS
 from tunelab.toyworld.subjects import SUBJECTS
-from tunelab.train.prepare import run_schemas
+from tunelab.training.prepare import run_schemas
 
 # Training options the bench sets itself, the same for every experiment.
 SET_BY_COMPARE = ("model", "images", "out", "prompt", "resume", "overwrite", "num_processes", "log_with")

@@ -16,7 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from tunelab.errors import TunelabError
-from tunelab.train.options import TrainOptions
+from tunelab.training.options import TrainOptions
 
 # torch.compile's backend; tests may swap in a cheaper one.
 COMPILE_BACKEND = "inductor"

@@ -16,10 +16,10 @@ import torch
 
 from tunelab.config import option
 from tunelab.errors import TunelabError
-from tunelab.generate.png_info import save_png
-from tunelab.generate.prompt_encoding import encode_prompt_pair
-from tunelab.generate.prompt_tags import extract_tags, resolve_adapter
-from tunelab.generate.samplers import make_scheduler, sampler_name
+from tunelab.generation.png_info import save_png
+from tunelab.generation.prompt_encoding import encode_prompt_pair
+from tunelab.generation.prompt_tags import extract_tags, resolve_adapter
+from tunelab.generation.samplers import make_scheduler, sampler_name
 from tunelab.methods import check_family, generation_methods
 from tunelab.models.family import family_for
 from tunelab.models.loading import load_pipeline
@@ -231,12 +231,14 @@ def reproducible_options(options, seed: int, session: Session) -> dict:
     return recorded
 
 
-def generate_images(options) -> list[Path]:
-    """One image per seed, each saved as a PNG with its record."""
-    session = prepare(options)
+def rendered_images(session: Session, options) -> Iterator[tuple[Any, dict, Path]]:
+    """(image, its record, where `out` puts it) for each seed."""
     prompt_inputs = text_inputs(session, options)  # the same for every seed: encode once
     seeds = image_seeds(options)
-    paths = output_paths(options.out, seeds)
-    for seed, path in zip(seeds, paths):
-        save_png(render(session, options, seed, prompt_inputs), path, image_record(session, options, seed))
-    return paths
+    for seed, path in zip(seeds, output_paths(options.out, seeds)):
+        yield render(session, options, seed, prompt_inputs), image_record(session, options, seed), path
+
+
+def generate_images(options) -> list[Path]:
+    """One image per seed, each saved as a PNG with its record."""
+    return [save_png(image, path, record) for image, record, path in rendered_images(prepare(options), options)]

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from tunelab.errors import TunelabError
 from tunelab.models.presets import PRESETS
-from tunelab.train.stopping import TrainingInterrupted
+from tunelab.training.stopping import TrainingInterrupted
 
 logger = logging.getLogger(__name__)
 
