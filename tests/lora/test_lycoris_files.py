@@ -180,3 +180,60 @@ def test_bad_files_are_one_clear_line(tmp_path, capsys):
     incomplete = save_tensors({f"{name}.lokr_w1": torch.ones(4, 4), f"{name}.lokr_w2_a": torch.ones(8, 2)}, tmp_path / "part.safetensors")
     assert run_cli("lora", "info", incomplete) == 2
     assert "lacks lokr_w2_b; the file is incomplete" in capsys.readouterr().err
+
+
+def test_a_grid_weight_and_a_plain_lora_alongside_keep_detach_exact(tmp_path):
+    """A plain LoRA goes through diffusers' loader while a LoHa is merged into the weights; a grid cell's weight
+    re-merges the LoHa at that weight, and detaching gives the base back bit for bit."""
+    from types import SimpleNamespace
+
+    from lora_tool_helpers import random_lora
+
+    from tunelab.formats.lora_io import write_lora
+
+    pipeline = build_preset("tiny-sd")
+    modules = adaptable_modules(pipeline)
+    base = {key: module.weight.detach().clone() for key, module in modules.items()}
+    before = denoiser_output(pipeline)
+    loha, expected = lycoris_file(pipeline, "loha", tmp_path / "loha.safetensors")
+    plain = write_lora(random_lora(pipeline, ["unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k"], 2, 2.0),
+                       tmp_path / "plain.safetensors", "kohya", {})
+    entries, handle = LoraMethod.attach(pipeline, [(plain, 1.0), (loha, 1.0)])
+    with_both = denoiser_output(pipeline)
+    entries = LoraMethod.apply_generate_options(pipeline, entries, handle, SimpleNamespace(lora_weight=0.5))
+    assert [weight for _, weight in entries] == [0.5, 0.5]
+    for key in expected:
+        torch.testing.assert_close(modules[key].weight, base[key] + 0.5 * (expected[key] - base[key]), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(denoiser_output(pipeline), with_both)
+    LoraMethod.detach(pipeline, handle)
+    assert all(torch.equal(module.weight, base[key]) for key, module in adaptable_modules(pipeline).items())
+    assert torch.equal(denoiser_output(pipeline), before)
+
+
+@pytest.mark.parametrize("factor,splits", [(3, True), (-1, False)])
+def test_a_fused_flux_lokr_splits_where_its_kronecker_blocks_allow(factor, splits, tmp_path, capsys):
+    """kohya's Flux img_attn_qkv is q, k, v stacked: a LoKr whose w2 spans one of them (factor 3: w1 has 3 rows)
+    splits exactly into three; one whose blocks straddle them is refused in one line."""
+    pipeline = build_preset("tiny-flux")
+    attention = pipeline.transformer.transformer_blocks[0].attn
+    parts = [attention.to_q, attention.to_k, attention.to_v]
+    fused = torch.nn.Linear(32, 96, bias=False)
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([part.weight for part in parts]))  # (3 * 32, 32)
+    adapter = LokrModule("lora_unet_double_blocks_0_img_attn_qkv", fused, lora_dim=2, alpha=1, factor=factor)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in adapter.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    path = save_tensors({f"lora_unet_double_blocks_0_img_attn_qkv.{part}": value.detach().clone()
+                         for part, value in adapter.state_dict().items()}, tmp_path / "flux-lokr.safetensors")
+    if not splits:
+        assert run_cli("lora", "info", path) == 2
+        error = capsys.readouterr().err
+        assert "do not fall on its Kronecker blocks" in error and len(error.strip().splitlines()) == 1
+        return
+    expected = torch.split(lycoris_merged(adapter, fused.weight).detach(), 32)  # q, k, v rows
+    _, handle = LoraMethod.attach(pipeline, [(path, 1.0)])
+    for part, weight in zip(parts, expected):
+        torch.testing.assert_close(part.weight, weight, atol=1e-5, rtol=1e-5)
+    LoraMethod.detach(pipeline, handle)
