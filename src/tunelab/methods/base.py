@@ -27,6 +27,7 @@ class GenerateFlag:
     help: str
     record_key: str  # where the PNG record lists what was attached: "loras"
     tag: str | None = None  # A1111 extra-network tag kind: <lora:NAME:WEIGHT>
+    tag_aliases: tuple[str, ...] = ()  # other kinds A1111 reads as this one: <lyco:NAME:WEIGHT>
 
 
 def parameter_groups(modules: dict[str, torch.nn.Module], text_encoder_names, text_encoder_lr: float | None) -> list[dict]:
@@ -140,6 +141,12 @@ class Method:
     def grid_parameters(cls) -> dict[str, type]:
         """Per-image options of this technique an X/Y grid may sweep (name -> type)."""
         return {}
+
+    @classmethod
+    def tag_weight(cls, multipliers: list[str], named: dict[str, str]) -> Any:
+        """What a prompt tag asks for, from the arguments after its name (A1111: one multiplier, default 1);
+        ValueError where one is not a number."""
+        return float(multipliers[0]) if multipliers else 1.0
 
     @classmethod
     def requested(cls, options, tagged: list[tuple[Path, float]], adapters_dir: Path | None) -> list[tuple[Path, Any]]:

@@ -27,7 +27,7 @@ from tunelab.config import option
 from tunelab.errors import TunelabError
 from tunelab.formats.kohya_lora import kohya_metadata, to_kohya_tensors
 from tunelab.formats.lora_io import read_lora, write_lora
-from tunelab.formats.lora_set import DoraModule, LohaModule, LokrModule, LoraModule, LoraSet, algorithm_title
+from tunelab.formats.lora_set import DoraModule, LohaModule, LokrModule, LoraModule, LoraSet, algorithm_title, split_component
 from tunelab.formats.module_paths import from_file_path
 from tunelab.lora.merge import apply_loras, check_fits
 from tunelab.lora.modules import adaptable_modules
@@ -120,7 +120,8 @@ class LoraMethod(Method):
     artifact_name: ClassVar[str] = "lora.safetensors"
     families: ClassVar[frozenset[str]] = frozenset({"sd", "sdxl", "flux"})
     generate_flag: ClassVar[GenerateFlag] = GenerateFlag(
-        "lora", "LoRA file with optional weight, FILE[:WEIGHT]; repeat the flag for several", "loras", tag="lora"
+        "lora", "LoRA file with optional weight, FILE[:WEIGHT]; repeat the flag for several", "loras", tag="lora",
+        tag_aliases=("lyco",),
     )
     reference_mode: ClassVar[str] = "lora"
 
@@ -238,6 +239,16 @@ class LoraMethod(Method):
         return {"lora_weight": float}
 
     @classmethod
+    def tag_weight(cls, multipliers, named):
+        """A1111's <lora:NAME:TE:UNET> or te=/unet=: the text encoders' and the denoiser's multipliers (the
+        denoiser's defaults to the text encoders'); {"te", "unet"} where they differ."""
+        if len(multipliers) > 2 or "dyn" in named:
+            raise TunelabError("a LoRA tag's dyn argument (a rank limit) is not supported; give NAME:TE:UNET at most")
+        te = float(named.get("te", multipliers[0] if multipliers else 1.0))
+        unet = float(named.get("unet", multipliers[1] if len(multipliers) > 1 else te))
+        return te if te == unet else {"te": te, "unet": unet}
+
+    @classmethod
     def requested(cls, options, tagged, adapters_dir):
         loras = super().requested(options, tagged, adapters_dir)
         if options.lora_weight is not None:
@@ -267,7 +278,10 @@ class LoraMethod(Method):
 
     @classmethod
     def a1111_fields(cls, entries):
-        return {f"Lora {index}": f"{Path(path).stem}:{weight}" for index, (path, weight) in enumerate(entries)}
+        def multipliers(weight) -> str:
+            return f"{weight['te']}:{weight['unet']}" if isinstance(weight, dict) else str(weight)
+
+        return {f"Lora {index}": f"{Path(path).stem}:{multipliers(weight)}" for index, (path, weight) in enumerate(entries)}
 
 
 @dataclass
@@ -308,7 +322,7 @@ def attach_loras(pipeline, loras: list[tuple[Path, float]]) -> AttachedLoras:
         if all(isinstance(module, LoraModule) for module in lora.values()):
             plain.append((path, lora, weight))
         else:
-            handle.merged.append((lora, weight))
+            handle.merged += [(part, part_weight) for part, part_weight in split_by_component(lora, weight) if part]
     for lora, _ in handle.merged:
         for key in lora:
             handle.originals.setdefault(key, modules[key].weight.detach().clone())
@@ -324,8 +338,30 @@ def attach_loras(pipeline, loras: list[tuple[Path, float]]) -> AttachedLoras:
             raise TunelabError(f"cannot load LoRA {path}: {str(error).splitlines()[0]}") from None
         handle.adapter_names.append(name)
     if handle.adapter_names:
-        pipeline.set_adapters(handle.adapter_names, adapter_weights=[weight for _, _, weight in plain])
+        pipeline.set_adapters(handle.adapter_names, adapter_weights=[
+            component_weights(pipeline, name, weight) for name, (_, _, weight) in zip(handle.adapter_names, plain)])
     return handle
+
+
+def is_text_encoder(component: str) -> bool:
+    return component.startswith("text_encoder")
+
+
+def split_by_component(lora: LoraSet, weight) -> list[tuple[LoraSet, float]]:
+    """A tag's {"te", "unet"} multipliers: the text-encoder modules at one weight, the denoiser's at the other."""
+    if not isinstance(weight, dict):
+        return [(lora, weight)]
+    text = {key: module for key, module in lora.items() if is_text_encoder(split_component(key)[0])}
+    denoiser = {key: module for key, module in lora.items() if key not in text}
+    return [(text, weight["te"]), (denoiser, weight["unet"])]
+
+
+def component_weights(pipeline, adapter_name: str, weight):
+    """diffusers' set_adapters weight for one adapter: a number, or one per component it has weights in."""
+    if not isinstance(weight, dict):
+        return weight
+    return {component: weight["te"] if is_text_encoder(component) else weight["unet"]
+            for component, names in pipeline.get_list_adapters().items() if adapter_name in names}
 
 
 def detach_loras(pipeline, handle: AttachedLoras) -> None:
