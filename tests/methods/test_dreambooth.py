@@ -116,8 +116,8 @@ def test_single_file_loads_in_diffusers_and_matches_the_saved_folder(tmp_path, s
 
 
 def test_fp16_save_ema_and_full_bf16(tmp_path, subject_images):
-    method, folder = run(options_for(tmp_path / "ema", subject_images, tmp_path / "cache", steps=3),
-                         ema=True, ema_decay=0.5, save_precision="fp16")
+    method, folder = run(options_for(tmp_path / "ema", subject_images, tmp_path / "cache", steps=3, ema=True, ema_decay=0.5),
+                         save_precision="fp16")
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
 

@@ -88,9 +88,9 @@ def test_a_larger_steps_continues_the_run(tmp_path, subject_images, monkeypatch)
 
 def test_dreambooth_resume_with_ema_is_bit_identical(tmp_path, subject_images):
     def method():
-        return DreamBoothMethod(DreamBoothOptions(ema=True, ema_decay=0.9))
+        return DreamBoothMethod(DreamBoothOptions())
 
-    options = dict(steps=5, random_flip=False, lr_scheduler="constant", lr_warmup_steps=0)
+    options = dict(steps=5, random_flip=False, lr_scheduler="constant", lr_warmup_steps=0, ema=True, ema_decay=0.9)
     straight_folder = train(options_for(tmp_path / "a", subject_images, **options), method(), {})
     train(options_for(tmp_path / "b", subject_images, **{**options, "steps": 3}), method(), {})
     resumed_folder = train(options_for(tmp_path / "b", subject_images, **options, resume="latest"), method(), {})

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from diffusers.training_utils import EMAModel
 
 from tunelab.config import option
 from tunelab.errors import TunelabError
@@ -29,8 +28,6 @@ class DreamBoothOptions:
     text_encoder_lr: float | None = option("learning rate of the text encoder (default: --learning-rate)", default=None)
     text_encoder_stop_step: int | None = option("freeze the text encoder again after this step", default=None)
     full_bf16: bool = option("keep the trained weights in bf16 too (less memory, less precise updates)", default=False)
-    ema: bool = option("keep an exponential moving average of the trained weights and save it", default=False)
-    ema_decay: float = option("EMA decay per step", default=0.9999)
     single_file: bool = option("also write OUT/model.safetensors in the original Stable Diffusion (SDXL: SGM) layout", default=False)
     save_precision: PrecisionName = option("dtype of the saved model", default="fp32")
 
@@ -48,10 +45,7 @@ class DreamBoothMethod(Method):
     def __init__(self, options: DreamBoothOptions):
         if options.text_encoder_stop_step is not None and not options.train_text_encoder:
             raise TunelabError("--text-encoder-stop-step needs --train-text-encoder")
-        if not 0.0 < options.ema_decay < 1.0:
-            raise TunelabError(f"--ema-decay must be between 0 and 1, got {options.ema_decay}")
         super().__init__(options)
-        self._ema = None
 
     @property
     def text_encoder_lr(self) -> float | None:
@@ -71,28 +65,12 @@ class DreamBoothMethod(Method):
             # Frozen copies were cast to the mixed-precision dtype; trained weights need their own.
             module.to(dtype=dtype).requires_grad_(True)
             self._modules[name] = module
-        if self.options.ema:
-            self._ema = EMAModel(self._trained_parameters(), decay=self.options.ema_decay)
-
-    def _trained_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for module in self._modules.values() for p in module.parameters()]
 
     def after_step(self, step: int) -> None:
-        if self._ema is not None:
-            self._ema.to(device=next(iter(self._modules.values())).device)
-            self._ema.step(self._trained_parameters())
         if self.options.text_encoder_stop_step is not None and step == self.options.text_encoder_stop_step:
             # Parameters without gradients are skipped by AdamW, so the text encoder stays as it is now.
             for name in self.family.text_encoder_names:
                 self._modules[name].requires_grad_(False)
-
-    def state_dict(self) -> dict:
-        """What a resumed run needs beyond the trained weights: the EMA shadow."""
-        return {"ema": self._ema.state_dict() if self._ema is not None else None}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self._ema is not None and state.get("ema") is not None:
-            self._ema.load_state_dict(state["ema"])
 
     def save(self, out_dir: Path, metadata: dict[str, str]) -> Path:
         dtype = precision_dtype(self.options.save_precision)
@@ -105,31 +83,15 @@ class DreamBoothMethod(Method):
         return folder
 
     def _pipeline_for_saving(self, dtype: torch.dtype):
-        """A pipeline holding the weights to save (EMA if kept) in `dtype`, leaving the training model untouched."""
+        """A pipeline holding the weights to save in `dtype`, leaving the training model untouched."""
         pipeline = self.family.pipeline
         components = dict(pipeline.components)
         for name in self.family.frozen_modules():  # vae, text encoder(s), denoiser
             module = components[name]
-            use_ema = self._ema is not None and name in self._modules
-            if use_ema or any(p.dtype != dtype for p in module.parameters()):
-                module = copy.deepcopy(module)
-                if use_ema:
-                    self._copy_ema_into(name, module)
-                module.to(device="cpu", dtype=dtype)
+            if any(p.dtype != dtype for p in module.parameters()):
+                module = copy.deepcopy(module).to(device="cpu", dtype=dtype)
             components[name] = module
         return type(pipeline)(**components)
-
-    def _copy_ema_into(self, name: str, module: torch.nn.Module) -> None:
-        # EMA shadows follow the order of _trained_parameters(): module by module.
-        offset = 0
-        for trained_name, trained in self._modules.items():
-            count = len(list(trained.parameters()))
-            if trained_name == name:
-                for target, shadow in zip(module.parameters(), self._ema.shadow_params[offset : offset + count]):
-                    target.data.copy_(shadow.data)
-                return
-            offset += count
-
 
     @classmethod
     def generate_options(cls, artifact: Path, identifier: str | None) -> dict:

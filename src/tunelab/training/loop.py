@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -28,6 +29,8 @@ from tunelab.errors import TunelabError
 from tunelab.models.family import check_family_options, family_class, family_for
 from tunelab.models.loading import load_pipeline
 from tunelab.training.checkpoints import resolve_resume, save_checkpoint
+from tunelab.training.ema import WeightAverage
+from tunelab.training.optimizers import OPTIMIZERS
 from tunelab.training.options import TrainOptions
 from tunelab.training.output import record_run
 from tunelab.training.prepare import validate_train_options
@@ -161,6 +164,7 @@ class Session:
     progress: Progress = field(default_factory=Progress)
     started: float = 0.0  # when the first step began (perf_counter)
     first_step: int = 0  # the step this process started from (a resumed run starts later)
+    average: WeightAverage | None = None  # --ema
     on_progress: Callable[[TrainingProgress], None] | None = None
 
 
@@ -198,6 +202,9 @@ def _run(options: TrainOptions, method, resolved_config: dict, family_options: d
     loader = accelerator.prepare(loader)
     metadata = {"tunelab_config": to_json(resolved_config), "tunelab_method": method.name}
     session = Session(options, method, accelerator, family, step, resolution, out_dir, metadata, stop, on_progress=on_progress)
+    if options.ema:
+        trained = [parameter for group in step.optimizer.param_groups for parameter in group["params"]]
+        session.average = WeightAverage(trained, options.ema_decay, options.ema_update_every)
     start_records(session, resolved_config)
     restore(session, resume_from)
     run_steps(session, dataset, loader, order)
@@ -224,10 +231,37 @@ def restore(session: Session, resume_from: Path | None) -> None:
     if resume_from is not None:
         step = session.step
         session.progress = load_training_state(resume_from, step.optimizer, step.lr_scheduler, session.accelerator.scaler,
-                                               session.method)
+                                               session.method, session.average)
         logger.info("resumed from %s at step %d", resume_from, session.progress.step)
     elif session.options.resume == "latest":
         logger.info("no checkpoint in %s yet: starting from the beginning", session.out_dir)
+
+
+@contextmanager
+def weights_for_use(session: Session) -> Iterator[None]:
+    """The weights sample images and saved artifacts show: a schedule-free optimizer's evaluation
+    sequence, the moving average with --ema; the trained ones come back after, exactly."""
+    with evaluation_sequence(session), session.average.applied() if session.average is not None else nullcontext():
+        yield
+
+
+@contextmanager
+def evaluation_sequence(session: Session) -> Iterator[None]:
+    """A schedule-free optimizer's evaluation weights in place. Its train() interpolates back, which is not
+    exact in floating point, so the trained values are kept aside and put back bit for bit."""
+    if not OPTIMIZERS[session.options.optimizer].schedule_free:
+        yield
+        return
+    parameters = [parameter for group in session.step.optimizer.param_groups for parameter in group["params"]]
+    kept = [parameter.detach().clone() for parameter in parameters]
+    session.step.optimizer.eval()
+    try:
+        yield
+    finally:
+        session.step.optimizer.train()
+        with torch.no_grad():
+            for parameter, value in zip(parameters, kept):
+                parameter.copy_(value)
 
 
 def checkpoint(session: Session) -> Path:
@@ -235,8 +269,9 @@ def checkpoint(session: Session) -> Path:
 
     def contents(folder: Path) -> None:
         save_training_state(folder, step.optimizer, step.lr_scheduler, session.accelerator.scaler, session.progress,
-                            session.method)
-        session.method.save(folder, session.metadata)
+                            session.method, session.average)
+        with weights_for_use(session):
+            session.method.save(folder, session.metadata)
 
     return save_checkpoint(session.out_dir, session.progress.step, session.options.keep_last, contents)
 
@@ -291,6 +326,8 @@ def after_optimizer_step(session: Session, result, bar) -> None:
     progress.nonfinite_in_a_row = 0
     progress.step += 1
     session.method.after_step(progress.step)
+    if session.average is not None:
+        session.average.after_step(progress.step)
     logs = {"loss": result.loss.detach().item(), "lr": session.step.lr_scheduler.get_last_lr()[0]}
     if options.class_prompt is not None:
         logs |= {"instance_loss": result.instance_loss.detach().item(), "prior_loss": result.prior_loss.detach().item()}
@@ -302,7 +339,7 @@ def after_optimizer_step(session: Session, result, bar) -> None:
         return
     samples = []
     if options.sample_every and progress.step % options.sample_every == 0:
-        with session.step.encoders_on_device():
+        with session.step.encoders_on_device(), weights_for_use(session):
             samples = write_samples(accelerator, session.family, session.method, options, session.out_dir, progress.step,
                                     session.resolution, session.step.modules, session.stop)
     if options.checkpoint_every and progress.step % options.checkpoint_every == 0:
@@ -330,7 +367,8 @@ def finish(session: Session) -> Path | None:
     artifact = None
     if accelerator.is_main_process:
         session.metadata["tunelab_steps"] = str(progress.step)
-        artifact = session.method.save(session.out_dir, session.metadata)
+        with weights_for_use(session):
+            artifact = session.method.save(session.out_dir, session.metadata)
         if progress.skipped_steps:
             logger.warning("%d step(s) were skipped for NaN/inf values", progress.skipped_steps)
         logger.info("trained to step %d in %.1f s; wrote %s", progress.step, time.perf_counter() - session.started, artifact)

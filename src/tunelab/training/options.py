@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tunelab.config import option
+from tunelab.training.optimizers import OPTIMIZERS
 
 
 @dataclass
@@ -22,9 +23,17 @@ class TrainOptions:
         "learning rate (default: the technique's own, see `tunelab train TECHNIQUE --help`)",
         default=None,
     )
-    lr_scheduler: Literal["constant", "cosine", "linear"] = option("learning-rate schedule after warm-up", default="constant")
+    lr_scheduler: Literal["constant", "cosine", "linear", "cosine_with_restarts", "polynomial"] = option(
+        "learning-rate schedule after warm-up", default="constant")
+    lr_cycles: int = option("cosine_with_restarts: number of hard restarts", default=1)
+    lr_power: float = option("polynomial: power of the decay (1: linear)", default=1.0)
     lr_warmup_steps: int = option("linear warm-up steps", default=0)
-    optimizer: Literal["adamw", "adamw8bit"] = option("adamw, or adamw8bit (bitsandbytes, GPU only)", default="adamw")
+    optimizer: Literal[tuple(OPTIMIZERS)] = option(
+        "adamw; adamw8bit (bitsandbytes, GPU only); prodigy (sets its own step size: lr 1.0); adafactor; lion "
+        "(default lr: the technique's / 3); adamw_schedulefree (no schedule needed)", default="adamw")
+    optimizer_args: list[str] = option(
+        "the optimizer's own arguments, KEY=VALUE ... (e.g. d_coef=2 for prodigy); over its recommended settings",
+        default_factory=list)
     weight_decay: float = option("AdamW weight decay", default=1e-2)
     max_grad_norm: float = option("gradient clipping norm (0 disables)", default=1.0)
     mixed_precision: Literal["no", "fp16", "bf16"] = option("mixed precision for the frozen weights and compute", default="no")
@@ -60,6 +69,10 @@ class TrainOptions:
         "straight back, so the result is the same; off by default)",
         default=False,
     )
+    ema: bool = option("keep an exponential moving average of the trained weights; it is what is saved and sampled",
+                       default=False)
+    ema_decay: float = option("EMA decay per update", default=0.9999)
+    ema_update_every: int = option("update the EMA every N optimizer steps", default=1)
     min_snr_gamma: float | None = option("min-SNR-gamma loss weighting, e.g. 5 (off by default)", default=None)
     noise_offset: float = option("noise offset, e.g. 0.05 (0 disables)", default=0.0)
     caption_dropout: float = option(

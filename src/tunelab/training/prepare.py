@@ -16,6 +16,7 @@ from tunelab.methods import check_family, method_class
 from tunelab.methods.base import Method
 from tunelab.models.family import all_families, check_family_options, family_class
 from tunelab.models.loading import pipeline_class_name
+from tunelab.training.optimizers import check_optimizer_options, run_learning_rate
 from tunelab.training.options import TrainOptions
 from tunelab.training.prior import validate_prior_options
 
@@ -48,7 +49,12 @@ def validate_train_options(options: TrainOptions) -> None:
         raise TunelabError(f"--caption-dropout must be at least 0 and below 1, got {options.caption_dropout}")
     if options.num_processes < 1:
         raise TunelabError(f"--num-processes must be at least 1, got {options.num_processes}")
+    if not 0.0 < options.ema_decay < 1.0:
+        raise TunelabError(f"--ema-decay must be between 0 and 1, got {options.ema_decay}")
+    if options.ema_update_every < 1:
+        raise TunelabError(f"--ema-update-every must be at least 1, got {options.ema_update_every}")
     validate_prior_options(options)
+    check_optimizer_options(options)
 
 
 def check_model_fits(method: type[Method], model: str, family_options: dict[str, Any], train_options=None) -> None:
@@ -69,7 +75,7 @@ def prepare_run(method_name: str, values: dict, config_path=None) -> Run:
     method_type = method_class(method_name)
     options, method_options, *family_instances = resolve(run_schemas(method_name), values, config_path)
     if options.learning_rate is None:
-        options = replace(options, learning_rate=method_type.default_learning_rate)  # recorded as used
+        options = replace(options, learning_rate=run_learning_rate(options, method_type))  # recorded as used
     validate_train_options(options)
     family_options = {family.name: instance for family, instance in zip(families_with_options(), family_instances)}
     method = method_type(method_options)

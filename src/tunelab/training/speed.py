@@ -22,14 +22,6 @@ from tunelab.training.options import TrainOptions
 COMPILE_BACKEND = "inductor"
 
 
-def adamw_kernel(options: TrainOptions, device: torch.device) -> dict:
-    """torch.optim.AdamW's implementation flag: fused (one kernel) on a GPU by default, foreach elsewhere."""
-    choice = options.adamw_implementation
-    if choice == "auto":
-        choice = "fused" if device.type == "cuda" else "foreach"
-    return {choice: True}
-
-
 def attention_backends(choice: str, device: torch.device):
     """The scaled-dot-product-attention kernels to allow, or None for PyTorch's own choice.
 

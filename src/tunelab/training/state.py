@@ -40,7 +40,7 @@ def _parameters(optimizer) -> dict[str, torch.nn.Parameter]:
     }
 
 
-def save_training_state(folder: Path, optimizer, lr_scheduler, scaler, progress: Progress, method) -> None:
+def save_training_state(folder: Path, optimizer, lr_scheduler, scaler, progress: Progress, method, average=None) -> None:
     save_tensors({name: p.detach() for name, p in _parameters(optimizer).items()}, folder / PARAMS_FILE)
     state = {
         "optimizer": optimizer.state_dict(),
@@ -51,11 +51,12 @@ def save_training_state(folder: Path, optimizer, lr_scheduler, scaler, progress:
         "python_rng": random.getstate(),
         "progress": asdict(progress),
         "method": method.state_dict(),
+        "ema": average.state_dict() if average is not None else None,
     }
     torch.save(state, folder / STATE_FILE)
 
 
-def load_training_state(folder: Path, optimizer, lr_scheduler, scaler, method) -> Progress:
+def load_training_state(folder: Path, optimizer, lr_scheduler, scaler, method, average=None) -> Progress:
     params = _parameters(optimizer)
     saved = load_state_dict(folder / PARAMS_FILE)
     if set(saved) != set(params) or any(saved[n].shape != p.shape for n, p in params.items()):
@@ -74,6 +75,10 @@ def load_training_state(folder: Path, optimizer, lr_scheduler, scaler, method) -
     random.setstate(_as_tuples(state["python_rng"]))
     if state["method"] is not None:  # checkpoints of techniques that had no state of their own hold None
         method.load_state_dict(state["method"])
+    if average is not None:
+        if state.get("ema") is None:
+            raise TunelabError(f"checkpoint {folder} was made without --ema; resume it without --ema, or start a new run")
+        average.load_state_dict(state["ema"])
     return Progress(**state["progress"])
 
 

@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 
-from tunelab.errors import TunelabError
 from tunelab.methods import check_family
 from tunelab.precision import precision_dtype
 from tunelab.training.latent_cache import LatentCache
+from tunelab.training.optimizers import OPTIMIZERS, make_optimizer, run_learning_rate
 from tunelab.training.options import TrainOptions
-from tunelab.training.speed import adamw_kernel, apply_speed_options, attention_context, modules_on, offloaded_encoders
+from tunelab.training.speed import apply_speed_options, attention_context, modules_on, offloaded_encoders
 from tunelab.training.text_cache import TextEmbeddingCache
 
 
@@ -33,26 +33,11 @@ def weight_dtype(mixed_precision: str) -> torch.dtype:
     return torch.float32 if mixed_precision == "no" else precision_dtype(mixed_precision)
 
 
-def make_optimizer(options: TrainOptions, groups: list[dict], device: torch.device, default_learning_rate: float):
-    learning_rate = options.learning_rate if options.learning_rate is not None else default_learning_rate
-    if options.optimizer == "adamw8bit":
-        if device.type != "cuda":
-            raise TunelabError("--optimizer adamw8bit needs a CUDA GPU; use adamw on this machine")
-        try:
-            import bitsandbytes as bnb  # deferred: optional GPU dependency, imported only when chosen
-        except ImportError:
-            raise TunelabError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
-        return bnb.optim.AdamW8bit(groups, lr=learning_rate, weight_decay=options.weight_decay)
-
-    # foreach: a few multi-tensor kernels instead of several per tensor; fused: one kernel for the whole update.
-    return torch.optim.AdamW(groups, lr=learning_rate, weight_decay=options.weight_decay, **adamw_kernel(options, device))
-
-
 def make_lr_scheduler(options: TrainOptions, optimizer):
     name = "constant_with_warmup" if options.lr_scheduler == "constant" else options.lr_scheduler
-    return get_scheduler(
-        name, optimizer, num_warmup_steps=options.lr_warmup_steps, num_training_steps=options.steps
-    )
+    warmup = 0 if OPTIMIZERS[options.optimizer].schedule_free else options.lr_warmup_steps
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=options.steps,
+                         num_cycles=options.lr_cycles, power=options.lr_power)
 
 
 def sample_generators(seed: int, epoch: int, positions: range, stream: int) -> list[torch.Generator]:
@@ -168,7 +153,7 @@ def prepare_step(options: TrainOptions, method, family, accelerator) -> Training
     method.setup(family)
     trainable = method.trainable_modules()
     apply_speed_options(options, family, trainable)
-    optimizer = make_optimizer(options, method.trainable_parameters(), accelerator.device, method.default_learning_rate)
+    optimizer = make_optimizer(options, method.trainable_parameters(), run_learning_rate(options, method), accelerator.device)
     lr_scheduler = make_lr_scheduler(options, optimizer)
     prepared = accelerator.prepare(*trainable.values(), optimizer, lr_scheduler)
     modules, (optimizer, lr_scheduler) = list(prepared[: len(trainable)]), prepared[len(trainable) :]
