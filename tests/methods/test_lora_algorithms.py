@@ -197,6 +197,27 @@ def test_kohya_metadata_and_info_name_the_algorithm(trained, capsys):
     assert "algorithm   DoRA (all modules)" in capsys.readouterr().out
 
 
+def test_lokr_full_factors_and_a_factor_train_as_lycoris_lays_them_out(trained, tmp_path, capsys):
+    """--full-matrix: both Kronecker factors full (scale 1); --factor 4 on a 16 x 16 layer: w1 is 4 x 4, and at rank 1 w2 a pair. Each file holds PEFT's weights,
+    and `lora convert` keeps the LoKr settings in ss_network_args."""
+    for extra, parts in (({"full_matrix": True, "decompose_both": False}, {"lokr_w1", "lokr_w2", "alpha"}),
+                         ({"factor": 4, "decompose_both": False, "rank": 1}, {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "alpha"})):
+        method, artifact = trained("lokr", "tiny-sd", **extra)
+        tensors = load_file(artifact)
+        attention = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+        assert {key.partition(".")[2] for key in tensors if key.startswith(attention + ".")} == parts
+        if "factor" in extra:
+            assert tuple(tensors[f"{attention}.lokr_w1"].shape) == (4, 4)
+        base, expected = peft_merged_weights(method)
+        for key, module in read_lora_file(artifact).lora.items():
+            torch.testing.assert_close(module.merged(base[key], 1.0), expected[key], atol=1e-5, rtol=1e-4)
+    converted = tmp_path / "converted.safetensors"
+    assert run_cli("lora", "convert", artifact, "--to", "kohya", "--precision", "fp16", "--out", converted) == 0
+    with safe_open(converted, "pt") as handle:
+        args = json.loads(handle.metadata()["ss_network_args"])
+    assert args["algo"] == "lokr" and args["factor"] == "4"
+
+
 @pytest.mark.parametrize(
     "flags,message",
     [

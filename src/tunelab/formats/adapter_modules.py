@@ -190,12 +190,12 @@ class LokrModule(PartsModule):
             return _tucker(self.parts["lokr_t2"], a, b)  # (b, d, kh, kw)
         return a @ b  # (b, r) @ (r, d[*kh*kw])
 
-    def _w1_shape(self) -> tuple[int, int]:
+    def w1_shape(self) -> tuple[int, int]:
         if "lokr_w1" in self.parts:
             return tuple(self.parts["lokr_w1"].shape)
         return self.parts["lokr_w1_a"].shape[0], self.parts["lokr_w1_b"].shape[1]
 
-    def _w2_shape(self) -> tuple[int, ...]:
+    def w2_shape(self) -> tuple[int, ...]:
         if "lokr_w2" in self.parts:
             return tuple(self.parts["lokr_w2"].shape)
         if "lokr_t2" in self.parts:
@@ -204,7 +204,7 @@ class LokrModule(PartsModule):
 
     @property
     def delta_shape(self) -> tuple[int, ...]:
-        (a, c), w2 = self._w1_shape(), self._w2_shape()
+        (a, c), w2 = self.w1_shape(), self.w2_shape()
         return (a * w2[0], c * w2[1], *w2[2:])
 
     def flat_delta(self) -> torch.Tensor:
@@ -215,7 +215,7 @@ class LokrModule(PartsModule):
 
     def rows(self, start: int, stop: int) -> "LokrModule":
         """Rows start:stop of the change, when they are whole rows of w1 (each spans len(w2) weight rows)."""
-        height = self._w2_shape()[0]
+        height = self.w2_shape()[0]
         if start % height or stop % height:
             raise TunelabError(f"this LoKr's rows {start}:{stop} do not fall on its Kronecker blocks ({height} rows each); it cannot be split")
         parts = dict(self.parts)

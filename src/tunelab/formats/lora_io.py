@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,12 +10,15 @@ from typing import Iterable, Literal
 
 from tunelab.errors import TunelabError
 from tunelab.formats import kohya_lora, lycoris, peft_lora
-from tunelab.formats.lora_set import LoraSet
+from tunelab.formats.lora_set import LoraSet, algorithms
 from tunelab.safe_load import load_state_dict, read_safetensors_metadata
 
 LoraFormat = Literal["kohya", "peft"]
 LORA_FORMATS: tuple[LoraFormat, ...] = ("kohya", "peft")
 _WRITERS = {"kohya": kohya_lora.write_kohya_lora, "peft": peft_lora.write_peft_lora}
+
+# LyCORIS network arguments that only training decides (the others are read off the weights again).
+LYCORIS_SETTINGS = ("factor", "decompose_both", "full_matrix", "use_tucker", "wd_on_out", "rank_dropout", "module_dropout")
 
 # Metadata a file's layout or its weights decide; rewritten, never carried over, when a tool writes a new file.
 _DERIVED_METADATA = (
@@ -82,11 +86,23 @@ def base_model_version(lora: LoraSet, metadata: dict[str, str]) -> str:
 
 
 def output_metadata(lora: LoraSet, file_format: LoraFormat, carried: dict[str, str], base_version: str) -> dict[str, str]:
-    """Metadata for a file a tool writes: what the sources said, with the layout's own keys made anew."""
+    """Metadata for a file a tool writes: what the sources said, with the layout's own keys made anew
+    (a LyCORIS algorithm's own settings, such as LoKr's factor, carried over when the algorithm is the same)."""
     kept = {key: value for key, value in carried.items() if key not in _DERIVED_METADATA}
     if file_format == "kohya":
-        return kohya_lora.kohya_metadata(lora, base_version, kept)
+        return kohya_lora.kohya_metadata(lora, base_version, kept, _algorithm_settings(lora, carried))
     return kept
+
+
+def _algorithm_settings(lora: LoraSet, carried: dict[str, str]) -> dict[str, str]:
+    try:
+        args = json.loads(carried.get("ss_network_args", "{}"))
+    except ValueError:
+        return {}
+    kinds = algorithms(lora)
+    if not isinstance(args, dict) or not kinds or args.get("algo") != kohya_lora.LYCORIS_ALGO.get(kinds[0]):
+        return {}
+    return {key: str(value) for key, value in args.items() if key in LYCORIS_SETTINGS}
 
 
 def encoded_size(lora: LoraSet, file_format: LoraFormat, metadata: dict[str, str]) -> int:

@@ -134,8 +134,8 @@ def module_from_parts(name: str, parts: dict[str, torch.Tensor], default_alpha: 
     _check_inner_shapes(name, module)
     if "dora_scale" in parts:
         module = DoraModule(module, parts["dora_scale"])
-        out, flat_in = module.delta_shape[0], module.delta_shape[1]
-        if module.dora_scale.numel() not in (out, flat_in) or (not module.on_output_axis and module.dora_scale.shape[1] != flat_in):
+        out, columns = module.delta_shape[0], module.delta_shape[1]
+        if module.dora_scale.numel() not in (out, columns) or (not module.on_output_axis and module.dora_scale.shape[1] != columns):
             raise TunelabError(f"module {name}: dora_scale {tuple(module.dora_scale.shape)} fits neither its output nor its input axis")
     return module
 

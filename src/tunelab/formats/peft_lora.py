@@ -75,11 +75,11 @@ def _lokr_factor(component: str, modules: dict[str, LokrModule]) -> int:
     def splits(module: LokrModule, factor: int) -> bool:
         # Output rows always tell the split; input columns only where w2 keeps its kernel apart
         # (a flattened w2 holds in / c * kh * kw columns, which hides the input width).
-        (a, c), w2 = module._w1_shape(), module._w2_shape()
+        (a, c), w2 = module.w1_shape(), module.w2_shape()
         rows_fit = factorization(module.delta_shape[0], factor) == (a, w2[0])
         return rows_fit and (len(w2) != 4 or factorization(c * w2[1], factor) == (c, w2[1]))
 
-    candidates = [-1, *sorted({module._w1_shape()[0] for module in modules.values()})]
+    candidates = [-1, *sorted({module.w1_shape()[0] for module in modules.values()})]
     for factor in candidates:
         if all(splits(module, factor) for module in modules.values()):
             return factor
@@ -94,7 +94,7 @@ def _lokr_config(component: str, modules: dict[str, LokrModule]) -> dict:
         if module.rank is not None:
             ranks[path], alphas[path] = module.rank, module.alpha
         else:  # both factors full: a rank PEFT keeps them full at, and scale alpha / r = 1 as in LyCORIS
-            (a, c), w2 = module._w1_shape(), module._w2_shape()
+            (a, c), w2 = module.w1_shape(), module.w2_shape()
             full = max(w2[0], w2[1], *((a, c) if decompose_both else ()))
             ranks[path], alphas[path] = full, float(full)
     config = _patterned(modules, ranks, alphas, "alpha")
