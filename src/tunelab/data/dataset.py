@@ -114,9 +114,10 @@ def build_dataset(
     random_flip: bool = False,
     bucket: bool = False,
     seed: int = 0,
+    caption_extension: str = ".txt",
 ) -> ImageCaptionDataset:
     """Scan a folder and build its dataset in one call."""
-    items = scan_image_folder(images_dir, instance_prompt)
+    items = scan_image_folder(images_dir, instance_prompt, caption_extension)
     return ImageCaptionDataset(
         items, resolution, center_crop=center_crop, random_flip=random_flip, bucket=bucket, seed=seed
     )

@@ -23,8 +23,9 @@ class ImageItem:
     repeats: int = 1
 
 
-def scan_image_folder(root: str | Path, instance_prompt: str | None) -> list[ImageItem]:
-    """List every image under root with its caption: .txt file > subfolder prompt > instance_prompt."""
+def scan_image_folder(root: str | Path, instance_prompt: str | None, caption_extension: str = ".txt") -> list[ImageItem]:
+    """List every image under root with its caption: caption file (same name, `caption_extension`) >
+    subfolder prompt > instance_prompt."""
     root = Path(root)
     if not root.exists():
         raise TunelabError(f"image folder not found: {root}")
@@ -59,7 +60,7 @@ def scan_image_folder(root: str | Path, instance_prompt: str | None) -> list[Ima
 
     items, uncaptioned = [], []
     for path, fallback, repeats in found:
-        caption = _read_caption(path) or fallback
+        caption = _read_caption(path, caption_extension) or fallback
         if caption is None:
             uncaptioned.append(path)
         else:
@@ -67,7 +68,7 @@ def scan_image_folder(root: str | Path, instance_prompt: str | None) -> list[Ima
     if uncaptioned:
         raise TunelabError(
             f"{len(uncaptioned)} image(s) in {root} have no caption (first: {uncaptioned[0].name}): "
-            "pass an instance prompt or add a same-name .txt caption next to each image"
+            f"pass an instance prompt or add a same-name {caption_extension} caption next to each image"
         )
     return sorted(items, key=lambda item: item.path)
 
@@ -84,9 +85,9 @@ def _is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
-def _read_caption(image: Path) -> str | None:
-    """The stripped text of image's same-name .txt, or None when missing or empty."""
-    caption_file = image.with_suffix(".txt")
+def _read_caption(image: Path, extension: str) -> str | None:
+    """The stripped text of image's same-name caption file, or None when missing or empty."""
+    caption_file = image.with_suffix(extension)
     if not caption_file.is_file():
         return None
     try:

@@ -77,7 +77,7 @@ def build_training_data(options: TrainOptions, method, family, resolution: int, 
     def dataset_from(folder, prompt):
         return build_dataset(
             folder, prompt, resolution, center_crop=options.center_crop, random_flip=options.random_flip,
-            bucket=options.buckets, seed=options.seed,
+            bucket=options.buckets, seed=options.seed, caption_extension=options.caption_extension,
         )
 
     instance = dataset_from(options.images, options.prompt if options.prompt is not None else method.default_prompt)

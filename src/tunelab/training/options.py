@@ -79,6 +79,11 @@ class TrainOptions:
         "probability of training a sample on the empty caption, e.g. 0.1, so the model keeps an unconditional "
         "prediction for classifier-free guidance (kohya's caption_dropout_rate; 0 disables)", default=0.0,
     )
+    caption_extension: str = option("file extension of caption files next to the images", default=".txt")
+    shuffle_caption: bool = option("shuffle the comma-separated tags of each caption every time it is used (seeded)",
+                                   default=False)
+    keep_tokens: int = option("with --shuffle-caption / --caption-tag-dropout: the first N tags stay in place", default=0)
+    caption_tag_dropout: float = option("probability of leaving out each tag (after the kept ones), e.g. 0.1", default=0.0)
     seed: int = option("random seed for weights init, data order and noise", default=0)
     center_crop: bool = option("center crop (else a seeded random crop)", default=True)
     random_flip: bool = option("random horizontal flips", default=False)

@@ -47,6 +47,12 @@ def validate_train_options(options: TrainOptions) -> None:
         raise TunelabError("--batch-size and --gradient-accumulation must be at least 1")
     if not 0.0 <= options.caption_dropout < 1.0:
         raise TunelabError(f"--caption-dropout must be at least 0 and below 1, got {options.caption_dropout}")
+    if not 0.0 <= options.caption_tag_dropout < 1.0:
+        raise TunelabError(f"--caption-tag-dropout must be at least 0 and below 1, got {options.caption_tag_dropout}")
+    if options.keep_tokens < 0:
+        raise TunelabError(f"--keep-tokens must be 0 or more, got {options.keep_tokens}")
+    if not options.caption_extension.startswith(".") or len(options.caption_extension) < 2:
+        raise TunelabError(f"--caption-extension must look like .txt, got {options.caption_extension!r}")
     if options.num_processes < 1:
         raise TunelabError(f"--num-processes must be at least 1, got {options.num_processes}")
     if not 0.0 < options.ema_decay < 1.0:

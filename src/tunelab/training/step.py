@@ -49,6 +49,24 @@ def sample_generators(seed: int, epoch: int, positions: range, stream: int) -> l
     ]
 
 
+def shuffle_tags(captions: list[str], keep: int, tag_dropout: float, shuffle: bool,
+                 generators: list[torch.Generator]) -> list[str]:
+    """kohya's caption handling for tagged datasets: the comma-separated tags after the first `keep` are
+    left out with `tag_dropout` and shuffled, each caption by its sample's own generator (reproducible)."""
+    if not (shuffle or tag_dropout):
+        return captions
+    changed = []
+    for caption, generator in zip(captions, generators):
+        tags = [tag.strip() for tag in caption.split(",") if tag.strip()]
+        kept, rest = tags[:keep], tags[keep:]
+        if tag_dropout:
+            rest = [tag for tag in rest if torch.rand(1, generator=generator).item() >= tag_dropout]
+        if shuffle:
+            rest = [rest[index] for index in torch.randperm(len(rest), generator=generator).tolist()]
+        changed.append(", ".join(kept + rest))
+    return changed
+
+
 def drop_captions(captions: list[str], probability: float, generators: list[torch.Generator]) -> list[str]:
     """Each caption replaced by "" with `probability`, drawn from its sample's own generator (reproducible, resumable)."""
     if not probability:
@@ -115,7 +133,9 @@ class TrainingStep:
             latents = self.image_encoder.encode_images(
                 batch["pixel_values"], sample_generators(options.seed, epoch, positions, stream=1)
             ).to(self.weight_dtype)  # (B, C, h, w)
-            captions = drop_captions(self.method.training_captions(batch["captions"]), options.caption_dropout,
+            captions = shuffle_tags(batch["captions"], options.keep_tokens, options.caption_tag_dropout,
+                                    options.shuffle_caption, sample_generators(options.seed, epoch, positions, stream=3))
+            captions = drop_captions(self.method.training_captions(captions), options.caption_dropout,
                                      sample_generators(options.seed, epoch, positions, stream=2))
             conditioning = self.prompt_encoder.encode_prompts(captions)
             noisy = family.add_noise(latents, options.noise_offset, sample_generators(options.seed, epoch, positions, stream=0))
