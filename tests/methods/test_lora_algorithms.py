@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from helpers import run_cli
+from tunelab.formats.kohya_flux import _kohya_module as kohya_flux_module
 from tunelab.formats.kohya_lora import kohya_name, kohya_prefixes
 from tunelab.formats.lora_io import read_lora_file
 from tunelab.lora.modules import adaptable_modules
@@ -91,8 +92,9 @@ def test_the_file_gives_the_weights_peft_trained_and_attaches_and_detaches_exact
     assert all(torch.equal(module.weight, before[key]) for key, module in adaptable_modules(pipeline).items())
 
 
-def hand_delta(parts: dict[str, torch.Tensor], shape) -> torch.Tensor:
-    """The algorithms' formulas on a file's raw tensors, written out here apart from tunelab's reader."""
+def hand_delta(parts: dict[str, torch.Tensor], shape, scale: float | None = None) -> torch.Tensor:
+    """The algorithms' formulas on a file's raw tensors, written out here apart from tunelab's reader (`scale`:
+    a LoKr's, as a PEFT file's config gives it, instead of LyCORIS's rule)."""
     p = {name: tensor.double() for name, tensor in parts.items()}
     if "hada_w1_a" in p:
         rank = p["hada_w1_b"].shape[0]
@@ -102,7 +104,8 @@ def hand_delta(parts: dict[str, torch.Tensor], shape) -> torch.Tensor:
         w1 = p["lokr_w1"] if "lokr_w1" in p else p["lokr_w1_a"] @ p["lokr_w1_b"]
         w2 = p["lokr_w2"] if "lokr_w2" in p else p["lokr_w2_a"] @ p["lokr_w2_b"].flatten(1)
         low_rank = [p[name].shape[0] for name in ("lokr_w1_b", "lokr_w2_b") if name in p]
-        scale = p["alpha"].item() / low_rank[0] if low_rank else 1.0
+        if scale is None:
+            scale = p["alpha"].item() / low_rank[0] if low_rank else 1.0
         kernel = shape[2:] if len(shape) == 4 else ()
         blocks = [[w1[i, j] * w2.reshape(w2.shape[0], -1) for j in range(w1.shape[1])] for i in range(w1.shape[0])]
         kron = torch.cat([torch.cat(row, dim=1) for row in blocks], dim=0)  # (a*b, c*d*kh*kw), block by block
@@ -147,6 +150,57 @@ def test_lora_merge_equals_the_formula_on_the_files_tensors(algorithm, preset, t
         torch.testing.assert_close(merged_modules[key].weight.double(), expected, atol=1e-5, rtol=1e-4)
         checked += 1
     assert checked == len({k.partition(".")[0] for k in tensors})
+
+
+def flux_file_modules(modules: dict) -> dict[str, list[str]]:
+    """kohya Flux module name -> the model's module keys it covers, in row order (q, k, v fused into one)."""
+    named: dict[str, dict[int, str]] = {}
+    for key in modules:
+        component, path = key.split(".", 1)
+        if component == "transformer":
+            located = kohya_flux_module(path)
+            if located is not None:
+                named.setdefault(located[0], {})[located[1]] = key
+        elif component == "text_encoder":  # CLIP-L; T5 takes no LoRA
+            named.setdefault(kohya_name(key, {"text_encoder": "lora_te1"}), {})[0] = key
+    return {name: [keys[index] for index in sorted(keys)] for name, keys in named.items()}
+
+
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+def test_lora_merge_on_flux_equals_the_formula_on_the_files_tensors(algorithm, trained, tmp_path):
+    """Flux: the kohya file's fused modules (q, k, v as one) by hand on the fused weights; a LoKr's PEFT file by
+    PEFT's formula (scale alpha / r from the file's config)."""
+    _, artifact = trained(algorithm, "tiny-flux")
+    tensors = load_file(artifact)
+    out = tmp_path / "merged"
+    assert run_cli("lora", "merge", "--model", "tiny-flux", "--lora", artifact, "--out", out) == 0
+    base, merged = adaptable_modules(load_pipeline("tiny-flux")), adaptable_modules(load_pipeline(str(out)))
+    if algorithm == "lokr":
+        with safe_open(artifact, "pt") as handle:
+            packed = json.loads(handle.metadata()["lora_adapter_metadata"])
+        groups = {}
+        for key in tensors:
+            module, _, part = key.rpartition(".")
+            groups.setdefault(module, {})[part] = tensors[key]
+        for module, parts in groups.items():
+            component, path = module.split(".", 1)
+            path = path.removeprefix("text_model.")
+            rank = packed.get(f"{component}.rank_pattern", {}).get(path, packed[f"{component}.r"])
+            alpha = packed.get(f"{component}.alpha_pattern", {}).get(path, packed[f"{component}.alpha"])
+            weight = base[f"{component}.{path}"].weight.detach()
+            expected = weight.double() + hand_delta(parts, weight.shape, scale=float(alpha) / rank)  # PEFT: alpha / r always
+            torch.testing.assert_close(merged[f"{component}.{path}"].weight.double(), expected, atol=1e-5, rtol=1e-4)
+        return
+    names = flux_file_modules(base)
+    file_modules = {key.partition(".")[0] for key in tensors}
+    for name in file_modules:
+        keys = names[name]
+        parts = {key.partition(".")[2]: value for key, value in tensors.items() if key.partition(".")[0] == name}
+        fused_base = torch.cat([base[key].weight.detach() for key in keys])  # (sum out, in)
+        expected = hand_merged(parts, fused_base)
+        torch.testing.assert_close(torch.cat([merged[key].weight for key in keys]).double(), expected, atol=1e-5, rtol=1e-4)
+    covered = {key for name in file_modules for key in names[name]}
+    assert all(torch.equal(merged[key].weight, module.weight) for key, module in base.items() if key not in covered)
 
 
 def peft_config(packed: dict, component: str):
