@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from tunelab.data.buckets import make_buckets, nearest_bucket
 from tunelab.data.folder import ImageItem, scan_image_folder
 from tunelab.data.images import BadImage, load_image
+from tunelab.data.masks import MaskSource
 from tunelab.errors import TunelabError
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class ImageCaptionDataset(Dataset):
         random_flip: bool = False,
         bucket: bool = False,
         seed: int = 0,
+        mask_source: MaskSource | None = None,
     ):
         if not items:
             raise TunelabError("no training images given")
@@ -43,7 +45,7 @@ class ImageCaptionDataset(Dataset):
         self.buckets: list[tuple[int, int]] = make_buckets(resolution) if bucket else [square]
 
         # Per usable image: resized pixels, target (width, height), caption.
-        self._pixels: list[np.ndarray] = []  # each (H', W', 3) uint8, covering its target size
+        self._pixels: list[np.ndarray] = []  # each (H', W', 3) uint8, covering its target size; (H', W', 4) with a mask
         self._targets: list[tuple[int, int]] = []
         self._captions: list[str] = []
         self._sample_to_image: list[int] = []  # one entry per repeat
@@ -55,7 +57,12 @@ class ImageCaptionDataset(Dataset):
                 self.skipped.append((item.path, str(e)))
                 continue
             target = nearest_bucket(*image.size, self.buckets) if bucket else square
-            self._pixels.append(np.array(_resize_to_cover(image, target)))  # writable, owns its memory
+            pixels = np.array(_resize_to_cover(image, target))  # (H', W', 3), writable, owns its memory
+            if mask_source is not None:
+                # The mask rides as a fourth channel, so every crop and flip is the image's.
+                mask = np.array(_resize_to_cover(mask_source(item.path, image.size), target))  # (H', W')
+                pixels = np.concatenate([pixels, mask[..., None]], axis=2)  # (H', W', 4)
+            self._pixels.append(pixels)
             self._targets.append(target)
             self._captions.append(item.caption)
             self._sample_to_image += [len(self._pixels) - 1] * item.repeats
@@ -92,17 +99,25 @@ class ImageCaptionDataset(Dataset):
         if self.random_flip and rng.random() < 0.5:
             crop = crop[:, ::-1]
 
-        tensor = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)  # (3, H, W) uint8
-        return {"pixel_values": tensor.float() / 127.5 - 1.0, "caption": self._captions[image]}
+        tensor = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)  # (3 or 4, H, W) uint8
+        sample = {"pixel_values": tensor[:3].float() / 127.5 - 1.0, "caption": self._captions[image]}
+        if tensor.shape[0] == 4:
+            sample["mask"] = tensor[3:].float() / 255.0  # (1, H, W), 1 = learn
+        return sample
 
 
 def collate(batch: list[dict]) -> dict:
-    """Stack samples of one shape (one bucket) into a batch."""
-    return {
+    """Stack samples of one shape (one bucket) into a batch; masks, when any sample has one (class images
+    have none: they learn every pixel)."""
+    collated = {
         "pixel_values": torch.stack([sample["pixel_values"] for sample in batch]),  # (B, 3, H, W)
         "captions": [sample["caption"] for sample in batch],
         "is_prior": torch.tensor([sample.get("is_prior", False) for sample in batch]),  # (B,) class images
     }
+    if any("mask" in sample for sample in batch):
+        collated["masks"] = torch.stack([sample.get("mask", torch.ones_like(sample["pixel_values"][:1]))
+                                         for sample in batch])  # (B, 1, H, W)
+    return collated
 
 
 def build_dataset(
@@ -115,11 +130,12 @@ def build_dataset(
     bucket: bool = False,
     seed: int = 0,
     caption_extension: str = ".txt",
+    mask_source: MaskSource | None = None,
 ) -> ImageCaptionDataset:
     """Scan a folder and build its dataset in one call."""
     items = scan_image_folder(images_dir, instance_prompt, caption_extension)
     return ImageCaptionDataset(
-        items, resolution, center_crop=center_crop, random_flip=random_flip, bucket=bucket, seed=seed
+        items, resolution, center_crop=center_crop, random_flip=random_flip, bucket=bucket, seed=seed, mask_source=mask_source
     )
 
 

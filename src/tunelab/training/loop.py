@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from tunelab.config import to_json
 from tunelab.data.buckets import BucketBatchSampler
 from tunelab.data.dataset import build_dataset, collate
+from tunelab.data.masks import masks_from_alpha, masks_from_folder
 from tunelab.data.order import EpochShuffleSampler
 from tunelab.data.paired import PriorPairedDataset, collate_paired
 from tunelab.errors import TunelabError
@@ -74,13 +75,14 @@ def stop_requested(accelerator, stop) -> bool:
 
 def build_training_data(options: TrainOptions, method, family, resolution: int, accelerator, stop):
     """The instance dataset, paired with class images when prior preservation is on."""
-    def dataset_from(folder, prompt):
+    def dataset_from(folder, prompt, mask_source=None):
         return build_dataset(
             folder, prompt, resolution, center_crop=options.center_crop, random_flip=options.random_flip,
-            bucket=options.buckets, seed=options.seed, caption_extension=options.caption_extension,
+            bucket=options.buckets, seed=options.seed, caption_extension=options.caption_extension, mask_source=mask_source,
         )
 
-    instance = dataset_from(options.images, options.prompt if options.prompt is not None else method.default_prompt)
+    masks = masks_from_folder(options.masks) if options.masks else masks_from_alpha if options.alpha_mask else None
+    instance = dataset_from(options.images, options.prompt if options.prompt is not None else method.default_prompt, masks)
     if options.class_prompt is None:
         return instance, collate
     class_folder = options.class_images

@@ -79,6 +79,9 @@ class TrainOptions:
         "probability of training a sample on the empty caption, e.g. 0.1, so the model keeps an unconditional "
         "prediction for classifier-free guidance (kohya's caption_dropout_rate; 0 disables)", default=0.0,
     )
+    masks: str | None = option(
+        "masked loss: folder of same-name grayscale masks (white = learn, black = ignore, grey in between)", default=None)
+    alpha_mask: bool = option("masked loss from each training image's alpha channel", default=False)
     caption_extension: str = option("file extension of caption files next to the images", default=".txt")
     shuffle_caption: bool = option("shuffle the comma-separated tags of each caption every time it is used (seeded)",
                                    default=False)

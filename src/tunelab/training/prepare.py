@@ -8,6 +8,7 @@ reported here, in the first second, not after class images were generated.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from tunelab.config import resolve, to_dict
@@ -49,6 +50,10 @@ def validate_train_options(options: TrainOptions) -> None:
         raise TunelabError(f"--caption-dropout must be at least 0 and below 1, got {options.caption_dropout}")
     if not 0.0 <= options.caption_tag_dropout < 1.0:
         raise TunelabError(f"--caption-tag-dropout must be at least 0 and below 1, got {options.caption_tag_dropout}")
+    if options.masks is not None and options.alpha_mask:
+        raise TunelabError("--masks and --alpha-mask both give loss masks; choose one")
+    if options.masks is not None and not Path(options.masks).expanduser().is_dir():
+        raise TunelabError(f"--masks {options.masks} is not a folder")
     if options.keep_tokens < 0:
         raise TunelabError(f"--keep-tokens must be 0 or more, got {options.keep_tokens}")
     if not options.caption_extension.startswith(".") or len(options.caption_extension) < 2:

@@ -87,10 +87,14 @@ def gradients_finite(accelerator, parameters, max_grad_norm: float) -> bool:
 
 
 def diffusion_losses(
-    prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, is_prior: torch.Tensor, prior_weight: float
+    prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, is_prior: torch.Tensor, prior_weight: float,
+    masks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, instance, prior) losses; class images (is_prior) form the prior-preservation term."""
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none")  # (B, ...) any latent layout
+    """(total, instance, prior) losses; class images (is_prior) form the prior-preservation term. `masks`
+    (B, 1, H, W) in pixels weight each latent pixel by how much of it is to be learned (area average)."""
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none")  # (B, C, h, w)
+    if masks is not None:
+        per_sample = per_sample * F.interpolate(masks.to(per_sample), size=per_sample.shape[-2:], mode="area")  # (B, 1, h, w)
     per_sample = per_sample.flatten(1).mean(dim=1) * weights  # (B,)
     instance = per_sample[~is_prior].mean()
     prior = per_sample[is_prior].mean() if is_prior.any() else torch.zeros((), device=per_sample.device)
@@ -147,6 +151,7 @@ class TrainingStep:
                     family.loss_weights(noisy.timesteps, options.min_snr_gamma),
                     batch["is_prior"].to(prediction.device),
                     options.prior_loss_weight,
+                    batch.get("masks"),
                 )
                 accelerator.backward(loss)
             finite = True
