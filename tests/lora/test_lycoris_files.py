@@ -43,6 +43,9 @@ CASES = {
     "dora-input-axis": {ATTENTION: (LoConModule, {"lora_dim": 4, "alpha": 2, "weight_decompose": True, "wd_on_out": False}),
                         CONV: (LoConModule, {"lora_dim": 2, "alpha": 2, "weight_decompose": True, "wd_on_out": False}),
                         TEXT: (LoConModule, {"lora_dim": 2, "alpha": 1, "weight_decompose": True, "wd_on_out": False})},
+    # LyCORIS's weight decomposition on its other algorithms (A1111 and ComfyUI read these too)
+    "loha-dora": {ATTENTION: (LohaModule, {"lora_dim": 2, "alpha": 1, "weight_decompose": True, "wd_on_out": True})},
+    "lokr-dora": {LINEAR: (LokrModule, {"lora_dim": 2, "alpha": 1, "weight_decompose": True, "wd_on_out": False})},
 }
 
 
@@ -72,7 +75,8 @@ def lycoris_merged(adapter, weight: torch.Tensor) -> torch.Tensor:
     """LyCORIS's merged weight at multiplier 1. For LoHa and LoKr, W + `get_weight` (the change, alpha / r applied):
     4.1.3's `get_diff_weight` multiplies by alpha / r a second time, which its bypass forward, A1111 and ComfyUI do not."""
     if isinstance(adapter, (LohaModule, LokrModule)):
-        return weight + adapter.get_weight(tuple(weight.shape))
+        merged = weight + adapter.get_weight(tuple(weight.shape))
+        return adapter.apply_weight_decompose(merged, 1) if adapter.wd else merged
     return adapter.get_merged_weight(multiplier=1, shape=tuple(weight.shape))[0]
 
 
@@ -237,3 +241,27 @@ def test_a_fused_flux_lokr_splits_where_its_kronecker_blocks_allow(factor, split
     for part, weight in zip(parts, expected):
         torch.testing.assert_close(part.weight, weight, atol=1e-5, rtol=1e-5)
     LoraMethod.detach(pipeline, handle)
+
+
+def test_a_dora_file_converts_to_peft_and_reads_back_under_either_magnitude_key(tmp_path):
+    """PEFT's DoRA magnitude is `lora_magnitude_vector` (older files: `.weight` after it); both read as the kohya file."""
+    from safetensors import safe_open
+
+    path, expected = lycoris_file(build_preset("tiny-sd"), "dora-output-axis", tmp_path / "dora.safetensors")
+    peft = tmp_path / "dora-peft.safetensors"
+    assert run_cli("lora", "convert", path, "--to", "peft", "--out", peft) == 0
+    with safe_open(peft, "pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    assert any(key.endswith(".lora_magnitude_vector") for key in tensors)
+    assert '"unet.use_dora": true' in metadata["lora_adapter_metadata"]
+    older = save_tensors({key + (".weight" if key.endswith("magnitude_vector") else ""): value for key, value in tensors.items()},
+                         tmp_path / "dora-older.safetensors", metadata)
+    for converted in (peft, older):
+        _, weights = attached_weights(build_preset("tiny-sd"), converted)
+        for key in expected:
+            torch.testing.assert_close(weights[key], expected[key], atol=1e-5, rtol=1e-5)
+    # Magnitudes per input column have no place in PEFT's DoRA: said in one line, nothing written.
+    column, _ = lycoris_file(build_preset("tiny-sd"), "dora-input-axis", tmp_path / "column.safetensors")
+    assert run_cli("lora", "convert", column, "--to", "peft", "--out", tmp_path / "no.safetensors") == 2
+    assert not (tmp_path / "no.safetensors").exists()

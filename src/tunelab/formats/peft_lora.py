@@ -28,7 +28,8 @@ from tunelab.formats.safetensors_io import save_tensors
 
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"
 # PEFT parameter name -> LyCORIS part name (LoHa and LoKr parts are named alike in both).
-_PEFT_TO_LYCORIS = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight", "lora_magnitude_vector": "dora_scale"}
+_PEFT_TO_LYCORIS = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight", "lora_magnitude_vector": "dora_scale",
+                    "lora_magnitude_vector.weight": "dora_scale"}  # the latter: older PEFT/diffusers files
 _PEFT_PARTS = (*_PEFT_TO_LYCORIS, *LohaModule.REQUIRED, *LohaModule.OPTIONAL, *LokrModule.OPTIONAL)
 _PEFT_TYPES = {"lora": "LORA", "dora": "LORA", "loha": "LOHA", "lokr": "LOKR"}
 
