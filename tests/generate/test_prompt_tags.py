@@ -23,9 +23,9 @@ def pixels(path):
 
 def test_tags_are_taken_out_of_the_prompt():
     text, tags = extract_tags("a <lora:toy:0.7> photo <hypernet:ink style>, <b>bold</b>")
-    assert text == "a  photo , <b>bold</b>"  # only lora/hypernet tags are ours
+    assert text == "a  photo , <b>bold</b>"  # only <kind:...> tags are tags
     assert tags == [PromptTag("lora", "toy", 0.7), PromptTag("hypernet", "ink style", 1.0)]
-    with pytest.raises(TunelabError, match="weight 'strong' is not a number"):
+    with pytest.raises(TunelabError, match="a weight is not a number"):
         extract_tags("<lora:toy:strong>")
 
 

@@ -32,27 +32,45 @@ def _close_window(tokenizer, ids: list[int], weights: list[float]) -> Window:
     return Window(token_ids, [1.0, *weights, 1.0] + [1.0] * padding, len(ids) + 2)
 
 
-def prompt_windows(pipeline, tokenizer, prompt: str) -> list[Window]:
-    """Tokenize each weighted run separately (as A1111 does) and fill 75-token windows."""
+COMMA_BACKTRACK = 20  # A1111's default `comma_padding_backtrack`
+
+
+def prompt_windows(pipeline, tokenizer, prompt: str, comma_backtrack: int = COMMA_BACKTRACK) -> list[Window]:
+    """Tokenize each weighted run separately (as A1111 does) and fill 75-token windows.
+
+    When a window is full and its last comma is at most `comma_backtrack` tokens back, the tokens after
+    that comma move to the next window, so a phrase is not cut in two (A1111's comma back-off; 0 = off)."""
     window_size = tokenizer.model_max_length - 2  # 75 for CLIP
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    comma = None if comma == tokenizer.unk_token_id else comma
     windows: list[Window] = []
     ids: list[int] = []
     weights: list[float] = []
+    last_comma = -1  # position in `ids` of the window's last comma
+
+    def close(keep_from: int | None = None) -> None:
+        nonlocal ids, weights, last_comma
+        cut = len(ids) if keep_from is None else keep_from
+        windows.append(_close_window(tokenizer, ids[:cut], weights[:cut]))
+        ids, weights, last_comma = ids[cut:], weights[cut:], -1
+
     for text, weight in parse_prompt_weights(prompt):
         if text == BREAK and weight == BREAK_WEIGHT:
-            windows.append(_close_window(tokenizer, ids, weights))
-            ids, weights = [], []
+            close()
             continue
         if hasattr(pipeline, "maybe_convert_prompt"):
             text = pipeline.maybe_convert_prompt(text, tokenizer)  # a multi-vector embedding token -> its n tokens
         for token_id in tokenizer(text, add_special_tokens=False, truncation=False).input_ids:
+            if token_id == comma:
+                last_comma = len(ids)
+            elif comma_backtrack and len(ids) == window_size and last_comma != -1 and len(ids) - last_comma <= comma_backtrack:
+                close(keep_from=last_comma + 1)
             if len(ids) == window_size:
-                windows.append(_close_window(tokenizer, ids, weights))
-                ids, weights = [], []
+                close()
             ids.append(token_id)
             weights.append(weight)
     if ids or not windows:
-        windows.append(_close_window(tokenizer, ids, weights))
+        close()
     return windows
 
 
@@ -96,22 +114,31 @@ def encode_prompt(family, windows_per_encoder: dict[str, list[Window]], device) 
     return torch.cat(hidden_states, dim=-1), pooled
 
 
-def encode_prompt_pair(pipeline, prompt: str, negative_prompt: str = "") -> dict[str, torch.Tensor]:
+def encode_texts(pipeline, texts: list[str], comma_backtrack: int = COMMA_BACKTRACK) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Each text -> (embeddings, pooled vector or None), all padded with empty windows to the longest's window
+    count (as A1111 pads a negative prompt), so any of them can share a batch."""
+    family = family_for(pipeline)
+    windows = {
+        text: {name: prompt_windows(pipeline, family.tokenizer_for(name), text, comma_backtrack) for name in family.text_encoder_names}
+        for text in texts
+    }
+    count = max(len(encoder_windows) for per_encoder in windows.values() for encoder_windows in per_encoder.values())
+    for per_encoder in windows.values():
+        for name, encoder_windows in per_encoder.items():
+            empty = _close_window(family.tokenizer_for(name), [], [])  # A1111 pads with the empty prompt's encoding
+            encoder_windows += [empty] * (count - len(encoder_windows))
+    return {text: encode_prompt(family, per_encoder, pipeline._execution_device) for text, per_encoder in windows.items()}
+
+
+def encode_prompt_pair(pipeline, prompt: str, negative_prompt: str = "", comma_backtrack: int = COMMA_BACKTRACK) -> dict[str, torch.Tensor]:
     """The pipeline's prompt arguments: `prompt_embeds` and `negative_prompt_embeds` (plus the pooled
     pair for SDXL), the shorter of the two padded with empty windows to the other's length."""
-    family = family_for(pipeline)
-    device = pipeline._execution_device
-    windows = {}
-    for name in family.text_encoder_names:
-        tokenizer = family.tokenizer_for(name)
-        windows[name] = (prompt_windows(pipeline, tokenizer, prompt), prompt_windows(pipeline, tokenizer, negative_prompt))
-    count = max(len(side) for pair in windows.values() for side in pair)
-    for name, (positive, negative) in windows.items():
-        empty = _close_window(family.tokenizer_for(name), [], [])  # A1111 pads with the empty prompt's encoding
-        positive += [empty] * (count - len(positive))
-        negative += [empty] * (count - len(negative))
-    prompt_embeds, pooled = encode_prompt(family, {name: pair[0] for name, pair in windows.items()}, device)
-    negative_embeds, negative_pooled = encode_prompt(family, {name: pair[1] for name, pair in windows.items()}, device)
+    encoded = encode_texts(pipeline, [prompt, negative_prompt], comma_backtrack)
+    return pipeline_inputs(encoded[prompt], encoded[negative_prompt])
+
+
+def pipeline_inputs(positive: tuple, negative: tuple) -> dict[str, torch.Tensor]:
+    (prompt_embeds, pooled), (negative_embeds, negative_pooled) = positive, negative
     inputs = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
     if pooled is not None:
         inputs |= {"pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}

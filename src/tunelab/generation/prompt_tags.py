@@ -1,51 +1,89 @@
-"""A1111's extra-network tags in a prompt: `<lora:NAME:W>`, `<hypernet:NAME:W>`, resolved in `--adapters-dir`.
+"""A1111's extra-network tags in a prompt: `<KIND:NAME:ARGS>`, resolved in `--adapters-dir`.
 
-Names are file stems in DIR (`.safetensors` preferred over `.pt`). Tags are removed from the
-prompt text before it is encoded.
+Every `<word:...>` tag is taken out of the prompt text before it is encoded, as A1111 does. The kinds
+are the registered techniques' tags and their aliases (`lora`, `lyco`, `hypernet`); each technique says
+what the arguments after the name mean (`<lora:NAME:TE:UNET>`, `<lora:NAME:unet=0.3:te=0.5>`). A tag of
+another kind is dropped with a warning naming it. Names are file stems in DIR (`.safetensors` preferred
+over `.pt`).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.methods import generation_methods
 
+logger = logging.getLogger(__name__)
+
 ADAPTER_SUFFIXES = (".safetensors", ".pt")  # in order of preference
-_TAG = re.compile(r"<(\w+):([^:>]+)(?::([^>]*))?>")
+_TAG = re.compile(r"<(\w+):([^>]+)>")
 
 
 @dataclass(frozen=True)
 class PromptTag:
-    kind: str  # a technique's tag kind, e.g. "lora"
+    kind: str  # a technique's tag kind, e.g. "lora" (an alias such as "lyco" is read as its kind)
     name: str
-    weight: float
+    weight: Any  # what the technique made of the arguments: a multiplier, or LoRA's {"te", "unet"}
+
+
+def tag_methods() -> dict[str, type]:
+    """Tag kind (and alias) -> the registered technique that reads it."""
+    kinds = {}
+    for method in generation_methods():
+        flag = method.generate_flag
+        if flag.tag:
+            kinds |= {kind: method for kind in (flag.tag, *flag.tag_aliases)}
+    return kinds
 
 
 def tag_kinds() -> set[str]:
-    """The tag kinds of the registered techniques (lora, hypernet)."""
-    return {method.generate_flag.tag for method in generation_methods() if method.generate_flag.tag}
+    """The tag kinds of the registered techniques (lora, lyco, hypernet)."""
+    return set(tag_methods())
+
+
+def tag_arguments(text: str) -> tuple[list[str], dict[str, str]]:
+    """'toy:0.5:unet=0.3' -> (['toy', '0.5'], {'unet': '0.3'}): A1111's positional and named arguments."""
+    positional, named = [], {}
+    for item in text.split(":"):
+        key, equals, value = item.partition("=")
+        if equals and "=" not in value:
+            named[key] = value
+        else:
+            positional.append(item)
+    return positional, named
 
 
 def extract_tags(prompt: str) -> tuple[str, list[PromptTag]]:
-    """'a <lora:toy:0.7> car' -> ('a  car', [PromptTag('lora', 'toy', 0.7)]); other <...> text is left alone."""
+    """'a <lora:toy:0.7> car' -> ('a  car', [PromptTag('lora', 'toy', 0.7)]); unknown kinds are dropped, with a warning."""
     tags: list[PromptTag] = []
-    kinds = tag_kinds()
+    methods = tag_methods()
+    unknown = []
 
     def take(match: re.Match) -> str:
-        kind, name, weight_text = match.group(1), match.group(2).strip(), match.group(3)
-        if kind not in kinds:
-            return match.group(0)
+        kind = match.group(1)
+        if kind not in methods:
+            unknown.append(match.group(0))
+            return ""
+        method = methods[kind]
+        positional, named = tag_arguments(match.group(2))
+        if not positional or not positional[0].strip():
+            raise TunelabError(f"prompt tag {match.group(0)} names no file")
         try:
-            weight = 1.0 if weight_text is None else float(weight_text)
+            weight = method.tag_weight(positional[1:], named)
         except ValueError:
-            raise TunelabError(f"prompt tag {match.group(0)}: weight {weight_text!r} is not a number") from None
-        tags.append(PromptTag(kind, name, weight))
+            raise TunelabError(f"prompt tag {match.group(0)}: a weight is not a number") from None
+        tags.append(PromptTag(method.generate_flag.tag, positional[0].strip(), weight))
         return ""
 
-    return _TAG.sub(take, prompt), tags
+    text = _TAG.sub(take, prompt)
+    if unknown:
+        logger.warning("prompt tags of unknown kinds removed (known: %s): %s", ", ".join(sorted(methods)), " ".join(unknown))
+    return text, tags
 
 
 def resolve_adapter(folder: Path | None, tag: PromptTag) -> Path:

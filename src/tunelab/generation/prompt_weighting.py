@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import re
 
+from tunelab.errors import TunelabError
+
 logger = logging.getLogger(__name__)
 
 ROUND_MULTIPLIER = 1.1
@@ -34,6 +36,13 @@ _ATTENTION = re.compile(
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 
 
+def _number(text: str, piece: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise TunelabError(f"prompt weight {piece.strip()!r}: {text!r} is not a number") from None
+
+
 def parse_prompt_weights(text: str) -> list[tuple[str, float]]:
     """'a (red:1.5) car' -> [('a ', 1.0), ('red', 1.5), (' car', 1.0)]; adjacent equal weights merge."""
     runs: list[list] = []  # [text, weight], mutable so closing brackets can scale what they enclose
@@ -53,7 +62,7 @@ def parse_prompt_weights(text: str) -> list[tuple[str, float]]:
         elif piece == "[":
             open_square.append(len(runs))
         elif explicit_weight is not None and open_round:
-            scale_from(open_round.pop(), float(explicit_weight))
+            scale_from(open_round.pop(), _number(explicit_weight, piece))
         elif piece == ")" and open_round:
             scale_from(open_round.pop(), ROUND_MULTIPLIER)
         elif piece == "]" and open_square:
@@ -73,13 +82,13 @@ def parse_prompt_weights(text: str) -> list[tuple[str, float]]:
     for start in open_square:
         scale_from(start, SQUARE_MULTIPLIER)
 
+    # Neighbours of equal weight merge, -1 included ('(dog:-1)(s:-1)' is the one word 'dogs'), as in A1111, whose
+    # BREAK run always has an empty run beside it, so it never merges. Empty runs (no tokens) are dropped after.
     merged: list[list] = []
     for run in runs:
-        if not run[0]:
-            continue  # e.g. the text between a BREAK and a '(': no tokens, and it would block merging
-        if merged and merged[-1][1] == run[1] and run[1] != BREAK_WEIGHT:
+        if merged and merged[-1][1] == run[1]:
             merged[-1][0] += run[0]
         else:
             merged.append(run)
-    return [(text_part, weight) for text_part, weight in merged] or [("", 1.0)]
+    return [(text_part, weight) for text_part, weight in merged if text_part] or [("", 1.0)]
 

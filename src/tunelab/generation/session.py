@@ -17,9 +17,10 @@ import torch
 from tunelab.config import option
 from tunelab.errors import TunelabError
 from tunelab.generation.png_info import save_png
-from tunelab.generation.prompt_encoding import encode_prompt_pair
+from tunelab.generation.prompt_encoding import COMMA_BACKTRACK, encode_prompt_pair, encode_texts, pipeline_inputs
 from tunelab.generation.prompt_tags import extract_tags, resolve_adapter
 from tunelab.generation.samplers import make_scheduler, sampler_name
+from tunelab.generation.step_conditioning import PromptPlan, StepConditioning, conditioned_denoiser, encode_plain_texts
 from tunelab.methods import check_family, generation_methods
 from tunelab.models.family import family_for
 from tunelab.models.loading import load_pipeline
@@ -67,8 +68,14 @@ class CommonGenerateOptions:
     )
     grid_y: str | None = option("X/Y grid rows, PARAM=v1,v2,... (as --grid-x)", default=None)
     prompt_weighting: bool = option(
-        "A1111 prompt syntax: (text:1.3), (text), [text], BREAK, prompts over 75 tokens; --no-prompt-weighting passes the text as is",
+        "A1111 prompt syntax: (text:1.3), (text), [text], BREAK, prompts over 75 tokens, [from:to:when], [a|b], AND; "
+        "--no-prompt-weighting passes the text as is",
         default=True,
+    )
+    comma_backtrack: int = option(
+        "A1111's comma back-off: a 75-token window that ends at most this many tokens after a comma ends at the comma "
+        "instead (0 = cut at exactly 75)",
+        default=COMMA_BACKTRACK,
     )
 
 
@@ -177,26 +184,68 @@ def apply_image_options(session: Session, options) -> None:
         attached.entries = attached.method.apply_generate_options(session.pipeline, attached.entries, attached.handle, options)
 
 
+class PromptInputs(dict):
+    """The pipeline's prompt arguments, and the conditioning per sampling step where the prompt changes
+    during sampling (prompt editing, alternation, AND); `render` applies it."""
+
+    per_step: StepConditioning | None = None
+
+
 def text_inputs(session: Session, options) -> dict:
     """The pipeline's prompt arguments: weighted embeddings (A1111 syntax), or the plain text."""
-    if not session.family.prompt_weighting:
-        if options.negative_prompt:
-            raise TunelabError("this model (Flux.1, guidance-distilled) takes no negative prompt; leave --negative-prompt out")
-        return {"prompt": session.prompt_text, "max_sequence_length": session.family.max_sequence_length}
+    family = session.family
+    if not family.prompt_weighting and options.negative_prompt:
+        raise TunelabError("this model (Flux.1, guidance-distilled) takes no negative prompt; leave --negative-prompt out")
     if not options.prompt_weighting:
+        if not family.prompt_weighting:
+            return {"prompt": session.prompt_text, "max_sequence_length": family.max_sequence_length}
         return {"prompt": session.prompt_text, "negative_prompt": options.negative_prompt or None}
-    return encode_prompt_pair(session.pipeline, session.prompt_text, options.negative_prompt)
+    plan = PromptPlan.of(session.prompt_text, options.negative_prompt, options.steps)
+    if not family.prompt_weighting:
+        return _plain_text_inputs(session, plan)
+    if not plan.changes:
+        return PromptInputs(encode_prompt_pair(session.pipeline, session.prompt_text, options.negative_prompt, options.comma_backtrack))
+    encoded = encode_texts(session.pipeline, plan.texts(), options.comma_backtrack)
+    negative, positives = plan.at(1)
+    inputs = PromptInputs(pipeline_inputs(encoded[positives[0][0]], encoded[negative]))
+    inputs.per_step = StepConditioning(plan, encoded)
+    return inputs
+
+
+def _plain_text_inputs(session: Session, plan: PromptPlan) -> dict:
+    """A model without A1111 weighting (Flux.1): the text as written, or editing and alternation per step."""
+    family = session.family
+    if plan.composed:
+        raise TunelabError(f"AND and prompt weights (text :0.5) are not supported on {family.title} models "
+                           "(there: prompt editing [from:to:when] and alternation [a|b])")
+    if not plan.changes:
+        return PromptInputs(prompt=session.prompt_text, max_sequence_length=family.max_sequence_length)
+    encoded = encode_plain_texts(session.pipeline, plan.texts(), family.max_sequence_length)
+    _, positives = plan.at(1)
+    embeds, pooled = encoded[positives[0][0]]
+    inputs = PromptInputs(prompt_embeds=embeds, pooled_prompt_embeds=pooled, max_sequence_length=family.max_sequence_length)
+    inputs.per_step = StepConditioning(plan, encoded)
+    return inputs
 
 
 def render(session: Session, options, seed: int, prompt_inputs: dict):
-    return session.pipeline(
+    per_step = getattr(prompt_inputs, "per_step", None)
+    arguments = dict(
         **prompt_inputs,
         num_inference_steps=options.steps,
         guidance_scale=options.guidance,
         width=session.width,
         height=session.height,
         generator=torch.Generator().manual_seed(seed),
-    ).images[0]
+    )
+    if per_step is None:
+        return session.pipeline(**arguments).images[0]
+    if per_step.plan.steps != options.steps:
+        raise TunelabError(f"these prompt inputs were made for {per_step.plan.steps} steps, not {options.steps}: call text_inputs again")
+    per_step.iteration = 0
+    denoiser = session.family.module(session.family.denoiser_name)
+    with conditioned_denoiser(denoiser, per_step, session.pipeline.scheduler.order) as on_step_end:
+        return session.pipeline(**arguments, callback_on_step_end=on_step_end).images[0]
 
 
 def image_record(session: Session, options, seed: int) -> dict:
