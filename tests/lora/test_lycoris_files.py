@@ -265,3 +265,24 @@ def test_a_dora_file_converts_to_peft_and_reads_back_under_either_magnitude_key(
     column, _ = lycoris_file(build_preset("tiny-sd"), "dora-input-axis", tmp_path / "column.safetensors")
     assert run_cli("lora", "convert", column, "--to", "peft", "--out", tmp_path / "no.safetensors") == 2
     assert not (tmp_path / "no.safetensors").exists()
+
+
+def test_diffusers_reads_a_peft_dora_as_tunelab_does_and_drops_a_kohya_ones_magnitudes(tmp_path):
+    """What the README tells diffusers users: its loader reads DoRA in PEFT's layout right; from kohya's layout it
+    keeps only the LoRA part (so it draws something else), and it refuses LoHa/LoKr."""
+    path, _ = lycoris_file(build_preset("tiny-sd"), "dora-output-axis", tmp_path / "dora.safetensors")
+    peft = tmp_path / "dora-peft.safetensors"
+    assert run_cli("lora", "convert", path, "--to", "peft", "--out", peft) == 0
+    ours = build_preset("tiny-sd")
+    attached_weights(ours, peft)
+    expected = denoiser_output(ours)
+    outputs = []
+    for file in (peft, path):
+        theirs = build_preset("tiny-sd")
+        theirs.load_lora_weights(str(file))
+        outputs.append(denoiser_output(theirs))
+    torch.testing.assert_close(outputs[0], expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(outputs[1], expected, atol=1e-3)
+    loha, _ = lycoris_file(build_preset("tiny-sd"), "loha", tmp_path / "loha.safetensors")
+    with pytest.raises(ValueError):
+        build_preset("tiny-sd").load_lora_weights(str(loha))
