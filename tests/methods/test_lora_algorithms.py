@@ -92,6 +92,18 @@ def test_the_file_gives_the_weights_peft_trained_and_attaches_and_detaches_exact
     assert all(torch.equal(module.weight, before[key]) for key, module in adaptable_modules(pipeline).items())
 
 
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+def test_resuming_an_algorithm_run_is_bit_identical(algorithm, subject_images, tmp_path):
+    def run(out: Path, **extra) -> dict[str, torch.Tensor]:
+        prepared = prepare_run("lora", run_values(algorithm, "tiny-sd", subject_images, out, checkpoint_every=1, **extra))
+        return load_file(train(prepared.options, prepared.method, prepared.resolved, prepared.family_options))
+
+    straight = run(tmp_path / "straight")
+    resumed = run(tmp_path / "resumed", resume=str(next((tmp_path / "straight").rglob("step-0000001"))))
+    assert straight and set(straight) == set(resumed)
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+
+
 def hand_delta(parts: dict[str, torch.Tensor], shape, scale: float | None = None) -> torch.Tensor:
     """The algorithms' formulas on a file's raw tensors, written out here apart from tunelab's reader (`scale`:
     a LoKr's, as a PEFT file's config gives it, instead of LyCORIS's rule)."""

@@ -91,9 +91,6 @@ class PartsModule(DeltaModule):
     def to(self, dtype: torch.dtype):
         return type(self)({name: tensor.to(dtype).contiguous() for name, tensor in self.parts.items()}, self.alpha)
 
-    def part(self, name: str) -> torch.Tensor | None:
-        return self.parts.get(name)
-
 
 class LohaModule(PartsModule):
     algorithm: ClassVar[str] = "loha"

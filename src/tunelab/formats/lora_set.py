@@ -14,7 +14,7 @@ from typing import ClassVar, Union
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.formats.adapter_modules import DeltaModule, DoraModule, LohaModule, LokrModule, flat_shape
+from tunelab.formats.adapter_modules import DeltaModule, DoraModule, LohaModule, LokrModule
 
 ALGORITHM_TITLES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "dora": "DoRA", "loha+dora": "LoHa with DoRA",
                     "lokr+dora": "LoKr with DoRA"}
@@ -78,7 +78,7 @@ AdapterModule = Union[LoraModule, LohaModule, LokrModule, DoraModule]
 LoraSet = dict[str, AdapterModule]
 
 __all__ = ["AdapterModule", "DoraModule", "LohaModule", "LokrModule", "LoraModule", "LoraSet", "algorithm_title",
-           "algorithms", "flat_shape", "require_plain_lora", "split_component"]
+           "algorithms", "require_plain_lora", "split_component"]
 
 
 def split_component(key: str) -> tuple[str, str]:
