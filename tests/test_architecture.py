@@ -26,7 +26,7 @@ LAYERS = [
     {"toyworld"},
     {"evaluate"},
     {"comparison", "bench"},
-    {"cli"},  # cli.py, api.py (the Python API, `import tunelab`), each folder's command.py
+    {"cli", "ui"},  # cli.py, api.py (the Python API, `import tunelab`), each folder's command.py
 ]
 LAYER_OF = {name: index for index, names in enumerate(LAYERS) for name in names}
 COMMAND_MODULES = {"command", "demo"}  # a folder's sub-command modules: `add_arguments(parser)` and `run(args)`
