@@ -38,3 +38,18 @@ def test_from_png_without_a_record_is_a_clear_error(tmp_path, capsys):
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
     assert run_cli("generate", "--from-png", tmp_path / "plain.png", "--out", tmp_path / "x.png") != 0
     assert "holds no tunelab record" in capsys.readouterr().err
+
+
+def test_from_png_reproduces_schedules_and_and_bit_exactly(tmp_path):
+    prompt = "a photo of [cat:dog:0.5] AND [red|blue] toy :0.6"
+    negative = "[blurry::2], [ugly|dark]"
+    assert run_cli("generate", "--model", "tiny-sd", "--prompt", prompt, "--negative-prompt", negative, "--steps", "4",
+                   "--sampler", "heun", "--seed", "3", "--comma-backtrack", "5", "--out", tmp_path / "first.png") == 0
+    record = read_record(tmp_path / "first.png")
+    assert record["prompt"] == prompt and record["negative_prompt"] == negative  # the prompt as written
+    assert record["options"]["comma_backtrack"] == 5
+    assert run_cli("generate", "--from-png", tmp_path / "first.png", "--out", tmp_path / "again.png") == 0
+    assert np.array_equal(pixels(tmp_path / "first.png"), pixels(tmp_path / "again.png"))
+    assert run_cli("generate", "--from-png", tmp_path / "first.png", "--prompt", "a photo of cat AND red toy :0.6",
+                   "--out", tmp_path / "unscheduled.png") == 0
+    assert not np.array_equal(pixels(tmp_path / "first.png"), pixels(tmp_path / "unscheduled.png"))
