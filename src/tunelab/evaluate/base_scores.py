@@ -9,9 +9,10 @@ import torch
 
 from tunelab.evaluate.metrics import subject_fidelity
 from tunelab.evaluate.sampling import sample_images
-from tunelab.evaluate.scene_reading import read
+from tunelab.evaluate.scene_reading import background_flatness, crispness, read
 from tunelab.toyworld.subjects import SUBJECTS
-from tunelab.toyworld.world import ATTRIBUTES, HELD_OUT, Look, World, caption, place, render, world_of_resolution
+from tunelab.toyworld.world import (ATTRIBUTES, HELD_OUT, OBJECT_COLOURS, SHAPES, Look, World, caption, place, render,
+                                    world_of_resolution)
 
 
 def held_out_scenes(count: int, seed: int, world: World) -> list:
@@ -49,6 +50,20 @@ def measure_base(pipeline, count: int = 48, seed: int = 0) -> dict[str, float]:
         for attribute in ATTRIBUTES:
             hits[attribute] += getattr(reading, attribute) == asked[attribute]
     return {f"{attribute}_accuracy": round(hits[attribute] / count, 3) for attribute in ATTRIBUTES}
+
+
+def measure_class_prompts(pipeline, count: int = 24, seed: int = 0) -> dict[str, float]:
+    """How the base draws a bare class prompt ("a circle", the prior every subject is tuned against): the shape
+    asked, in one base colour (not a blend), in clean palette colours on a flat background."""
+    shapes = [SHAPES[index % len(SHAPES)] for index in range(count)]
+    images = sample_images(pipeline, [f"a {shape}" for shape in shapes], [seed + i for i in range(count)])
+    readings = [read(image) for image in images]
+    return {
+        "class_shape_accuracy": round(float(np.mean([r.shape == shape for r, shape in zip(readings, shapes)])), 3),
+        "class_base_colour": round(float(np.mean([r.colour in OBJECT_COLOURS for r in readings])), 3),
+        "crisp_pixels": round(float(np.mean([crispness(r) for r in readings])), 3),
+        "flat_background": round(float(np.mean([background_flatness(r) for r in readings])), 3),
+    }
 
 
 @torch.no_grad()

@@ -126,6 +126,34 @@ def look_agreement(reading: Reading, look: Look) -> float:
     return float(recall_score * precision_score * shape_factor)
 
 
+CRISP_DISTANCE = 40.0  # RGB distance to the nearest palette colour within which a pixel counts as clean (the two closest are 83 apart)
+
+
+def _near_object(reading: Reading) -> np.ndarray:
+    """(H, W) bool: the object's box grown by one pixel (all False when no object was found)."""
+    near = np.zeros(reading.labels.shape, dtype=bool)
+    if reading.found:
+        x0, y0, width, height = reading.box
+        near[max(y0 - 1, 0) : y0 + height + 1, max(x0 - 1, 0) : x0 + width + 1] = True
+    return near
+
+
+def crispness(reading: Reading) -> float:
+    """Fraction of the pixels around the object (its box grown by one pixel; the whole image when none is found)
+    that are a clean palette colour, as every rendered pixel is; blurred edges and blended colours are not."""
+    region = _near_object(reading) if reading.found else np.ones(reading.labels.shape, dtype=bool)
+    nearest = np.sqrt(((reading.pixels[region][:, None, :] - _PALETTE_RGB) ** 2).sum(-1)).min(-1)  # (N,)
+    return float((nearest <= CRISP_DISTANCE).mean())
+
+
+def background_flatness(reading: Reading) -> float:
+    """Fraction of the pixels away from the object (outside its box grown by one pixel) that read as the background."""
+    away = ~_near_object(reading)
+    if not away.any():
+        return 0.0
+    return float((reading.labels[away] == PALETTE_NAMES.index(reading.background)).mean())
+
+
 COLOUR_TOLERANCE = 150.0  # RGB distance at which a colour earns nothing (red to orange is about 106)
 
 

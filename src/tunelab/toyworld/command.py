@@ -8,12 +8,9 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from tunelab.errors import TunelabError
-from tunelab.evaluate.base_scores import measure_autoencoder, measure_base
+from tunelab.evaluate.base_scores import measure_autoencoder, measure_base, measure_class_prompts
 from tunelab.evaluate.sampling import GUIDANCE, STEPS
-from tunelab.machine import describe
 from tunelab.models.loading import load_pipeline
 from tunelab.toyworld.model_card import write_card
 from tunelab.toyworld.pretrain import RECIPES, Recipe, pretrain, recipe_for
@@ -45,11 +42,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     score = actions.add_parser("score", help="shape/colour/background/size/position accuracy on held-out captions")
     score.add_argument("--model", default="toyworld", help="toyworld preset or a pretrained folder")
     score.add_argument("--images", type=int, default=96, help="images to generate")
+    score.add_argument("--write-card", action="store_true",
+                       help="write the scores into the model folder's card (README.md and pretraining.json)")
 
 
 def _scores(pipeline, images: int) -> dict:
     pipeline.set_progress_bar_config(disable=True)
     return measure_base(pipeline, count=images, seed=0)
+
+
+def _score_and_write_card(folder: Path, images: int) -> dict:
+    """Score saved weights (held-out captions and bare class prompts) and write the card beside them."""
+    if not (folder / "pretraining.json").is_file():
+        raise TunelabError(f"{folder} has no pretraining.json: --write-card needs a folder written by `tunelab toyworld pretrain`")
+    pipeline = load_pipeline(folder)  # the saved fp16 weights, as they ship
+    scores = _scores(pipeline, images)
+    drawing = measure_class_prompts(pipeline, count=max(images // 4, 4))
+    write_card(folder, pipeline, scores, images, f"{STEPS} DPM-Solver++ steps, guidance {GUIDANCE}", drawing)
+    return scores | drawing
 
 
 def _pretrain(args: argparse.Namespace) -> None:
@@ -76,10 +86,7 @@ def _pretrain(args: argparse.Namespace) -> None:
     facts = pretrain(out, recipe, progress, evaluate=lambda pipeline: _scores(pipeline, recipe.eval_images),
                      checkpoints=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
                      evaluate_autoencoder=lambda vae, world: measure_autoencoder(vae, world, count=recipe.eval_images))
-    pipeline = load_pipeline(out)  # score the saved fp16 weights, as they ship
-    scores = _scores(pipeline, args.score_images)
-    write_card(out, pipeline, describe(torch.get_num_threads()), scores, args.score_images,
-               f"{STEPS} DPM-Solver++ steps, guidance {GUIDANCE}")
+    scores = _score_and_write_card(out, args.score_images)
     print(f"saved {out} in {facts['total_seconds']:.0f} s; held-out accuracy {json.dumps(scores)}")
 
 
@@ -90,5 +97,8 @@ def run(args: argparse.Namespace) -> None:
         subject = subject_named(args.name)
         write_training_images(subject, Path(args.out), world=WORLDS[args.generation] if args.generation else WORLD)
         print(f"wrote {args.out}: train with --prompt '{subject.prompt}' (class prompt '{subject.class_prompt}')")
+    elif args.write_card:
+        print(json.dumps(_score_and_write_card(Path(args.model), args.images)))
     else:
-        print(json.dumps(_scores(load_pipeline(args.model), args.images)))
+        pipeline = load_pipeline(args.model)
+        print(json.dumps(_scores(pipeline, args.images) | measure_class_prompts(pipeline, count=max(args.images // 4, 4))))

@@ -38,11 +38,22 @@ def _autoencoder_text(scores: dict | None) -> str:
             f"read back exactly {scores['readback_accuracy']:.2f}; subject fidelity of reconstructed subject renders {fidelities}.")
 
 
-def write_card(folder: Path, pipeline, machine: str, scores: dict, images: int, sampling: str) -> None:
+def _drawing_text(drawing: dict | None) -> str:
+    if not drawing:
+        return ""
+    return (f"\n\nBare class prompts (`a circle`, `a square`, ...): the shape asked {drawing['class_shape_accuracy']:.2f}, "
+            f"in a base colour {drawing['class_base_colour']:.2f}; pixels in a clean palette colour {drawing['crisp_pixels']:.2f}; "
+            f"background pixels away from the object that read as the background {drawing['flat_background']:.2f}.")
+
+
+def write_card(folder: Path, pipeline, scores: dict, images: int, sampling: str, drawing: dict | None = None) -> None:
     """Write README.md beside the saved weights: the recipe, the run's record and the held-out `scores`
-    (measured by the caller on `pipeline`, the saved weights, from `images` images sampled as `sampling` says)."""
+    (measured by the caller on `pipeline`, the saved weights, from `images` images sampled as `sampling` says),
+    with how it draws bare class prompts (`drawing`) when measured."""
     facts = json.loads((folder / "pretraining.json").read_text())
-    facts |= {"scores": scores, "machine": machine}
+    facts["scores"] = scores
+    if drawing:
+        facts["drawing"] = drawing
     (folder / "pretraining.json").write_text(json.dumps(facts, indent=2) + "\n")
     recipe = facts["recipe"]
     world = facts.get("world") or asdict(WORLDS[recipe.get("generation", 1)])
@@ -89,7 +100,7 @@ each image read back by tunelab's exact scene reader (`evaluate/scene_reading.py
 
 | shape | colour | background | size | position |
 |---|---|---|---|---|
-| {" | ".join(f"{scores[f'{a}_accuracy']:.2f}" for a in ATTRIBUTES)} |
+| {" | ".join(f"{scores[f'{a}_accuracy']:.2f}" for a in ATTRIBUTES)} |{_drawing_text(drawing)}
 
 Reproduce: `tunelab toyworld score --model toyworld --images {images}`.
 

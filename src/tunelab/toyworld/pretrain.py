@@ -27,6 +27,7 @@ from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditio
 from transformers import CLIPTextModel
 
 from tunelab.errors import TunelabError
+from tunelab.machine import describe
 from tunelab.models.presets import sd_pipeline, tiny_clip
 from tunelab.models.sd import StableDiffusionFamily
 from tunelab.models.tokenizer import build_clip_tokenizer
@@ -350,6 +351,7 @@ def pretrain(out: Path, recipe: Recipe, progress: Progress | None = None, evalua
         "autoencoder_seconds": round(run.seconds["autoencoder"], 1),
         "total_seconds": round(sum(run.seconds.values()), 1),
         "torch_threads": torch.get_num_threads(),
+        "machine": describe(torch.get_num_threads()),  # where the run ended (a resumed run may have started elsewhere)
         "autoencoder_scores": run.autoencoder_scores,
         "history": run.history,
     }
