@@ -61,6 +61,26 @@ def _values(where: str, schemas, given: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _checked_run(technique: str, config, given: dict[str, Any]):
+    """The prepared run, every option checked (no model loaded yet); a TunelabError names what is refused."""
+    if technique not in METHODS:
+        raise TunelabError(f"unknown technique {technique!r}{closest(technique, METHODS)} (techniques: {', '.join(METHODS)})")
+    values = _values("tunelab.train", run_schemas(technique), given)
+    run = prepare_run(technique, {key: str(value) if isinstance(value, Path) else value for key, value in values.items()},
+                      config)
+    if run.options.num_processes > 1 and not inside_launched_process():
+        raise TunelabError("num_processes > 1 starts training processes through the command line: run `tunelab train`")
+    check_output_folder(Path(run.options.out), run.resolved, run.options.overwrite)
+    return run
+
+
+def check_train(technique: str, *, model: str | None = None, images: str | Path | None = None, out: str | Path | None = None,
+                config: str | Path | None = None, **options) -> dict[str, Any]:
+    """Check a `train` call's options without training (nothing is loaded): the resolved configuration, or
+    the TunelabError `train` would raise for them (a UI shows it before queueing the run)."""
+    return _checked_run(technique, config, {"model": model, "images": images, "out": out, **options}).resolved
+
+
 def train(technique: str, *, model: str | None = None, images: str | Path | None = None, out: str | Path | None = None,
           config: str | Path | None = None, on_progress: Callable[[TrainingProgress], None] | None = None,
           **options) -> TrainResult:
@@ -69,15 +89,8 @@ def train(technique: str, *, model: str | None = None, images: str | Path | None
     `options` are the command's options by their Python names (learning_rate=1e-4, rank=8); `config`
     a YAML/TOML file with more (keywords win). `on_progress(progress)` is called after every
     optimizer step; `progress.request_stop()` ends the run there with a checkpoint."""
-    if technique not in METHODS:
-        raise TunelabError(f"unknown technique {technique!r}{closest(technique, METHODS)} (techniques: {', '.join(METHODS)})")
-    values = _values("tunelab.train", run_schemas(technique), {"model": model, "images": images, "out": out, **options})
-    run = prepare_run(technique, {key: str(value) if isinstance(value, Path) else value for key, value in values.items()},
-                      config)
-    if run.options.num_processes > 1 and not inside_launched_process():
-        raise TunelabError("num_processes > 1 starts training processes through the command line: run `tunelab train`")
+    run = _checked_run(technique, config, {"model": model, "images": images, "out": out, **options})
     out_dir = Path(run.options.out)
-    check_output_folder(out_dir, run.resolved, run.options.overwrite)
     seen: list[TrainingProgress] = []
 
     def report(progress: TrainingProgress) -> None:
