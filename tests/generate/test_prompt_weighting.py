@@ -123,3 +123,9 @@ def test_generate_applies_weights_and_can_turn_them_off(tmp_path):
                                 for name in ("plain", "weighted", "literal"))
     assert np.abs(plain - weighted).max() > 0
     assert np.abs(weighted - literal).max() > 0  # off: the brackets are just text
+
+
+def test_negative_comma_backtrack_is_refused(tmp_path, capsys):
+    assert run_cli("generate", "--model", "tiny-sd", "--prompt", "a, b", "--comma-backtrack", "-1",
+                   "--out", tmp_path / "x.png") == 2
+    assert "--comma-backtrack must be 0 (off) or more" in capsys.readouterr().err

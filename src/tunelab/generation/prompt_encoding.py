@@ -1,6 +1,7 @@
 """Weighted prompts -> `prompt_embeds` / `negative_prompt_embeds` for SD and SDXL pipelines, as A1111 does.
 
-The prompt's tokens are cut into windows of 75 (a `BREAK` starts a new one); each window is
+The prompt's tokens are cut into windows of 75 (a `BREAK` starts a new one, and a window may end early
+at a comma near its end: A1111's comma back-off); each window is
 wrapped in BOS/EOS, padded to 77, encoded on its own, and the windows are concatenated along the
 sequence axis. Each token's output vector is multiplied by its weight, then the window is scaled
 so its mean is what it was before ("mean restoration"). A plain prompt of <= 75 tokens gives the

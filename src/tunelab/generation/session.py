@@ -133,6 +133,8 @@ def _check(options) -> None:
         raise TunelabError("--grid-y needs --grid-x")
     if options.count < 1 or options.steps < 1:
         raise TunelabError("--count and --steps must be at least 1")
+    if options.comma_backtrack < 0:
+        raise TunelabError("--comma-backtrack must be 0 (off) or more")
 
 
 def _device(options) -> str:
@@ -229,6 +231,7 @@ def _plain_text_inputs(session: Session, plan: PromptPlan) -> dict:
 
 
 def render(session: Session, options, seed: int, prompt_inputs: dict):
+    """One image; where the prompt changes during sampling, the denoiser conditions per step while it runs."""
     per_step = getattr(prompt_inputs, "per_step", None)
     arguments = dict(
         **prompt_inputs,
