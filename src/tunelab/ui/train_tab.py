@@ -121,6 +121,7 @@ def build(workspace: Workspace, jobs: JobQueue):
             if resume_latest:
                 values["resume"] = "latest"
             values = checked_paths(workspace, values)
+            api.check_train(chosen, **values)  # a refused option shows here, not after the queue
             job = jobs.submit("train", f"{chosen} -> {workspace.relative(values.get('out', '?'))}",
                               train_work(workspace, chosen, values))
         except TunelabError as error:
