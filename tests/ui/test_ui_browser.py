@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
 from helpers import write_subject_images
@@ -109,6 +110,12 @@ def open_page(browser, url):
     return page
 
 
+def shoot(page, path: Path) -> None:
+    """A screenshot of the page as it is, stored small (a 64-colour palette) for the README."""
+    page.screenshot(path=str(path))
+    Image.open(path).convert("RGB").quantize(64).save(path, optimize=True)
+
+
 def field(page, elem_id: str):
     return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
 
@@ -139,7 +146,7 @@ def test_train_generate_and_a_lora_tool_through_the_page(server, browser, worksp
     expect(status).to_contain_text("step 3/3")
     assert (workspace / "runs/toy/lora.safetensors").is_file()
     assert (workspace / "runs/toy/config.yaml").is_file()
-    page.screenshot(path=str(screenshots / "ui-train.png"))
+    shoot(page, screenshots / "ui-train.png")
 
     page.get_by_role("tab", name="Generate").click()
     field(page, "generate-model").fill("tiny-sd")
@@ -153,7 +160,13 @@ def test_train_generate_and_a_lora_tool_through_the_page(server, browser, worksp
     assert recorded["lora"] == [f"{(workspace / 'runs/toy/lora.safetensors').resolve()}:0.8"]
     page.locator("#generate-gallery img").first.click()
     expect(field(page, "generate-parameters")).to_have_value(re.compile("a photo of sks toy"), timeout=30_000)
-    page.screenshot(path=str(screenshots / "ui-generate.png"))
+    shoot(page, screenshots / "ui-generate.png")
+    field(page, "generate-prompt").fill("something else")
+    field(page, "generate-steps").fill("7")
+    page.click("#generate-send")  # the selected image's stored options back into the form (what --from-png reads)
+    expect(field(page, "generate-prompt")).to_have_value("a photo of sks toy", timeout=30_000)
+    expect(field(page, "generate-steps")).to_have_value("2")
+    expect(page.locator("#generate-lora")).to_contain_text("runs/toy/lora.safetensors:0.8")
 
     page.get_by_role("tab", name="LoRA tools").click()
     page.get_by_role("tab", name="info", exact=True).click()
@@ -162,11 +175,11 @@ def test_train_generate_and_a_lora_tool_through_the_page(server, browser, worksp
     result = page.locator("#lora-info-result")
     expect(result).to_contain_text("done", timeout=SLOW)
     expect(result).to_contain_text("rank")  # the tool's table
-    page.screenshot(path=str(screenshots / "ui-lora-tools.png"))
+    shoot(page, screenshots / "ui-lora-tools.png")
 
     page.get_by_role("tab", name="Compare").click()
     expect(page.locator("#compare-start")).to_be_visible()
-    page.screenshot(path=str(screenshots / "ui-compare.png"))
+    shoot(page, screenshots / "ui-compare.png")
     page.close()
 
 
@@ -265,6 +278,7 @@ def test_a_run_outlives_its_page_and_a_server_stop_leaves_a_checkpoint(server, b
     page.click("#train-start")
     status = page.locator("#train-status")
     expect(status).to_contain_text(re.compile(r"run (\d+) \(.*runs/long\): running, step [1-9]"), timeout=SLOW)
+    expect(status).to_contain_text(re.compile(r"\d steps/s, \d+ s left"))
     run_id = re.search(r"run (\d+)", status.inner_text()).group(1)
     page.close()
 

@@ -43,11 +43,14 @@ def run(args: argparse.Namespace) -> None:
         raise TunelabError("--listen serves every network interface: give --auth USER:PASSWORD or --auth-file FILE too")
     if not 0 < args.port < 65536:
         raise TunelabError(f"--port must be between 1 and 65535, got {args.port}")
+    root = Path(args.workspace).expanduser().resolve()
+    # Gradio's uploads and copies, class images and other caches stay in the workspace too (set before
+    # gradio is imported: it makes its folder on import)
+    os.environ["GRADIO_TEMP_DIR"] = str(root / ".gradio")
+    os.environ.setdefault("TUNELAB_CACHE_DIR", str(root / ".cache"))
     from tunelab.ui.server import serve  # deferred: gradio and torch load only once the arguments are accepted
     from tunelab.ui.workspace import Workspace  # deferred: as above (it reads the model presets)
 
-    workspace = Workspace(args.workspace, args.model_dir)
+    workspace = Workspace(root, args.model_dir)
     workspace.lock()
-    # class images and other caches land in the workspace too, not in the home folder
-    os.environ.setdefault("TUNELAB_CACHE_DIR", str(workspace.root / ".cache"))
     serve(workspace, "0.0.0.0" if args.listen else "127.0.0.1", args.port, auth)

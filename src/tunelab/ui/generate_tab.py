@@ -40,7 +40,7 @@ def build(workspace: Workspace):
         run = gr.Button("Generate", variant="primary", elem_id="generate-run")
         refresh = gr.Button("Refresh file lists", elem_id="generate-refresh")
     message = gr.Markdown(elem_id="generate-message")
-    gallery = gr.Gallery(label="images", elem_id="generate-gallery", columns=4, height=300)
+    gallery = gr.Gallery(label="images", elem_id="generate-gallery", buttons=["download", "fullscreen"], columns=4, height=300)
     paths = gr.State([])
     selected = gr.State(None)
     parameters = gr.Textbox(label="stored parameters of the selected image", lines=3, elem_id="generate-parameters")

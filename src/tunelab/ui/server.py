@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import urllib.parse
 
@@ -57,8 +56,6 @@ class Server(uvicorn.Server):
 
 
 def make_server(workspace: Workspace, host: str, port: int, auth: tuple[str, str] | None) -> tuple[Server, JobQueue]:
-    # uploads and Gradio's copies of shown files stay inside the workspace
-    os.environ["GRADIO_TEMP_DIR"] = str(workspace.root / ".gradio")
     jobs = JobQueue()
     page = build_app(workspace, jobs)
     app = FastAPI()

@@ -84,7 +84,7 @@ def build(workspace: Workspace, jobs: JobQueue):
     message = gr.Markdown(elem_id="train-message")
     status = gr.Markdown(elem_id="train-status")
     loss = gr.LinePlot(x="step", y="loss", label="loss", elem_id="train-loss")
-    samples = gr.Gallery(label="samples", elem_id="train-samples", columns=4, height=220)
+    samples = gr.Gallery(label="samples", elem_id="train-samples", buttons=["download", "fullscreen"], columns=4, height=220)
     resolved = gr.File(label="resolved config", elem_id="train-resolved")
 
     technique.change(lambda chosen: [gr.update(visible=name == chosen) for name in names],
