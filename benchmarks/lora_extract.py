@@ -4,7 +4,7 @@
 The pair is built from tunelab's shipped SD 1.5 config (`src/tunelab/models/configs/sd15`):
 a real-size UNet2DConditionModel (860M parameters) and CLIP ViT-L text encoder (123M),
 random weights, and a "tuned" copy whose every weight moved by full-rank noise (as a
-DreamBooth run moves them). What is timed is `tunelab.lora.extract.extract_lora` on the
+DreamBooth run moves them). What is timed is `tunelab.lora.extraction.extract_lora` on the
 two models' module weights: differences, batched truncated SVDs, clamping, factors back
 on the CPU; then writing the file. Building the models is reported but not part of it.
 
@@ -93,7 +93,7 @@ def main() -> None:
 
     from tunelab.formats.kohya_lora import kohya_metadata
     from tunelab.formats.lora_io import write_lora
-    from tunelab.lora.extract import ExtractSettings, extract_lora
+    from tunelab.lora.extraction import ExtractSettings, extract_lora
 
     info = machine()
     info.update(diffusers=diffusers.__version__, transformers=transformers.__version__, device=args.device)

@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli, write_subject_images
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 import tunelab
-from helpers import run_cli, write_subject_images
+import tunelab.lora
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 LORA = {"prompt": "a photo of sks toy", "steps": 6, "learning_rate": 1e-3, "rank": 4, "seed": 3, "log_with": "none"}
@@ -54,6 +56,17 @@ def test_a_generator_loads_once_and_gives_the_images_generate_gives(trained_lora
     generator.close()
 
 
+def test_lora_tools_through_the_api_write_what_the_command_writes(trained_lora, tmp_path):
+    from_api = tunelab.lora.resize(trained_lora, tmp_path / "api.safetensors", rank=2)
+    assert run_cli("lora", "resize", trained_lora, "--rank", "2", "--out", tmp_path / "cli.safetensors") == 0
+    a, b = load_file(from_api), load_file(tmp_path / "cli.safetensors")
+    assert set(a) == set(b) and all(torch.equal(a[key], b[key]) for key in a)
+    with safe_open(str(from_api), "pt") as api_file, safe_open(str(tmp_path / "cli.safetensors"), "pt") as cli_file:
+        differing = {key for key in api_file.metadata() if api_file.metadata()[key] != cli_file.metadata().get(key)}
+    assert differing == {"tunelab_resize"}  # the record of the call, which names its own output file
+    assert tunelab.lora.info(from_api)["ranks"] == {"2": tunelab.lora.info(trained_lora)["module_count"]}
+
+
 def test_on_progress_sees_every_step_and_a_stop_resumes_bit_identically(subject_images, tmp_path):
     seen = []
 
@@ -73,6 +86,7 @@ def test_on_progress_sees_every_step_and_a_stop_resumes_bit_identically(subject_
 
 
 @pytest.mark.parametrize("call, nearest", [
+    (lambda tmp: tunelab.lora.resize("x.safetensors", tmp / "y.safetensors", rnak=2), "rank"),
     (lambda tmp: tunelab.train("lora", model="tiny-sd", images="x", out=tmp, learing_rate=1e-4), "learning_rate"),
     (lambda tmp: tunelab.train("lroa", model="tiny-sd", images="x", out=tmp), "lora"),
     (lambda tmp: tunelab.generate(model="tiny-sd", prompt="x", sampeler="euler"), "sampler"),
@@ -104,4 +118,6 @@ def test_every_example_in_docs_api_runs(tmp_path, monkeypatch):
         exec(compile(example, str(DOCS), "exec"), namespace)
     assert (tmp_path / "runs" / "toy" / "lora.safetensors").is_file() and (tmp_path / "toy-2.png").is_file()
     assert (tmp_path / "comparison" / "report.html").is_file()
+    assert (tmp_path / "runs" / "merged" / "model_index.json").is_file()
+    assert (tmp_path / "runs" / "toy" / "rank2-peft.safetensors").is_file()
     assert os.path.isfile(tmp_path / "runs" / "stopped" / "lora.safetensors")

@@ -38,6 +38,17 @@ def closest(name: str, candidates) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+def parse_weighted_path(spec: str) -> tuple[Path, float]:
+    """'FILE' or 'FILE:WEIGHT' -> (path, weight); a trailing part that is not a number belongs to the path."""
+    head, _, tail = spec.rpartition(":")
+    if head:
+        try:
+            return Path(head), float(tail)
+        except ValueError:
+            pass
+    return Path(spec), 1.0
+
+
 def _unwrap_optional(annotation):
     """`int | None` -> (int, True); `int` -> (int, False)."""
     origin = typing.get_origin(annotation)

@@ -10,8 +10,8 @@ from lora_tool_helpers import denoiser_output, mixed_keys, random_lora, relative
 from tunelab.errors import TunelabError
 from tunelab.formats.kohya_lora import kohya_metadata
 from tunelab.formats.lora_io import read_lora_file, write_lora
-from tunelab.lora.combine import WeightedLora, combine_svd, concat
-from tunelab.lora.merge import apply_loras
+from tunelab.lora.combining import WeightedLora, combine_svd, concat
+from tunelab.lora.merging import apply_loras
 from tunelab.lora.modules import adaptable_modules
 from tunelab.models.presets import build_preset
 

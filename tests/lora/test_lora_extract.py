@@ -13,7 +13,7 @@ from helpers import run_cli
 from lora_tool_helpers import PROMPT, add_full_rank_noise, add_low_rank_changes, denoiser_output, relative_error
 from tunelab.errors import TunelabError
 from tunelab.formats.lora_io import read_lora_file
-from tunelab.lora.extract import ExtractSettings, extract_lora
+from tunelab.lora.extraction import ExtractSettings, extract_lora
 from tunelab.lora.modules import adaptable_modules, is_spatial_conv, module_weights
 from tunelab.models.presets import build_preset
 

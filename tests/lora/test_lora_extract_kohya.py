@@ -113,7 +113,7 @@ def test_kohya_mode_gives_kohyas_keys_and_each_modules_delta(noisy_pair, tmp_pat
 
 def test_modules_kohya_is_refused_on_flux():
     from tunelab.errors import TunelabError
-    from tunelab.lora.extract import ExtractSettings, extract_lora
+    from tunelab.lora.extraction import ExtractSettings, extract_lora
 
     weights = {"transformer.single_blocks.0.linear1": torch.zeros(4, 4), "text_encoder.encoder.layers.0.mlp.fc1": torch.zeros(4, 4)}
     tuned = {key: value + 1 for key, value in weights.items()}

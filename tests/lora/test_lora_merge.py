@@ -11,7 +11,7 @@ from lora_tool_helpers import denoiser_output, mixed_keys, random_lora, relative
 from tunelab.formats.kohya_lora import kohya_metadata
 from tunelab.formats.lora_io import write_lora
 from tunelab.formats.safetensors_io import save_tensors
-from tunelab.lora.extract import ExtractSettings, extract_lora
+from tunelab.lora.extraction import ExtractSettings, extract_lora
 from tunelab.lora.modules import adaptable_modules, module_weights
 from tunelab.models.loading import load_pipeline
 from tunelab.models.presets import build_preset

@@ -10,7 +10,7 @@ from lora_tool_helpers import mixed_keys, random_lora, relative_error
 from tunelab.errors import TunelabError
 from tunelab.formats.lora_io import read_lora_file, write_lora
 from tunelab.formats.lora_set import LoraModule
-from tunelab.lora.resize import Dynamic, resize_lora
+from tunelab.lora.resizing import Dynamic, resize_lora
 from tunelab.models.presets import build_preset
 
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.lora.merge import delta_shape, same_weight_shape
 from tunelab.formats.lora_set import LoraModule, LoraSet, require_plain_lora
-from tunelab.lora.resize import ResizedModule, resize_lora
+from tunelab.lora.merging import delta_shape, same_weight_shape
+from tunelab.lora.resizing import ResizedModule, resize_lora
 
 
 @dataclass

@@ -13,9 +13,10 @@ from typing import Callable
 import torch
 
 from tunelab.formats.lora_set import LoraSet
-from tunelab.lora.merge import applied
+from tunelab.lora.merging import applied
 from tunelab.models.family import NoisyBatch, family_for
 from tunelab.precision import PRECISIONS
+
 PROBE_TIMESTEPS = (900, 500, 100)
 
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from tunelab.config import option
+from tunelab.config import option, parse_weighted_path
 from tunelab.errors import TunelabError
 
 
@@ -44,17 +44,6 @@ def parameter_groups(modules: dict[str, torch.nn.Module], text_encoder_names, te
 def group_parameter_count(groups: list[dict]) -> int:
     """Elements of the trainable parameters in optimizer groups."""
     return sum(p.numel() for group in groups for p in group["params"] if p.requires_grad)
-
-
-def parse_weighted_path(spec: str) -> tuple[Path, float]:
-    """'FILE' or 'FILE:WEIGHT' -> (path, weight); a trailing part that is not a number belongs to the path."""
-    head, _, tail = spec.rpartition(":")
-    if head:
-        try:
-            return Path(head), float(tail)
-        except ValueError:
-            pass
-    return Path(spec), 1.0
 
 
 class Method:

@@ -29,9 +29,9 @@ from tunelab.formats.kohya_lora import kohya_metadata, to_kohya_tensors
 from tunelab.formats.lora_io import read_lora, write_lora
 from tunelab.formats.lora_set import DoraModule, LohaModule, LokrModule, LoraModule, LoraSet, algorithm_title, split_component
 from tunelab.formats.module_paths import from_file_path
-from tunelab.lora.merge import apply_loras, check_fits
+from tunelab.lora.merging import apply_loras, check_fits
 from tunelab.lora.modules import adaptable_modules
-from tunelab.methods.base import GenerateFlag, Method, parse_weighted_path  # noqa: F401 (lora tools parse FILE:WEIGHT)
+from tunelab.methods.base import GenerateFlag, Method
 from tunelab.precision import PrecisionName, precision_dtype
 
 TargetGroup = Literal["attention", "feedforward", "conv"]
