@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import io
 import threading
+from pathlib import Path
 
 import gradio as gr
 
@@ -30,7 +31,7 @@ def run_tool(workspace: Workspace, tool: str, values: dict) -> str:
     with _PRINTING, contextlib.redirect_stdout(printed):
         written = function(*resolved)
     text = f"`tunelab lora {tool}` done"
-    if written is not None:
+    if isinstance(written, (str, Path)):  # the tools that write a file return it (info returns its summary)
         text += f": wrote `{workspace.relative(written)}`"
     if printed.getvalue().strip():
         text += f"\n\n```\n{printed.getvalue().rstrip()}\n```"
