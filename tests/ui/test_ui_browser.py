@@ -138,10 +138,12 @@ def test_train_generate_and_a_lora_tool_through_the_page(server, browser, worksp
     field(page, "train-steps").fill("0")
     page.click("#train-start")  # a refused option: the library's one line, before anything is queued
     expect(page.locator("#train-message")).to_contain_text("Refused: --steps must be at least 1, got 0", timeout=30_000)
+    expect(page.locator("#train-steps")).to_contain_text("--steps must be at least 1, got 0")  # next to the field too
     field(page, "train-steps").fill("3")
     page.click("#train-start")
     status = page.locator("#train-status")
     expect(status).to_contain_text("step", timeout=SLOW)  # progress while it runs (or once done)
+    expect(page.locator("#train-steps")).not_to_contain_text("must be at least")  # the field's own help again
     expect(status).to_contain_text("finished: runs/toy/lora.safetensors", timeout=SLOW)
     expect(status).to_contain_text("step 3/3")
     assert (workspace / "runs/toy/lora.safetensors").is_file()

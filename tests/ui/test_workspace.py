@@ -6,6 +6,7 @@ import pytest
 
 from tunelab.errors import TunelabError
 from tunelab.ui import workspace as workspace_module
+from tunelab.ui.forms import Control, named_control
 from tunelab.ui.paths import checked_paths
 from tunelab.ui.workspace import Workspace
 
@@ -86,3 +87,11 @@ def test_one_server_per_workspace(space):
     space.lock()
     with pytest.raises(TunelabError, match="another `tunelab ui` is serving"):
         Workspace(space.root).lock()
+
+
+def test_a_refusal_is_shown_under_the_option_it_names():
+    controls = {name: Control(name, int, 0, None) for name in ("steps", "rank", "images", "learning_rate")}
+    assert named_control("--steps must be at least 1, got 0", controls) == "steps"
+    assert named_control("option 'rank': 'x' is not a int", controls) == "rank"
+    assert named_control("images: '../x' leaves the workspace ('..' is not allowed)", controls) == "images"
+    assert named_control("the model folder holds no model_index.json", controls) is None

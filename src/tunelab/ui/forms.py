@@ -8,6 +8,7 @@ library's own defaults (a technique's learning rate, say) apply as they do on th
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,6 +27,7 @@ class Control:
     annotation: Any
     default: Any  # NOT_GIVEN for a required field
     component: Any
+    help: str = ""
 
 
 def _default(field: dataclasses.Field) -> Any:
@@ -81,7 +83,7 @@ def build_form(schemas, prefix: str, skip=(), main=(), choices: dict[str, list[s
     def add(field, annotation):
         default = _default(field)
         component = _component(field, annotation, default, choices.get(field.name), prefix)
-        controls[field.name] = Control(field.name, annotation, default, component)
+        controls[field.name] = Control(field.name, annotation, default, component, component.info or "")
 
     for field, annotation in fields:
         if field.name in main:
@@ -134,3 +136,22 @@ def read_form(controls: dict[str, Control], received: dict) -> dict[str, Any]:
 
 def components(*forms: dict[str, Control]) -> set:
     return {control.component for form in forms for control in form.values()}
+
+
+# how refusals name an option: "--steps must ...", "option 'rank': ...", "unknown option 'learing_rate'", "images: ..."
+NAMED_OPTION = re.compile(r"--([a-z0-9-]+)|option '([a-z0-9_]+)'|^([a-z0-9_]+): ")
+
+
+def named_control(message: str, controls: dict[str, Control]) -> str | None:
+    """The first control a refusal message names, if any."""
+    for match in NAMED_OPTION.finditer(message):
+        name = (match.group(1) or "").replace("-", "_") or match.group(2) or match.group(3)
+        if name in controls:
+            return name
+    return None
+
+
+def flag_refusal(controls: dict[str, Control], message: str | None) -> list:
+    """An update per control: the one the refusal names shows it under its label, the others their help."""
+    named = named_control(message, controls) if message else None
+    return [gr.update(info=f"⚠ {message}" if name == named else control.help) for name, control in controls.items()]

@@ -12,7 +12,7 @@ from tunelab import api
 from tunelab.errors import TunelabError
 from tunelab.methods import METHODS, method_class
 from tunelab.training.prepare import run_schemas
-from tunelab.ui.forms import build_form, components, read_form
+from tunelab.ui.forms import build_form, components, flag_refusal, read_form
 from tunelab.ui.jobs import Job, JobQueue
 from tunelab.ui.paths import checked_paths
 from tunelab.ui.workspace import Workspace
@@ -112,8 +112,10 @@ def build(workspace: Workspace, jobs: JobQueue):
 
     config_upload.upload(take_config, inputs=config_upload, outputs=[config, message])
 
-    def submit(received: dict, resume_latest: bool) -> str:
+    def submit(received: dict, resume_latest: bool) -> list:
+        """Queue the run; a refusal shows under the form and under the field it names (as the CLI words it)."""
         chosen = received[technique]
+        error = None
         try:
             values = {**read_form(trainer, received), **read_form(own[chosen][1], received)}
             if received[config]:
@@ -121,16 +123,22 @@ def build(workspace: Workspace, jobs: JobQueue):
             if resume_latest:
                 values["resume"] = "latest"
             values = checked_paths(workspace, values)
-            api.check_train(chosen, **values)  # a refused option shows here, not after the queue
+            api.check_train(chosen, **values)  # a refused option shows now, not after the queue
             job = jobs.submit("train", f"{chosen} -> {workspace.relative(values.get('out', '?'))}",
                               train_work(workspace, chosen, values))
-        except TunelabError as error:
-            return error_text(error)
-        return f"run {job.id} queued"
+        except TunelabError as refused:
+            error = str(refused)
+        flags = flag_refusal({**trainer, **own[chosen][1]}, error)
+        updates = [error_text(error) if error else f"run {job.id} queued", *flags[:len(trainer)]]
+        for name in names:  # in the order of `outputs`
+            updates += flags[len(trainer):] if name == chosen else [gr.skip() for _ in own[name][1]]
+        return updates
 
     inputs = components(trainer, *(form for _, form in own.values())) | {technique, config}
-    start.click(lambda received: submit(received, False), inputs=inputs, outputs=message, api_name="train_start")
-    resume.click(lambda received: submit(received, True), inputs=inputs, outputs=message, api_name="train_resume")
+    outputs = [message, *(control.component for control in trainer.values())]
+    outputs += [control.component for name in names for control in own[name][1].values()]
+    start.click(lambda received: submit(received, False), inputs=inputs, outputs=outputs, api_name="train_start")
+    resume.click(lambda received: submit(received, True), inputs=inputs, outputs=outputs, api_name="train_resume")
 
     def stop_run():
         job = jobs.stop()
