@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def run(args: argparse.Namespace) -> None:
         raise TunelabError("--listen serves every network interface: give --auth USER:PASSWORD or --auth-file FILE too")
     if not 0 < args.port < 65536:
         raise TunelabError(f"--port must be between 1 and 65535, got {args.port}")
+    if importlib.util.find_spec("gradio") is None:
+        raise TunelabError("tunelab ui needs gradio: pip install gradio==6.31.0 (`make setup` installs it)")
     root = Path(args.workspace).expanduser().resolve()
     # Gradio's uploads and copies, class images and other caches stay in the workspace too (set before
     # gradio is imported: it makes its folder on import)
