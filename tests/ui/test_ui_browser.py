@@ -132,7 +132,10 @@ def test_train_generate_and_a_lora_tool_through_the_page(server, browser, worksp
     url, _, _ = server
     page = open_page(browser, url)
     field(page, "train-model").fill("tiny-sd")
-    field(page, "train-images").fill("photos")
+    # the images come in through the page: uploaded into a new workspace folder, which fills --images
+    page.locator("#train-upload input[type=file]").set_input_files(sorted(str(path) for path in (workspace / "photos").iterdir()))
+    expect(page.locator("#train-message")).to_contain_text("uploaded 4 file(s) to uploads/", timeout=30_000)
+    expect(field(page, "train-images")).to_have_value(re.compile(r"^uploads/\d{8}-\d{6}"))
     field(page, "train-out").fill("runs/toy")
     field(page, "train-prompt").fill("a photo of sks toy")
     field(page, "train-steps").fill("0")
