@@ -143,6 +143,7 @@ def test_train_generate_and_a_lora_tool_through_the_page(server, browser, worksp
     expect(page.locator("#train-message")).to_contain_text("Refused: --steps must be at least 1, got 0", timeout=30_000)
     expect(page.locator("#train-steps")).to_contain_text("--steps must be at least 1, got 0")  # next to the field too
     field(page, "train-steps").fill("3")
+    field(page, "train-sample_every").fill("3")
     page.click("#train-start")
     status = page.locator("#train-status")
     expect(status).to_contain_text("step", timeout=SLOW)  # progress while it runs (or once done)
@@ -151,6 +152,9 @@ def test_train_generate_and_a_lora_tool_through_the_page(server, browser, worksp
     expect(status).to_contain_text("step 3/3")
     assert (workspace / "runs/toy/lora.safetensors").is_file()
     assert (workspace / "runs/toy/config.yaml").is_file()
+    expect(page.locator("#train-samples img").first).to_be_visible(timeout=30_000)  # the sample written at step 3
+    expect(page.locator("#train-resolved")).to_contain_text(re.compile(r"config\s*\.yaml"))  # the resolved config to download
+    page.locator("#train-start").evaluate("button => button.scrollIntoView()")  # the run, its curve and sample
     shoot(page, screenshots / "ui-train.png")
 
     page.get_by_role("tab", name="Generate").click()
