@@ -106,16 +106,20 @@ class JobQueue:
             return [job for job in self.jobs if job.state == "queued"]
 
     def shutdown(self, timeout: float = 600.0) -> None:
-        """Cancel what waits, stop what runs (a training writes its checkpoint) and wait for it."""
+        """Cancel what waits, stop what runs and wait for it: a training stops at its next step and writes
+        its checkpoint. A comparison cannot stop half-way, so it is left to end with the process (its
+        finished experiments are kept, and the same comparison run again skips them)."""
         with self._wake:
             self._closing = True
+            running = None
             for job in self.jobs:
                 if job.state == "queued":
                     job.state = "cancelled"
                 elif job.state == "running":
-                    job.stop_requested = True
+                    job.stop_requested, running = True, job
             self._wake.notify()
-        self._worker.join(timeout)
+        if running is None or running.kind == "train":
+            self._worker.join(timeout)
 
     def _next(self) -> Job | None:
         with self._wake:
