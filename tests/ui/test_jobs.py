@@ -74,3 +74,14 @@ def test_failures_show_their_one_line_and_shutdown_cancels_what_waits():
     queue.shutdown(10)
     assert failing.state == "failed" and failing.error == "--rank must be at least 1"
     assert running.state == "stopped" and waiting.state == "cancelled"
+
+
+def test_shutdown_does_not_wait_for_a_comparison():
+    queue = JobQueue()
+    release, started = threading.Event(), threading.Event()
+    comparison = queue.submit("compare", "demo", lambda job: started.set() or release.wait(30))
+    started.wait(10)
+    began = time.monotonic()
+    queue.shutdown(timeout=20)
+    assert time.monotonic() - began < 5 and comparison.state == "running" and comparison.stop_requested
+    release.set()
