@@ -268,6 +268,9 @@ def test_foreign_origin_and_oversized_uploads_are_refused(server):
     assert request(url, headers={"Origin": "http://evil.example"}) == 403
     assert request(url + "gradio_api/upload", "POST", headers={"Origin": "http://evil.example"}, data=b"x") == 403
     assert request(url + "config", headers={"Origin": f"http://127.0.0.1:{port}"}) == 200
+    assert request(url + "config", headers={"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"}) == 200
+    # a foreign name resolved to 127.0.0.1 (DNS rebinding): same "origin" as its Host, still refused
+    assert request(url + "config", headers={"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}) == 403
     boundary = "tunelabboundary"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n"
             "Content-Type: image/png\r\n\r\n").encode() + b"\0" * (MAX_UPLOAD_BYTES + 1024) + f"\r\n--{boundary}--\r\n".encode()

@@ -20,17 +20,21 @@ class SameOriginOnly:
     """ASGI middleware: a request that carries an Origin other than the server's own is refused (403).
 
     Browsers send Origin on cross-site fetches, form posts and websockets; without it (curl, the
-    page's own navigation) the request is same-origin by construction."""
+    page's own navigation) the request is same-origin by construction. Served on 127.0.0.1, the Host
+    must be a loopback name too, so a web site whose name is made to resolve to 127.0.0.1 (DNS
+    rebinding) is not "same origin" either."""
 
-    def __init__(self, app):
+    def __init__(self, app, allowed_hosts: set[str] | None):
         self.app = app
+        self.allowed_hosts = allowed_hosts  # None: any (--listen, behind a password)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] in ("http", "websocket"):
             headers = dict(scope["headers"])
             origin = headers.get(b"origin")
             host = headers.get(b"host", b"").decode("latin-1")
-            if origin is not None and urllib.parse.urlsplit(origin.decode("latin-1")).netloc != host:
+            foreign_origin = origin is not None and urllib.parse.urlsplit(origin.decode("latin-1")).netloc != host
+            if foreign_origin or (self.allowed_hosts is not None and host not in self.allowed_hosts):
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1008})
                     return
@@ -62,7 +66,8 @@ def make_server(workspace: Workspace, host: str, port: int, auth: tuple[str, str
     app = gr.mount_gradio_app(app, page, path="", auth=auth, allowed_paths=[str(workspace.root)],
                               blocked_paths=[str(workspace.root / ".tunelab-ui.lock")], max_file_size=MAX_UPLOAD_BYTES,
                               server_name=host, server_port=port, show_error=True, mcp_server=False)
-    app = SameOriginOnly(app)
+    loopback = {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]")}
+    app = SameOriginOnly(app, None if host == "0.0.0.0" else loopback)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
     return Server(config), jobs
 
