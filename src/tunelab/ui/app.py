@@ -13,7 +13,7 @@ REFRESH_SECONDS = 1.0
 
 
 def build_app(workspace: Workspace, jobs: JobQueue) -> gr.Blocks:
-    with gr.Blocks(title="tunelab") as page:
+    with gr.Blocks(title="tunelab", analytics_enabled=False) as page:
         gr.Markdown(f"## tunelab\nWorkspace `{workspace.root}`: every path in these forms is relative to it.")
         with gr.Tabs():
             with gr.Tab("Train", id="train", elem_id="tab-train"):

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> None:
     # gradio is imported: it makes its folder on import)
     os.environ["GRADIO_TEMP_DIR"] = str(root / ".gradio")
     os.environ.setdefault("TUNELAB_CACHE_DIR", str(root / ".cache"))
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # a local tool: nothing is sent anywhere
     from tunelab.ui.server import serve  # deferred: gradio and torch load only once the arguments are accepted
     from tunelab.ui.workspace import Workspace  # deferred: as above (it reads the model presets)
 

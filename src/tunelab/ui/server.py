@@ -16,6 +16,11 @@ from tunelab.ui.jobs import JobQueue
 from tunelab.ui.workspace import MAX_UPLOAD_BYTES, Workspace
 
 
+# Gradio's default theme has the browser fetch its fonts from a web font service; these are the machine's own.
+LOCAL_THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                                font_mono=["ui-monospace", "Consolas", "monospace"])
+
+
 class SameOriginOnly:
     """ASGI middleware: a request that carries an Origin other than the server's own is refused (403).
 
@@ -65,7 +70,7 @@ def make_server(workspace: Workspace, host: str, port: int, auth: tuple[str, str
     app = FastAPI()
     app = gr.mount_gradio_app(app, page, path="", auth=auth, allowed_paths=[str(workspace.root)],
                               blocked_paths=[str(workspace.root / ".tunelab-ui.lock")], max_file_size=MAX_UPLOAD_BYTES,
-                              server_name=host, server_port=port, show_error=True, mcp_server=False)
+                              server_name=host, server_port=port, show_error=True, mcp_server=False, theme=LOCAL_THEME)
     loopback = {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]")}
     app = SameOriginOnly(app, None if host == "0.0.0.0" else loopback)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
