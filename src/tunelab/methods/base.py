@@ -96,7 +96,7 @@ class Method:
         return captions
 
     def after_step(self, step: int) -> None:
-        """After each optimizer step: e.g. restore frozen rows, EMA."""
+        """After each optimizer step: e.g. restore frozen rows, freeze a text encoder at its stop step."""
 
     def state_dict(self) -> dict:
         """What a resumed run needs beyond the optimizer's parameters (plain values and tensors)."""
