@@ -4,7 +4,7 @@
 Cases (issue 7): SDXL LoRA, SDXL full fine-tuning (DreamBooth), Flux.1-dev LoRA, each at
 1024x1024, batch 1, bf16 mixed precision (frozen weights bf16, trained weights fp32) with
 gradient checkpointing. Each case runs `tunelab bench speed` (the trainer's own step,
-train/step.py, on a model built from the configs shipped under models/configs/) in a fresh
+training/step.py, on a model built from the configs shipped under models/configs/) in a fresh
 process, so one case's memory does not count against the next; the JSON rows are collected
 and printed as a markdown table that names the device, for docs/benchmarks.md.
 
