@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from helpers import run_cli
 from tunelab.errors import TunelabError
 from tunelab.models.loading import load_pipeline
+from tunelab.models.sd import StableDiffusionFamily
 from tunelab.toyworld.pretrain import Stopped, pretrain, recipe_for
 
 FEW_STEPS = ["--scenes", "64", "--vae-steps", "2", "--vae-batch", "4", "--steps", "2", "--batch", "4",
@@ -47,6 +48,9 @@ def test_the_same_seed_gives_the_same_weights(tmp_path, generation):
     if generation == 2:  # 64 px through a 4x autoencoder: 16x16 latents
         pipeline = load_pipeline(tmp_path / "a")
         assert pipeline.unet.config.sample_size == 16 and pipeline.vae_scale_factor == 4
+        # its noisiest training input is pure noise, as sampling starts from (nothing of the image left to read)
+        assert StableDiffusionFamily(pipeline).noise_scheduler.alphas_cumprod[-1] == 0.0
+        assert pipeline.scheduler.config.prediction_type == "v_prediction"
         assert "Images 64x64 px, latents 16x16x4" in (tmp_path / "a" / "README.md").read_text()
         card = (tmp_path / "a" / "README.md").read_text()
         assert "--generation 2" in card and "--vae-crop 32" in card

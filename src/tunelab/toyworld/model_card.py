@@ -38,6 +38,14 @@ def _autoencoder_text(scores: dict | None) -> str:
             f"read back exactly {scores['readback_accuracy']:.2f}; subject fidelity of reconstructed subject renders {fidelities}.")
 
 
+def _objective_text(scheduler: dict, recipe: dict) -> str:
+    prediction = "epsilon" if scheduler["prediction_type"] == "epsilon" else "v"
+    schedule = ("SD's scaled-linear DDPM schedule rescaled to zero terminal SNR (trailing timesteps when sampling)"
+                if scheduler.get("rescale_betas_zero_snr") else "SD's scaled-linear DDPM schedule")
+    weighting = f"min-SNR-gamma {recipe['min_snr_gamma']}" if recipe["min_snr_gamma"] else "every timestep weighted alike"
+    return f"{prediction} prediction on {schedule}, {weighting}"
+
+
 def _drawing_text(drawing: dict | None) -> str:
     if not drawing:
         return ""
@@ -85,8 +93,8 @@ only for scoring: {held_out}. The denoiser never sees subject colours (orange, p
 Stage 1, autoencoder: {recipe['vae_steps']} steps of AdamW (lr {recipe['vae_learning_rate']}), batch {recipe['vae_batch']}{crop},
 MSE + 1e-6 KL; the latent scaling factor is set to 1/std of the encoded scenes ({vae.scaling_factor:.4f}).{_autoencoder_text(facts.get("autoencoder_scores"))}
 Stage 2, UNet + text encoder together on the cached latents: {recipe['steps']} steps of AdamW (lr {recipe['learning_rate']},
-{recipe['warmup_steps']} warm-up steps then cosine to a tenth), batch {recipe['batch']}, epsilon prediction on SD's scaled-linear
-DDPM schedule, min-SNR-gamma {recipe['min_snr_gamma']} (tunelab's own training objective, `models/sd.py`).
+{recipe['warmup_steps']} warm-up steps then cosine to a tenth), batch {recipe['batch']}, {_objective_text(pipeline.scheduler.config, recipe)}
+(tunelab's own training objective, `models/sd.py`).
 
 To make it again (the same seed gives the same weights on the same machine and thread count):
 

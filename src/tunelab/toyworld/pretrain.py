@@ -61,7 +61,9 @@ RECIPES = {
     1: Recipe(),
     # Generation 2's autoencoder trains longer, on crops (4x cheaper): at 1500 steps it still lost a third of
     # the bullseye's rings (docs/toyworld.md); the denoiser needs more steps for 4x the latent positions.
-    2: Recipe(generation=2, vae_steps=4000, vae_batch=32, vae_learning_rate=2e-3, vae_crop=32, steps=12000, warmup_steps=300),
+    # Min-SNR weighting is off: under v-prediction it would give the pure-noise step (SNR 0) no weight at all.
+    2: Recipe(generation=2, vae_steps=4000, vae_batch=32, vae_learning_rate=2e-3, vae_crop=32, steps=12000, warmup_steps=300,
+              min_snr_gamma=0.0),
 }
 
 
@@ -99,9 +101,19 @@ def build_base(seed: int = 0, generation: int = 1):
         attention_head_dim=8,
         norm_num_groups=16,
     )
-    scheduler = DPMSolverMultistepScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon", steps_offset=1
-    )
+    if generation == 1:
+        scheduler = DPMSolverMultistepScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon", steps_offset=1
+        )
+    else:
+        # Zero terminal SNR (Lin et al. 2024): SD's schedule leaves 6.8% of the image in its noisiest training
+        # input, and at 16x16 latents the model learned to read the background from that leftover, which pure
+        # noise at sampling time lacks (backgrounds came out in colours never trained). With none left, the
+        # last step must come from the caption; that needs v-prediction and trailing timesteps.
+        scheduler = DPMSolverMultistepScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="v_prediction",
+            rescale_betas_zero_snr=True, timestep_spacing="trailing",
+        )
     return sd_pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
 
 
