@@ -112,7 +112,7 @@ def build_base(seed: int = 0, generation: int = 1):
         # last step must come from the caption; that needs v-prediction and trailing timesteps.
         scheduler = DPMSolverMultistepScheduler(
             beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="v_prediction",
-            rescale_betas_zero_snr=True, timestep_spacing="trailing",
+            rescale_betas_zero_snr=True, timestep_spacing="trailing", steps_offset=1,  # the pipeline insists on 1; trailing ignores it
         )
     return sd_pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
 
