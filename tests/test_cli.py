@@ -76,6 +76,16 @@ def test_installed_entry_point_prints_one_line(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`tunelab lora info FILE | head -1` with more output than the pipe holds: no BrokenPipeError, no "internal
+    error", the exit status of a command the pipe ended (128 + SIGPIPE)."""
+    work = "lambda: [print('a line of a long summary ' * 4) for _ in range(200000)]"
+    command = f"{sys.executable} -c \"import sys; from tunelab.process import run_guarded; sys.exit(run_guarded({work}))\" | head -1"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=120)
+    assert len(result.stdout.splitlines()) == 1
+    assert result.stderr == "" and result.returncode == 141
+
+
 def test_debug_shows_the_traceback(tmp_path):
     from tunelab.errors import TunelabError
 

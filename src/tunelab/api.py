@@ -7,6 +7,7 @@ config file: a misspelt one raises `TunelabError` naming the nearest valid optio
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -117,11 +118,25 @@ def train(technique: str, *, model: str | None = None, images: str | Path | None
     )
 
 
+# What a PNG's record may not decide: where images are written, which folders are read, how many are made.
+NOT_FROM_PNG = {"out", "from_png", "adapters_dir", "grid_x", "grid_y", "count", "seeds"}
+
+
+def options_from_png(path: Path) -> dict[str, Any]:
+    """The generation parameters a PNG records, for `from_png`; never paths to write or folders to read."""
+    recorded = read_options(path)
+    known = {field.name for field in dataclasses.fields(GenerateOptions)}
+    unknown = sorted(set(recorded) - known)
+    if unknown:
+        raise TunelabError(f"--from-png: {path} records options tunelab does not know ({', '.join(unknown)})")
+    return {key: value for key, value in recorded.items() if key not in NOT_FROM_PNG}
+
+
 def generate_options(values: dict[str, Any], config: str | Path | None = None):
     """GenerateOptions from keyword values (and a config file); `from_png` fills in what was not given."""
     values = {key: str(value) if isinstance(value, Path) else value for key, value in values.items()}
     if values.get("from_png"):
-        values = {**read_options(Path(values["from_png"])), **values}  # what is given wins
+        values = {**options_from_png(Path(values["from_png"])), **values}  # what is given wins
     (options,) = resolve([GenerateOptions], values, config)
     return options
 

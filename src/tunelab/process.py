@@ -36,6 +36,10 @@ def run_guarded(work, debug: bool = False) -> int:
     except KeyboardInterrupt:
         print("tunelab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`tunelab lora info F | head`): stop quietly, as other command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as error:  # an unexpected failure still gets one line; --debug shows where
         if debug:
             raise

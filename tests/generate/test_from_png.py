@@ -24,11 +24,12 @@ def test_from_png_regenerates_identically_and_flags_override(tmp_path, trained_l
                    "--guidance", "5", "--width", "48", "--seed", "7", "--count", "2", "--out", tmp_path / "first") == 0
     second = tmp_path / "first" / "001-8.png"
 
-    assert run_cli("generate", "--from-png", second, "--out", tmp_path / "again.png") == 0
+    # The record names the LoRA by its tag; the adapters folder is this run's, never the PNG's.
+    assert run_cli("generate", "--from-png", second, "--adapters-dir", adapters, "--out", tmp_path / "again.png") == 0
     assert np.array_equal(pixels(second), pixels(tmp_path / "again.png"))
     assert read_record(tmp_path / "again.png")["options"] == read_record(second)["options"]
 
-    assert run_cli("generate", "--from-png", second, "--seed", "7", "--out", tmp_path / "seed7.png") == 0
+    assert run_cli("generate", "--from-png", second, "--seed", "7", "--adapters-dir", adapters, "--out", tmp_path / "seed7.png") == 0
     assert np.array_equal(pixels(tmp_path / "first" / "000-7.png"), pixels(tmp_path / "seed7.png"))
     record = read_record(tmp_path / "seed7.png")
     assert record["seed"] == 7 and record["sampler"] == "dpm++_2m" and record["width"] == 48
@@ -53,3 +54,21 @@ def test_from_png_reproduces_schedules_and_and_bit_exactly(tmp_path):
     assert run_cli("generate", "--from-png", tmp_path / "first.png", "--prompt", "a photo of cat AND red toy :0.6",
                    "--out", tmp_path / "unscheduled.png") == 0
     assert not np.array_equal(pixels(tmp_path / "first.png"), pixels(tmp_path / "unscheduled.png"))
+
+
+def test_a_crafted_png_cannot_choose_where_to_write_or_which_folders_to_read(tmp_path, capsys):
+    from tunelab.generation.png_info import save_png
+
+    record = {"prompt": "a <lora:toy:1> photo", "seed": 1, "steps": 2, "sampler": "euler", "guidance": 5.0, "width": 32,
+              "height": 32, "model": "tiny-sd",
+              "options": {"model": "tiny-sd", "prompt": "a photo of a toy", "steps": 2, "seed": 1,
+                          "out": str(tmp_path / "elsewhere.png"), "adapters_dir": str(tmp_path), "count": 3}}
+    save_png(Image.new("RGB", (32, 32)), tmp_path / "crafted.png", record)
+    assert run_cli("generate", "--from-png", tmp_path / "crafted.png", "--out", tmp_path / "asked.png") == 0
+    assert (tmp_path / "asked.png").is_file() and not (tmp_path / "elsewhere.png").exists()
+    assert not list(tmp_path.glob("asked*/*"))  # one image: the record's count is not taken either
+
+    record["options"]["not_an_option"] = 1
+    save_png(Image.new("RGB", (32, 32)), tmp_path / "unknown.png", record)
+    assert run_cli("generate", "--from-png", tmp_path / "unknown.png", "--out", tmp_path / "x.png") == 2
+    assert "records options tunelab does not know (not_an_option)" in capsys.readouterr().err

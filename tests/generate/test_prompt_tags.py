@@ -133,3 +133,11 @@ def test_unknown_tag_kinds_are_removed_with_a_warning(caplog):
         extract_tags("<lora:toy:1:1:8>")
     with pytest.raises(TunelabError, match="names no file"):
         extract_tags("<lora::1>")
+
+
+@pytest.mark.parametrize("name", ["../outside", "/etc/passwd", "sub/inner", ".."])
+def test_a_tag_names_a_file_in_the_adapters_folder_never_a_path(name, tmp_path, capsys):
+    (tmp_path / "adapters").mkdir()
+    assert run_cli("generate", "--model", "tiny-sd", "--prompt", f"a <lora:{name}:1> toy", "--adapters-dir",
+                   tmp_path / "adapters", "--steps", "1", "--out", tmp_path / "x.png") == 2
+    assert "give the name of a file in --adapters-dir, not a path" in capsys.readouterr().err

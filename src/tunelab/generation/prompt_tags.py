@@ -89,6 +89,9 @@ def extract_tags(prompt: str) -> tuple[str, list[PromptTag]]:
 def resolve_adapter(folder: Path | None, tag: PromptTag) -> Path:
     if folder is None:
         raise TunelabError(f"prompt tag <{tag.kind}:{tag.name}> needs --adapters-dir to say where {tag.name} is")
+    if Path(tag.name).name != tag.name or tag.name in (".", "..") or "\\" in tag.name:
+        # A tag names a file in the adapters folder; a path would reach files outside it.
+        raise TunelabError(f"prompt tag <{tag.kind}:{tag.name}>: give the name of a file in --adapters-dir, not a path")
     for suffix in ADAPTER_SUFFIXES:
         path = folder / f"{tag.name}{suffix}"
         if path.is_file():
