@@ -20,7 +20,7 @@ def test_from_png_regenerates_identically_and_flags_override(tmp_path, trained_l
     adapters.mkdir()
     shutil.copy(trained_lora, adapters / "toy.safetensors")
     assert run_cli("generate", "--model", "tiny-sd", "--prompt", "a (photo:1.3) of <lora:toy:0.6>sks toy",
-                   "--negative-prompt", "[blurry]", "--adapters-dir", adapters, "--steps", "4", "--sampler", "dpm++_2m",
+                   "--negative-prompt", "blurry", "--adapters-dir", adapters, "--steps", "4", "--sampler", "dpm++_2m",
                    "--guidance", "5", "--width", "48", "--seed", "7", "--count", "2", "--out", tmp_path / "first") == 0
     second = tmp_path / "first" / "001-8.png"
 

@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from diffusers import DiffusionPipeline
 
 from tunelab.config import option
 from tunelab.errors import TunelabError
@@ -231,7 +233,8 @@ def _plain_text_inputs(session: Session, plan: PromptPlan) -> dict:
 
 
 def render(session: Session, options, seed: int, prompt_inputs: dict):
-    """One image; where the prompt changes during sampling, the denoiser conditions per step while it runs."""
+    """One image; where the prompt changes during sampling, the denoiser conditions per step while it runs.
+    An image with NaN/inf pixels is an error, never a black PNG."""
     per_step = getattr(prompt_inputs, "per_step", None)
     arguments = dict(
         **prompt_inputs,
@@ -240,15 +243,26 @@ def render(session: Session, options, seed: int, prompt_inputs: dict):
         width=session.width,
         height=session.height,
         generator=torch.Generator().manual_seed(seed),
+        output_type="np",  # checked for NaN/inf below, then made a PIL image as the pipeline would
     )
     if per_step is None:
-        return session.pipeline(**arguments).images[0]
+        return _finite_image(session.pipeline(**arguments).images, seed)
     if per_step.plan.steps != options.steps:
         raise TunelabError(f"these prompt inputs were made for {per_step.plan.steps} steps, not {options.steps}: call text_inputs again")
     per_step.iteration = 0
     denoiser = session.family.module(session.family.denoiser_name)
     with conditioned_denoiser(denoiser, per_step, session.pipeline.scheduler.order) as on_step_end:
-        return session.pipeline(**arguments, callback_on_step_end=on_step_end).images[0]
+        return _finite_image(session.pipeline(**arguments, callback_on_step_end=on_step_end).images, seed)
+
+
+def _finite_image(pixels: np.ndarray, seed: int):
+    """(1, H, W, 3) floats in [0, 1] -> a PIL image, refused when any value is NaN or infinite."""
+    if not np.isfinite(pixels).all():
+        raise TunelabError(
+            f"the model produced NaN/inf pixels for seed {seed}: no image written (a LoRA or prompt weight out of range, "
+            "a prompt weighting that cancels out on this model, fp16 overflow, or broken weights)"
+        )
+    return DiffusionPipeline.numpy_to_pil(pixels)[0]
 
 
 def image_record(session: Session, options, seed: int) -> dict:
