@@ -22,6 +22,13 @@ BAD_RUNS = [
     (["lora", "--model", "tiny-sd", "--class-images", "x"], "--class-images needs --class-prompt"),
     (["textual_inversion", "--model", "tiny-sd", "--token", "<Toy>", "--init-word", "toy"], "--token must be lower case"),
     (["hypernetwork", "--model", "tiny-flux"], "Hypernetwork is not supported on Flux.1 models (supported there: LoRA)"),
+    (["lora", "--model", "tiny-sd", "--resolution", "0"], "--resolution must be at least 8 pixels"),
+    (["lora", "--model", "tiny-sd", "--checkpoint-every", "-1"], "--checkpoint-every must be 0 or more"),
+    (["lora", "--model", "tiny-sd", "--keep-last", "-2"], "--keep-last must be 0 or more"),
+    (["lora", "--model", "tiny-sd", "--learning-rate", "nan"], "--learning-rate must be a positive number"),
+    (["lora", "--model", "tiny-sd", "--learning-rate=-1e-4"], "--learning-rate must be a positive number"),
+    (["lora", "--model", "tiny-sd", "--max-grad-norm", "-1"], "--max-grad-norm must be a number of 0 or more"),
+    (["lora", "--model", "tiny-sd", "--noise-offset", "inf"], "--noise-offset must be a number of 0 or more"),
 ]
 
 

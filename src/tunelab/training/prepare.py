@@ -7,6 +7,7 @@ reported here, in the first second, not after class images were generated.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,18 @@ def validate_train_options(options: TrainOptions) -> None:
         raise TunelabError(f"--steps must be at least 1, got {options.steps}")
     if options.batch_size < 1 or options.gradient_accumulation < 1:
         raise TunelabError("--batch-size and --gradient-accumulation must be at least 1")
+    if options.resolution is not None and options.resolution < 8:
+        raise TunelabError(f"--resolution must be at least 8 pixels, got {options.resolution}")
+    for flag, value in (("--checkpoint-every", options.checkpoint_every), ("--keep-last", options.keep_last),
+                        ("--sample-every", options.sample_every), ("--lr-warmup-steps", options.lr_warmup_steps)):
+        if value < 0:
+            raise TunelabError(f"{flag} must be 0 or more, got {value}")
+    if options.learning_rate is not None and not (math.isfinite(options.learning_rate) and options.learning_rate > 0):
+        raise TunelabError(f"--learning-rate must be a positive number, got {options.learning_rate}")
+    for flag, value in (("--weight-decay", options.weight_decay), ("--max-grad-norm", options.max_grad_norm),
+                        ("--noise-offset", options.noise_offset)):
+        if not (math.isfinite(value) and value >= 0):
+            raise TunelabError(f"{flag} must be a number of 0 or more, got {value}")
     if not 0.0 <= options.caption_dropout < 1.0:
         raise TunelabError(f"--caption-dropout must be at least 0 and below 1, got {options.caption_dropout}")
     if not 0.0 <= options.caption_tag_dropout < 1.0:
