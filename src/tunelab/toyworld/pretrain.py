@@ -77,9 +77,11 @@ def build_base(seed: int = 0, generation: int = 1):
         down_blocks = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
         up_blocks = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
     else:  # 64 px -> 16x16x4 latents; no attention at 16x16, where it would cost most
-        vae_channels, unet_channels = (16, 32, 64), (32, 64, 128)
-        down_blocks = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
-        up_blocks = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+        # Down to 2x2, where each cell knows its corner from the zero padding: a path from "on the left" to the
+        # left half. With the bottom at 4x4 (and in generation 1) the object's place followed the noise, never the words.
+        vae_channels, unet_channels = (16, 32, 64), (32, 64, 128, 128)
+        down_blocks = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+        up_blocks = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
     vae = AutoencoderKL(
         down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
         up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
