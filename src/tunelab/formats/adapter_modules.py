@@ -16,6 +16,7 @@ adapters use the same names), and knows the weight it makes from a base weight w
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -32,23 +33,25 @@ def flat_shape(shape) -> tuple[int, int]:
     return shape[0], math.prod(shape[1:])
 
 
-class DeltaModule:
-    """An adapter that adds a fixed change to W: W' = W + multiplier * delta."""
+class DeltaModule(ABC):
+    """An adapter that adds a fixed change to W: W' = W + multiplier * delta. Each algorithm (LoRA, LoHa,
+    LoKr) says how its factors give the change; the rest is shared."""
 
     algorithm: ClassVar[str]
     alpha: float
 
     @property
+    @abstractmethod
     def delta_shape(self) -> tuple[int, ...]:
         """The weight shape as far as the factors tell it: (out, in[, kh, kw]), or (out, in * kh * kw) when flattened."""
-        raise NotImplementedError
 
+    @abstractmethod
     def flat_delta(self) -> torch.Tensor:
         """The weight change, scale applied, in fp32: (out, in * kh * kw)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def tensors(self) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """The factors as stored."""
 
     @property
     def dtype(self) -> torch.dtype:

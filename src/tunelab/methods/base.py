@@ -9,6 +9,7 @@ technique overrides what it does differently.
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,7 +47,7 @@ def group_parameter_count(groups: list[dict]) -> int:
     return sum(p.numel() for group in groups for p in group["params"] if p.requires_grad)
 
 
-class Method:
+class Method(ABC):
     # --- what the technique is
     name: ClassVar[str]  # registry key and `tunelab train NAME`
     title: ClassVar[str]  # for people: "Textual Inversion"
@@ -77,9 +78,9 @@ class Method:
         """A separate learning rate for trained text encoders (None: the run's)."""
         return None
 
+    @abstractmethod
     def setup(self, family) -> None:
         """Freeze the base, inject layers or add tokens; set `self._modules` to what trains."""
-        raise NotImplementedError
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
         return dict(self._modules)
@@ -105,9 +106,9 @@ class Method:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    @abstractmethod
     def save(self, out_dir: Path, metadata: dict[str, str]) -> Path:
         """Write the artifact (via formats/) and return its path."""
-        raise NotImplementedError
 
     # --- generation
     @classmethod
@@ -145,13 +146,14 @@ class Method:
     @classmethod
     def attach(cls, pipeline, specs: list[tuple[Path, Any]], adapters_dir: Path | None = None) -> tuple[list, Any]:
         """Load the files (and any found for it in the adapters folder) onto the pipeline:
-        (the entries as loaded, a handle for `detach`)."""
-        raise NotImplementedError
+        (the entries as loaded, a handle for `detach`). Every technique with a `generate_flag` defines it; one
+        without (DreamBooth: its artifact is the whole model, loaded as --model) is never attached."""
+        raise TypeError(f"{cls.title} has no generate flag: its artifact is loaded as the model, not attached")
 
     @classmethod
     def detach(cls, pipeline, handle) -> None:
-        """Undo `attach`; the base model comes back exactly."""
-        raise NotImplementedError
+        """Undo `attach`; the base model comes back exactly (techniques with a `generate_flag` define it)."""
+        raise TypeError(f"{cls.title} has no generate flag: nothing was attached to detach")
 
     @classmethod
     def apply_generate_options(cls, pipeline, entries: list, handle, options) -> list:
