@@ -8,6 +8,7 @@ config file: a misspelt one raises `TunelabError` naming the nearest valid optio
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +22,9 @@ from tunelab.comparison.report import write_reports
 from tunelab.comparison.run import run_comparison
 from tunelab.config import checked_values, closest, resolve
 from tunelab.errors import Interrupted, TunelabError
+from tunelab.evaluate.dreambench import embedding_scores
+from tunelab.evaluate.embedders import ClipEmbedder, DinoEmbedder
+from tunelab.evaluate.image_folders import image_paths, load_images, prompts_beside
 from tunelab.generation.grid import generate_grid
 from tunelab.generation.png_info import a1111_parameters, read_options, save_png
 from tunelab.generation.prompt_tags import extract_tags
@@ -237,3 +241,24 @@ def demo(*, out: str | Path, subject: str = "bullseye", scale: float = 1.0, reru
         raise TunelabError(f"--scale must be in (0, 10], got {scale}")
     return compare(demo_config(subject, scale), out=out, rerun=rerun, usd_per_hour=usd_per_hour, progress=progress,
                    title=f"tunelab demo: four techniques learn the toyworld {subject}")
+
+
+def evaluate(*, images: str | Path, reference: str | Path, prompt: str | None = None, clip: str | Path | None = None,
+             dino: str | Path | None = None, out: str | Path | None = None) -> dict[str, Any]:
+    """DreamBench's CLIP-I, CLIP-T and DINO of the generated images in `images` against the real ones in
+    `reference` (docs/evaluation.md). Each image's prompt is `prompt`, else its same-name .txt (CLIP-T only);
+    `clip` and `dino` are local model folders, either optional. Returns (and with `out`, writes as JSON)
+    `clip_i`, `clip_t`, `dino` (None when not measured) and `details` (backbone, images and pairs per metric)."""
+    if clip is None and dino is None:
+        raise TunelabError("nothing to measure: give a CLIP model folder (--clip), a DINO one (--dino), or both")
+    generated_paths, reference_paths = image_paths(images, "generated images"), image_paths(reference, "reference images")
+    prompts = prompts_beside(generated_paths, prompt) if clip is not None else None
+    clip_embedder = ClipEmbedder(clip) if clip is not None else None
+    dino_embedder = DinoEmbedder(dino) if dino is not None else None
+    record = embedding_scores(load_images(generated_paths), load_images(reference_paths), prompts, clip_embedder, dino_embedder)
+    record |= {"images": str(images), "reference": str(reference)}
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
+    return record

@@ -1,0 +1,54 @@
+"""DreamBench's metrics (Ruiz et al. 2023) on embeddings: CLIP-I, DINO and CLIP-T.
+
+CLIP-I and DINO: mean cosine similarity over every (generated, reference) pair of image embeddings.
+CLIP-T: mean cosine similarity of each generated image's CLIP embedding with its own prompt's.
+Each number is recorded with the backbone that measured it.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from tunelab.errors import TunelabError
+from tunelab.evaluate.embedders import ClipEmbedder, DinoEmbedder
+
+EMBEDDING_METRICS = ("clip_i", "clip_t", "dino")
+
+
+def _unit(vectors: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(vectors.double(), dim=-1)
+
+
+def mean_pairwise_cosine(generated: torch.Tensor, reference: torch.Tensor) -> float:
+    """(N, D) and (M, D) embeddings -> the mean of all N x M cosine similarities."""
+    return float((_unit(generated) @ _unit(reference).T).mean())  # (N, M) -> mean
+
+
+def mean_matched_cosine(images: torch.Tensor, texts: torch.Tensor) -> float:
+    """(N, D) and (N, D) embeddings -> the mean cosine similarity of row i with row i."""
+    return float((_unit(images) * _unit(texts)).sum(-1).mean())  # (N,) -> mean
+
+
+def embedding_scores(generated: list[Image.Image], reference: list[Image.Image], prompts: list[str] | None,
+                     clip: ClipEmbedder | None, dino: DinoEmbedder | None) -> dict:
+    """`clip_i`, `clip_t`, `dino` (None where no embedder was given, or no prompts for CLIP-T) and `details`:
+    per metric the backbone, the images and the pairs averaged."""
+    if not generated or not reference:
+        raise TunelabError("DreamBench metrics need at least one generated and one reference image")
+    if prompts is not None and len(prompts) != len(generated):
+        raise TunelabError(f"{len(prompts)} prompts for {len(generated)} generated images: one prompt per image")
+    scores: dict = dict.fromkeys(EMBEDDING_METRICS)
+    details: dict = {}
+    pairs = {"generated": len(generated), "reference": len(reference), "pairs": len(generated) * len(reference)}
+    if clip is not None:
+        generated_clip = clip.images(generated)  # (N, D)
+        scores["clip_i"] = mean_pairwise_cosine(generated_clip, clip.images(reference))
+        details["clip_i"] = {"backbone": clip.backbone.as_dict(), **pairs}
+        if prompts is not None:
+            scores["clip_t"] = mean_matched_cosine(generated_clip, clip.texts(prompts))
+            details["clip_t"] = {"backbone": clip.backbone.as_dict(), "generated": len(generated), "prompts": len(set(prompts))}
+    if dino is not None:
+        scores["dino"] = mean_pairwise_cosine(dino.images(generated), dino.images(reference))
+        details["dino"] = {"backbone": dino.backbone.as_dict(), **pairs}
+    return {**scores, "details": details}
