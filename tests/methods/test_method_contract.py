@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from a1111_safe_load_rules import a1111_refusals
 from safetensors.torch import load_file
 
 import tunelab.models.loading
@@ -122,6 +123,27 @@ def test_attach_changes_the_model_and_detach_restores_the_base_exactly(name, pre
         now = family.module(component).state_dict()
         assert set(now) == set(state), f"{component} keeps keys of the detached {name}"
         assert all(torch.equal(now[key], value) for key, value in state.items())
+
+
+@pytest.mark.parametrize("name,preset", [case for case in SUPPORTED if getattr(method_class(case[0]), "pt_artifact_name", None)])
+def test_every_pt_file_passes_a1111s_safe_loader_and_holds_the_safetensors_tensors(name, preset, trained):
+    artifact, _ = trained(name, preset)
+    pt_file = artifact.with_name(method_class(name).pt_artifact_name)
+    assert a1111_refusals(pt_file) == []
+    pickled = sorted(_tensor_leaves(torch.load(pt_file, weights_only=True)), key=_tensor_order)
+    stored = sorted(load_file(artifact).values(), key=_tensor_order)
+    assert len(pickled) == len(stored) and all(torch.equal(a, b) for a, b in zip(pickled, stored))
+
+
+def _tensor_leaves(tree) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    values = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, (list, tuple)) else ()
+    return [leaf for value in values for leaf in _tensor_leaves(value)]
+
+
+def _tensor_order(tensor: torch.Tensor) -> tuple:
+    return tuple(tensor.shape), tensor.flatten().tolist()
 
 
 @pytest.mark.parametrize("name,preset", SUPPORTED)

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from tunelab.errors import TunelabError
+from tunelab.formats.pt_archive import torch_archive_bytes
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:
@@ -18,11 +19,12 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
 
 
 def save_torch_tree(tree: dict, path: Path) -> Path:
-    """A .pt of plain dicts, tuples, lists, numbers, strings and tensors: what weights_only=True reads back."""
+    """A .pt of plain dicts, tuples, lists, numbers, strings and tensors: what weights_only=True reads back
+    and stock A1111 loads (formats/pt_archive.py)."""
     tensors: dict[str, torch.Tensor] = {}
     tree = _own_cpu_tensors(tree, "", tensors)
     _refuse_non_finite(tensors, path)
-    return _write_atomically(Path(path), lambda temporary: torch.save(tree, temporary))
+    return _write_atomically(Path(path), lambda temporary: Path(temporary).write_bytes(torch_archive_bytes(tree)))
 
 
 def _own_cpu_tensors(tree, name: str, found: dict[str, torch.Tensor]):
