@@ -11,6 +11,9 @@ from typing import Any
 from tunelab.config import checked_values, closest, option, read_config_file
 from tunelab.data.folder import scan_image_folder
 from tunelab.errors import TunelabError
+from tunelab.evaluate.dreambench_prompts import PROMPT_SETS
+from tunelab.evaluate.dreambench_protocol import Embedders
+from tunelab.evaluate.embedders import clip_folder, dino_folder
 from tunelab.evaluate.protocol import METRICS
 from tunelab.evaluate.sampling import GUIDANCE, STEPS
 from tunelab.methods import METHODS
@@ -26,7 +29,7 @@ class CompareOptions:
     model: str = option("base model for every experiment (preset, diffusers folder or checkpoint)", default="toyworld")
     subject: str = option(
         "toyworld subject the techniques learn (bullseye, checker, flag), or a folder of your own images "
-        "(then only time, memory, size and cost are measured: the quality metrics need toyworld's renderer)",
+        "(its quality is measured with clip/dino given; without them only time, memory, size and cost)",
         default="bullseye",
     )
     prompt: str | None = option("instance prompt for a folder subject, e.g. 'a photo of sks dog'", default=None)
@@ -36,6 +39,20 @@ class CompareOptions:
     guidance: float = option("classifier-free guidance for evaluation images", default=GUIDANCE)
     seed: int = option("first evaluation seed", default=1000)
     usd_per_hour: float = option("machine price for the cost column (the study's RTX 3090 rate)", default=0.29)
+    clip: str | None = option("folder of a CLIP model and its processor: DreamBench's CLIP-I and CLIP-T on the DreamBench "
+                              "prompts replace toyworld's metrics, for any subject (docs/evaluation.md)", default=None)
+    dino: str | None = option("folder of a DINO ViT or DINOv2 model and its image processor: DreamBench's DINO", default=None)
+    prompt_set: str | None = option(f"DreamBench prompts for the CLIP/DINO evaluation ({', '.join(PROMPT_SETS)}; "
+                                    "default: live-subject prompts for a cat or dog, object prompts otherwise)", default=None)
+    class_word: str | None = option("a folder subject's class noun ('dog'): CLIP/DINO evaluation prompts name the subject "
+                                    "'<identifier> <class_word>'", default=None)
+    identifier: str | None = option("a folder subject's identifier in evaluation prompts (default 'sks'; a textual-inversion "
+                                    "experiment uses its token)", default=None)
+
+
+# Settings added after comparisons were first written: left out of the fingerprint while unset, so a folder
+# written before them still holds the same comparison.
+UNSET_NOT_FINGERPRINTED = ("clip", "dino", "prompt_set", "class_word", "identifier")
 
 
 @dataclass
@@ -55,7 +72,15 @@ class CompareConfig:
 
     def fingerprint(self) -> str:
         """What makes results comparable: the shared settings (experiments may be added or changed one by one)."""
-        return json.dumps(dataclasses.asdict(self.options), sort_keys=True)
+        settings = dataclasses.asdict(self.options)
+        for key in UNSET_NOT_FINGERPRINTED:
+            if settings[key] is None:
+                del settings[key]
+        return json.dumps(settings, sort_keys=True)
+
+    @property
+    def embedders(self) -> Embedders:
+        return Embedders(self.options.clip, self.options.dino)
 
 
 def _experiment(entry: Any, index: int, where: str) -> Experiment:
@@ -87,6 +112,23 @@ def _check_subject(options: CompareOptions, where: str) -> None:
         raise TunelabError(f"{where}: a folder subject needs 'prompt', the instance prompt (e.g. 'a photo of sks dog')")
 
 
+def _check_embedders(options: CompareOptions, where: str) -> None:
+    """The CLIP/DINO folders hold such models (their configs read, no weights loaded), and the prompts can name the subject."""
+    try:
+        if options.clip:
+            clip_folder(options.clip)
+        if options.dino:
+            dino_folder(options.dino)
+    except TunelabError as error:
+        raise TunelabError(f"{where}: {error}") from None
+    if options.prompt_set is not None and options.prompt_set not in PROMPT_SETS:
+        raise TunelabError(f"{where}: unknown prompt_set {options.prompt_set!r}{closest(options.prompt_set, PROMPT_SETS)} "
+                           f"(prompt sets: {', '.join(PROMPT_SETS)})")
+    if (options.clip or options.dino) and options.subject not in SUBJECTS and not options.class_word:
+        raise TunelabError(f"{where}: the CLIP/DINO evaluation of a folder subject needs 'class_word', its class noun "
+                           "(e.g. 'dog'), for DreamBench's prompts")
+
+
 def load_compare_config(path: str | Path) -> CompareConfig:
     data = read_config_file(path)
     return compare_config_from(data, str(path))
@@ -102,6 +144,7 @@ def compare_config_from(data: dict[str, Any], where: str) -> CompareConfig:
     if unknown:
         raise TunelabError(f"{where}: unknown metric {unknown[0]!r}{closest(unknown[0], METRICS)} (metrics: {', '.join(METRICS)})")
     _check_subject(options, where)
+    _check_embedders(options, where)
     experiments = [_experiment(entry, index, where) for index, entry in enumerate(entries)]
     names = [experiment.name for experiment in experiments]
     duplicate = next((name for name in names if names.count(name) > 1), None)

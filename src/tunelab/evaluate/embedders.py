@@ -53,6 +53,23 @@ def _folder_config(folder: str | Path, what: str) -> tuple[Path, dict]:
     return folder, config
 
 
+def clip_folder(folder: str | Path) -> tuple[Path, dict]:
+    """The folder and its config, refused unless it holds a CLIP model (read without loading the weights)."""
+    folder, config = _folder_config(folder, "CLIP")
+    if config.get("model_type") != "clip":
+        raise TunelabError(f"{folder} is not a CLIP model (its config says model_type {config.get('model_type')!r}, not 'clip')")
+    return folder, config
+
+
+def dino_folder(folder: str | Path) -> tuple[Path, dict]:
+    """The folder and its config, refused unless it holds a DINO ViT or DINOv2 model."""
+    folder, config = _folder_config(folder, "DINO")
+    if config.get("model_type") not in DINO_MODELS:
+        raise TunelabError(f"{folder} is not a DINO model (its config says model_type {config.get('model_type')!r}; "
+                           "DINO ViT is 'vit', DINOv2 'dinov2')")
+    return folder, config
+
+
 def _hub_name(config: dict, folder: Path) -> str:
     """The name the config records (`openai/clip-vit-large-patch14`), else the folder's name."""
     recorded = str(config.get("_name_or_path") or "")
@@ -84,9 +101,7 @@ class ClipEmbedder:
     """CLIP's projected image and text embeddings, unit length: cosine similarity is a dot product."""
 
     def __init__(self, folder: str | Path):
-        folder, config = _folder_config(folder, "CLIP")
-        if config.get("model_type") != "clip":
-            raise TunelabError(f"{folder} is not a CLIP model (its config says model_type {config.get('model_type')!r}, not 'clip')")
+        folder, config = clip_folder(folder)
         self.device = _device()
         self.model = _loaded(lambda: CLIPModel.from_pretrained(folder, local_files_only=True, weights_only=True), folder, "CLIP")
         self.model.to(self.device).eval()
@@ -120,11 +135,8 @@ class DinoEmbedder:
     """DINO ViT or DINOv2: the last layer's CLS token, unit length."""
 
     def __init__(self, folder: str | Path):
-        folder, config = _folder_config(folder, "DINO")
-        model_type = config.get("model_type")
-        if model_type not in DINO_MODELS:
-            raise TunelabError(f"{folder} is not a DINO model (its config says model_type {model_type!r}; "
-                               f"DINO ViT is 'vit', DINOv2 'dinov2')")
+        folder, config = dino_folder(folder)
+        model_type = config["model_type"]
         model_class = DINO_MODELS[model_type]
         self.device = _device()
         # No pooler: DINO's checkpoints have none, and the CLS token is the embedding.
