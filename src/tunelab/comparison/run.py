@@ -21,6 +21,7 @@ import torch
 
 from tunelab.comparison.config import CompareConfig, Experiment
 from tunelab.errors import TunelabError
+from tunelab.evaluate.dreambench_prompts import prompt_set_for_class
 from tunelab.evaluate.protocol import METRICS
 from tunelab.toyworld.subjects import SUBJECTS, write_training_images
 from tunelab.training.stopping import TrainingInterrupted
@@ -79,6 +80,20 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def dreambench_settings(config: CompareConfig, identifier: str | None) -> dict:
+    """What the worker needs for DreamBench's metrics (nothing without clip/dino): the embedders' folders, the prompt
+    set and how its prompts name the subject ('sks dog')."""
+    options = config.options
+    if not (options.clip or options.dino):
+        return {}
+    subject = SUBJECTS.get(options.subject)
+    class_word = subject.class_word if subject else options.class_word
+    folders = {name: str(Path(path).expanduser().resolve()) if path else None
+               for name, path in (("clip", options.clip), ("dino", options.dino))}
+    return {"dreambench": {**folders, "prompt_set": options.prompt_set or prompt_set_for_class(class_word),
+                           "subject_noun": f"{identifier or options.identifier or 'sks'} {class_word}"}}
+
+
 def experiment_spec(config: CompareConfig, experiment: Experiment | None, out: Path, device: str, data: Path) -> dict:
     """What the worker needs to train and evaluate one experiment (None: the untuned base)."""
     options = config.options
@@ -103,7 +118,8 @@ def experiment_spec(config: CompareConfig, experiment: Experiment | None, out: P
         "result": str(folder / "result.json"),
         "device": device,
         "evaluation": {"images_per_prompt": options.images_per_prompt, "seed": options.seed,
-                       "sample_steps": options.sample_steps, "guidance": options.guidance},
+                       "sample_steps": options.sample_steps, "guidance": options.guidance,
+                       **dreambench_settings(config, identifier)},
     }
 
 
