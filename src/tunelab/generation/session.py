@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -19,13 +19,14 @@ from diffusers import DiffusionPipeline
 from tunelab.config import option
 from tunelab.errors import TunelabError
 from tunelab.generation.png_info import save_png
-from tunelab.generation.prompt_encoding import COMMA_BACKTRACK, encode_prompt_pair, encode_texts, pipeline_inputs
+from tunelab.generation.prompt_encoding import COMMA_BACKTRACK, encode_prompt_pair, encode_texts, pipeline_inputs, zero_encoding
 from tunelab.generation.prompt_tags import extract_tags, resolve_adapter
 from tunelab.generation.samplers import make_scheduler, sampler_name
 from tunelab.generation.step_conditioning import PromptPlan, StepConditioning, conditioned_denoiser, encode_plain_texts
 from tunelab.methods import check_family, generation_methods
-from tunelab.models.family import family_for
-from tunelab.models.loading import load_pipeline
+from tunelab.models.family import family_class, family_for
+from tunelab.models.loading import load_pipeline, pipeline_class_name
+from tunelab.output_path import check_output_path
 from tunelab.precision import PrecisionName, precision_dtype
 
 
@@ -59,6 +60,10 @@ class CommonGenerateOptions:
         "keep each model on the CPU until it runs (diffusers' enable_model_cpu_offload): less GPU memory; needs CUDA",
         default=False,
     )
+    t5: bool = option(
+        "models whose T5 encoder is optional (SD3): --no-t5 generates without it (a zero sequence in its place, "
+        "as a LoRA trained with --no-t5 saw; less memory)", default=True,
+    )
     from_png: str | None = option(
         "regenerate the image in this PNG (written by tunelab generate) from its recorded options; flags given override them",
         default=None,
@@ -73,6 +78,12 @@ class CommonGenerateOptions:
         "A1111 prompt syntax: (text:1.3), (text), [text], BREAK, prompts over 75 tokens, [from:to:when], [a|b], AND; "
         "--no-prompt-weighting passes the text as is",
         default=True,
+    )
+    empty_negative: Literal["model", "encode", "zeros"] = option(
+        "with no --negative-prompt, the unconditional pass sees: model = what the model's diffusers pipeline uses "
+        "(zeros where its config says force_zeros_for_empty_prompt, as SDXL base; else the empty text), "
+        "encode = the empty text's encoding (A1111), zeros = zero vectors",
+        default="model",
     )
     comma_backtrack: int = option(
         "A1111's comma back-off: a 75-token window that ends at most this many tokens after a comma ends at the comma "
@@ -137,6 +148,12 @@ def _check(options) -> None:
         raise TunelabError("--count and --steps must be at least 1")
     if options.comma_backtrack < 0:
         raise TunelabError("--comma-backtrack must be 0 (off) or more")
+    for flag, size in (("--width", options.width), ("--height", options.height)):
+        if size is not None and (size < 8 or size % 8):
+            raise TunelabError(f"{flag} must be a positive multiple of 8 (the VAE's scale), got {size}")
+    if options.out:  # "" where a caller keeps the images in memory
+        one_file = Path(options.out).suffix.lower() == ".png" and (options.grid_x is not None or len(image_seeds(options)) == 1)
+        check_output_path(options.out, folder=not one_file)
 
 
 def _device(options) -> str:
@@ -157,8 +174,14 @@ def prepare(options) -> Session:
     for method in methods:
         tagged = [(resolve_adapter(adapters_dir, tag), tag.weight) for tag in tags if tag.kind == method.generate_flag.tag]
         requests[method.name] = method.requested(options, tagged, adapters_dir)
+    known = pipeline_class_name(options.model)
+    if not options.t5 and known is not None:
+        _refuse_no_t5(family_class(known))  # before loading where the model's family is known without it
     pipeline = load_pipeline(options.model, torch_dtype=precision_dtype(options.precision))
     family = family_for(pipeline)
+    if not options.t5:
+        _refuse_no_t5(type(family))
+        family.drop_text_encoder(family.optional_text_encoder)
     scheduler_config = pipeline.scheduler.config
     pipeline.scheduler = make_scheduler(options.sampler, scheduler_config)
     device = _device(options)
@@ -181,6 +204,11 @@ def prepare(options) -> Session:
     return Session(pipeline, attached, prompt_text, scheduler_config, options.width or native, options.height or native, family)
 
 
+def _refuse_no_t5(family) -> None:
+    if family.optional_text_encoder is None:
+        raise TunelabError(f"--no-t5 applies to models whose T5 encoder is optional (SD3); {family.title} models need all their encoders")
+
+
 def apply_image_options(session: Session, options) -> None:
     """Put one image's sampler and technique options (a grid cell's LoRA weight) on the loaded pipeline."""
     session.pipeline.scheduler = make_scheduler(options.sampler, session.scheduler_config)
@@ -198,36 +226,64 @@ class PromptInputs(dict):
 def text_inputs(session: Session, options) -> dict:
     """The pipeline's prompt arguments: weighted embeddings (A1111 syntax), or the plain text."""
     family = session.family
-    if not family.prompt_weighting and options.negative_prompt:
-        raise TunelabError("this model (Flux.1, guidance-distilled) takes no negative prompt; leave --negative-prompt out")
+    if not family.negative_prompt and options.negative_prompt:
+        raise TunelabError(f"this model ({family.title}, guidance-distilled) takes no negative prompt; leave --negative-prompt out")
+    zero_negative = _zero_negative(family, options)
     if not options.prompt_weighting:
         if not family.prompt_weighting:
-            return {"prompt": session.prompt_text, "max_sequence_length": family.max_sequence_length}
-        return {"prompt": session.prompt_text, "negative_prompt": options.negative_prompt or None}
+            return {"prompt": session.prompt_text, **_plain_negative(family, options), "max_sequence_length": family.max_sequence_length}
+        # the pipeline itself: None gives its own empty-negative handling, "" has it encode the empty text
+        negative = options.negative_prompt or (None if zero_negative or options.empty_negative == "model" else "")
+        return {"prompt": session.prompt_text, "negative_prompt": negative}
     plan = PromptPlan.of(session.prompt_text, options.negative_prompt, options.steps)
     if not family.prompt_weighting:
-        return _plain_text_inputs(session, plan)
+        return _plain_text_inputs(session, plan, options)
     if not plan.changes:
-        return PromptInputs(encode_prompt_pair(session.pipeline, session.prompt_text, options.negative_prompt, options.comma_backtrack))
+        return PromptInputs(encode_prompt_pair(session.pipeline, session.prompt_text, options.negative_prompt,
+                                               options.comma_backtrack, zero_negative))
     encoded = encode_texts(session.pipeline, plan.texts(), options.comma_backtrack)
     negative, positives = plan.at(1)
-    inputs = PromptInputs(pipeline_inputs(encoded[positives[0][0]], encoded[negative]))
-    inputs.per_step = StepConditioning(plan, encoded)
+    zeros = zero_encoding(encoded[positives[0][0]]) if zero_negative else None
+    inputs = PromptInputs(pipeline_inputs(encoded[positives[0][0]], zeros or encoded[negative]))
+    inputs.per_step = StepConditioning(plan, encoded, zeros)
     return inputs
 
 
-def _plain_text_inputs(session: Session, plan: PromptPlan) -> dict:
-    """A model without A1111 weighting (Flux.1): the text as written, or editing and alternation per step."""
+def _zero_negative(family, options) -> bool:
+    """Whether zero vectors stand for the negative prompt; only when there is none (--empty-negative)."""
+    if options.negative_prompt or options.empty_negative == "encode":
+        return False
+    if not family.prompt_weighting:
+        if options.empty_negative == "zeros":
+            raise TunelabError(f"--empty-negative zeros is not offered on {family.title} models: their pipeline "
+                               "handles the negative prompt itself (use model or encode)")
+        return False
+    native = family.empty_negative_is_zeros()
+    if options.empty_negative == "zeros" and not options.prompt_weighting and not native:
+        raise TunelabError("--empty-negative zeros with --no-prompt-weighting needs a model whose pipeline zeros an "
+                           "empty negative prompt (force_zeros_for_empty_prompt); drop --no-prompt-weighting")
+    return native or options.empty_negative == "zeros"
+
+
+def _plain_negative(family, options) -> dict:
+    """The negative prompt's argument for a pipeline that takes one (SD3), as written."""
+    return {"negative_prompt": options.negative_prompt or None} if family.negative_prompt else {}
+
+
+def _plain_text_inputs(session: Session, plan: PromptPlan, options) -> dict:
+    """A model without A1111 weighting (Flux.1, SD3): the text as written, or editing and alternation per step."""
     family = session.family
     if plan.composed:
         raise TunelabError(f"AND and prompt weights (text :0.5) are not supported on {family.title} models "
                            "(there: prompt editing [from:to:when] and alternation [a|b])")
     if not plan.changes:
-        return PromptInputs(prompt=session.prompt_text, max_sequence_length=family.max_sequence_length)
-    encoded = encode_plain_texts(session.pipeline, plan.texts(), family.max_sequence_length)
-    _, positives = plan.at(1)
+        return PromptInputs(prompt=session.prompt_text, **_plain_negative(family, options), max_sequence_length=family.max_sequence_length)
+    encoded = encode_plain_texts(family, plan.texts())
+    negative, positives = plan.at(1)
     embeds, pooled = encoded[positives[0][0]]
     inputs = PromptInputs(prompt_embeds=embeds, pooled_prompt_embeds=pooled, max_sequence_length=family.max_sequence_length)
+    if family.negative_prompt:
+        inputs.update(negative_prompt_embeds=encoded[negative][0], negative_pooled_prompt_embeds=encoded[negative][1])
     inputs.per_step = StepConditioning(plan, encoded)
     return inputs
 

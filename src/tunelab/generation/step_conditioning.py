@@ -61,6 +61,7 @@ class StepConditioning:
 
     plan: PromptPlan
     encoded: dict[str, tuple[torch.Tensor, torch.Tensor | None]]
+    zero_negative: tuple | None = None  # zeros that stand for an empty negative prompt (--empty-negative), else None
     iteration: int = field(default=0, init=False)  # the pipeline loop's, advanced by `on_step_end`
 
     def on_step_end(self, pipeline, iteration: int, timestep, tensors: dict) -> dict:
@@ -71,14 +72,14 @@ class StepConditioning:
         """The sampling step (1-based) of the current loop iteration; Heun-like samplers run `order` per step."""
         return min(self.iteration // scheduler_order + 1, self.plan.steps)
 
-    def conditioning(self, rows: list[str], kwargs: dict, original_rows: list[int]) -> dict:
-        """The denoiser's keyword arguments with each batch row's text conditioning; the other per-row
-        inputs (SDXL's size ids) repeated from the pipeline's row `original_rows[i]`."""
-        embeds = torch.cat([self.encoded[text][0] for text in rows])  # (rows, L, D)
+    def conditioning(self, rows: list[tuple], kwargs: dict, original_rows: list[int]) -> dict:
+        """The denoiser's keyword arguments with each batch row's text conditioning (embeddings, pooled); the
+        other per-row inputs (SDXL's size ids) repeated from the pipeline's row `original_rows[i]`."""
+        embeds = torch.cat([embeddings for embeddings, _ in rows])  # (rows, L, D)
         reference = kwargs["encoder_hidden_states"]
         kwargs = dict(kwargs, encoder_hidden_states=embeds.to(reference.device, reference.dtype))
-        pooled = [self.encoded[text][1] for text in rows]
-        if "pooled_projections" in kwargs:  # Flux's transformer
+        pooled = [vector for _, vector in rows]
+        if "pooled_projections" in kwargs:  # Flux's and SD3's transformers
             kwargs["pooled_projections"] = torch.cat(pooled).to(kwargs["pooled_projections"])  # (rows, P)
         added = kwargs.get("added_cond_kwargs")
         if added and "text_embeds" in added:  # SDXL's UNet: the pooled vector and the size ids
@@ -97,14 +98,17 @@ class StepConditioning:
             if sample.shape[0] != 2:  # no classifier-free guidance (Flux.1, or --guidance 1): the positive alone
                 if self.plan.composed:
                     raise TunelabError("AND and prompt weights (text :0.5) need classifier-free guidance (--guidance above 1)")
-                return denoise(*args, **self.conditioning([positives[0][0]], kwargs, [0]))
-            sample, timestep, *rest = args  # SD/SDXL pipelines call the UNet as unet(latents, t, ...)
+                return denoise(*args, **self.conditioning([self.encoded[positives[0][0]]], kwargs, [0]))
             rows = [0] + [1] * len(positives)  # the pipeline's row each of ours repeats
             index = torch.tensor(rows, device=sample.device)
-            if torch.is_tensor(timestep) and timestep.ndim == 1 and timestep.shape[0] == 2:
-                timestep = timestep[index]
-            kwargs = self.conditioning([negative] + [text for text, _ in positives], kwargs, rows)
-            output = denoise(sample[index], timestep, *rest, **kwargs)
+            unconditional = self.zero_negative or self.encoded[negative]
+            kwargs = self.conditioning([unconditional] + [self.encoded[text] for text, _ in positives], kwargs, rows)
+            if args:  # SD/SDXL pipelines call the UNet as unet(latents, t, ...)
+                sample, timestep, *rest = args
+                output = denoise(sample[index], _rows_of(timestep, index), *rest, **kwargs)
+            else:  # SD3's pipeline calls the transformer with keywords only
+                kwargs.update(hidden_states=sample[index], timestep=_rows_of(kwargs["timestep"], index))
+                output = denoise(**kwargs)
             prediction = output[0]  # (1 + n, C, h, w)
             uncond, conds = prediction[:1], prediction[1:]
             if len(positives) == 1 and positives[0][1] == 1.0:
@@ -121,14 +125,16 @@ class StepConditioning:
 
 
 @torch.no_grad()
-def encode_plain_texts(pipeline, texts: list[str], max_sequence_length: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Each text through the pipeline's own encoder (models without A1111 weighting: Flux.1)."""
-    encoded = {}
-    for text in texts:
-        embeds, pooled, _ = pipeline.encode_prompt(prompt=text, prompt_2=None, device=pipeline._execution_device,
-                                                   max_sequence_length=max_sequence_length)
-        encoded[text] = (embeds, pooled)  # (1, L, D), (1, P)
-    return encoded
+def encode_plain_texts(family, texts: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each text through the pipeline's own encoder (models without A1111 weighting: Flux.1, SD3)."""
+    return {text: family.encode_plain_text(text) for text in texts}  # (1, L, D), (1, P)
+
+
+def _rows_of(timestep, index: torch.Tensor):
+    """A per-row timestep (2,) repeated as the rows are; a shared one as it is."""
+    if torch.is_tensor(timestep) and timestep.ndim == 1 and timestep.shape[0] == 2:
+        return timestep[index]
+    return timestep
 
 
 @contextmanager

@@ -38,8 +38,8 @@ class DreamBoothMethod(Method):
     default_learning_rate: ClassVar[float] = 5e-6  # full fine-tuning: diffusers' DreamBooth default
     options_schema: ClassVar[type] = DreamBoothOptions
     artifact_name: ClassVar[str] = "pipeline"  # a diffusers folder: the artifact is the whole model
-    # Full fine-tuning of Flux.1's 12B transformer is not offered.
-    families: ClassVar[frozenset[str]] = frozenset({"sd", "sdxl"})
+    # Full fine-tuning of Flux.1's 12B transformer is not offered; SD3's transformer (2B-8B) is.
+    families: ClassVar[frozenset[str]] = frozenset({"sd", "sdxl", "sd3"})
     reference_mode: ClassVar[str] = "full"
 
     def __init__(self, options: DreamBoothOptions):
@@ -55,7 +55,7 @@ class DreamBoothMethod(Method):
         if self.options.single_file:
             require_writable(family.pipeline)  # refused now, not after the run
         self.family = family
-        names = [family.denoiser_name] + (list(family.text_encoder_names) if self.options.train_text_encoder else [])
+        names = [family.denoiser_name] + (list(family.trainable_text_encoder_names) if self.options.train_text_encoder else [])
         # The trainer has cast frozen weights to the mixed-precision dtype; bf16 trained weights need bf16 compute.
         if self.options.full_bf16 and family.module(family.denoiser_name).dtype != torch.bfloat16:
             raise TunelabError("--full-bf16 needs --mixed-precision bf16")
@@ -69,7 +69,7 @@ class DreamBoothMethod(Method):
     def after_step(self, step: int) -> None:
         if self.options.text_encoder_stop_step is not None and step == self.options.text_encoder_stop_step:
             # Parameters without gradients are skipped by AdamW, so the text encoder stays as it is now.
-            for name in self.family.text_encoder_names:
+            for name in self.family.trainable_text_encoder_names:
                 self._modules[name].requires_grad_(False)
 
     def save(self, out_dir: Path, metadata: dict[str, str]) -> Path:

@@ -11,6 +11,7 @@ are merged into the weights and the originals put back exactly on detach.
 
 from __future__ import annotations
 
+import math
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -112,13 +113,27 @@ def trained_adapter(layer: torch.nn.Module):
     return None
 
 
+def check_rank_fits(targeted: list[tuple[str, torch.nn.Module]], spatial: list[str], rank: int, conv_rank: int) -> None:
+    """Refuse a rank above what a layer can use (kohya lets it pass): past min(out, in), up @ down gains no
+    capacity, only file size. Refused rather than clamped, so the scale alpha / rank stays the one asked for."""
+    for path, layer in targeted:
+        weight = getattr(layer, "weight", None)
+        if weight is None or weight.dim() < 2:
+            continue
+        usable = min(weight.shape[0], weight[0].numel())  # out, in * kh * kw
+        asked, flag = (conv_rank, "--conv-rank") if path in spatial else (rank, "--rank")
+        if asked > usable:
+            raise TunelabError(f"{flag} {asked} is larger than layer {path} can use ({tuple(weight.shape)}: at most "
+                               f"{usable}); a higher rank adds file size, not capacity: use {flag} {usable} or less")
+
+
 class LoraMethod(Method):
     name: ClassVar[str] = "lora"
     title: ClassVar[str] = "LoRA"
     default_learning_rate: ClassVar[float] = 1e-4  # the usual LoRA rate (kohya, diffusers)
     options_schema: ClassVar[type] = LoraOptions
     artifact_name: ClassVar[str] = "lora.safetensors"
-    families: ClassVar[frozenset[str]] = frozenset({"sd", "sdxl", "flux"})
+    families: ClassVar[frozenset[str]] = frozenset({"sd", "sdxl", "flux", "sd3"})
     generate_flag: ClassVar[GenerateFlag] = GenerateFlag(
         "lora", "LoRA file with optional weight, FILE[:WEIGHT]; repeat the flag for several", "loras", tag="lora",
         tag_aliases=("lyco",),
@@ -131,6 +146,10 @@ class LoraMethod(Method):
         if not (options.train_unet or options.train_text_encoder):
             raise TunelabError("nothing to train: enable --train-unet or --train-text-encoder")
         check_algorithm_options(options)
+        for flag, value in (("--alpha", options.alpha), ("--conv-alpha", options.conv_alpha)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                # kohya reads alpha 0 as "alpha = rank"; here that is leaving --alpha out.
+                raise TunelabError(f"{flag} must be a positive number (leave it out for alpha = rank), got {value}")
         super().__init__(options)
         self.alpha = float(options.alpha if options.alpha is not None else options.rank)
         self.conv_rank = options.conv_rank or options.rank
@@ -143,7 +162,7 @@ class LoraMethod(Method):
     def _component_names(self, family) -> list[str]:
         names = [family.denoiser_name] if self.options.train_unet else []
         if self.options.train_text_encoder:
-            names += list(family.text_encoder_names)
+            names += list(family.trainable_text_encoder_names)
         return names
 
     def setup(self, family) -> None:
@@ -173,6 +192,8 @@ class LoraMethod(Method):
                     if any(path == suffix or path.endswith("." + suffix) for suffix in suffixes)]
         spatial = [path for path, layer in targeted if isinstance(layer, torch.nn.Conv2d) and layer.kernel_size != (1, 1)]
         rank, alpha = options.rank, self.alpha
+        if options.algorithm in ("lora", "dora"):
+            check_rank_fits(targeted, spatial, rank, self.conv_rank)
         if options.full_matrix:
             # PEFT keeps LoKr's larger factor full once r reaches half its larger side; alpha = r gives
             # LyCORIS's scale 1 for full factors.

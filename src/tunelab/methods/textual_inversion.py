@@ -72,7 +72,7 @@ class TextualInversionMethod(Method):
     options_schema: ClassVar[type] = TextualInversionOptions
     artifact_name: ClassVar[str] = "embedding.safetensors"
     pt_artifact_name: ClassVar[str] = "embedding.pt"
-    # Flux.1's T5 has no place for a learned token.
+    # Flux.1's and SD3's T5 read every prompt too, and have no place for a learned token.
     families: ClassVar[frozenset[str]] = frozenset({"sd", "sdxl"})
     example_options: ClassVar[dict] = {"token": "<example-token>", "init_word": "toy"}
     generate_flag: ClassVar[GenerateFlag] = GenerateFlag(

@@ -46,11 +46,17 @@ class NoisyBatch:
 class ModelFamily(Protocol):
     name: str  # the key techniques list their families by: "sd"
     title: str  # for people: "Stable Diffusion 1.x/2.x"
-    train_options: type | None  # dataclass of training options only this family reads (flags of `tunelab train`)
-    options_scope: str  # what those options are for, in error messages: "flow-matching models (Flux.1)"
+    # Dataclasses of `tunelab train` flags that only some families read (each with a `scope` for messages),
+    # and the fields of those this family leaves unread -> why.
+    train_options: tuple[type, ...]
+    unread_options: dict[str, str]
     pipeline: Any
     denoiser_name: str  # "unet" or "transformer"
     text_encoder_names: tuple[str, ...]
+    trainable_text_encoder_names: tuple[str, ...]  # those a technique may train (not a frozen-only T5)
+    optional_text_encoder: str | None  # one the model works without (SD3's T5: --no-t5), else None
+    prompt_weighting: bool  # generation encodes A1111-weighted prompts itself (else hands the text to the pipeline)
+    negative_prompt: bool  # takes a negative prompt (classifier-free guidance)
     lora_targets: dict[str, dict[str, tuple[str, ...]]]  # component -> group -> module-name suffixes
     base_model_version: str  # kohya's ss_base_model_version
 
@@ -76,6 +82,7 @@ FAMILIES = {
     "StableDiffusionPipeline": "tunelab.models.sd:StableDiffusionFamily",
     "StableDiffusionXLPipeline": "tunelab.models.sdxl:StableDiffusionXLFamily",
     "FluxPipeline": "tunelab.models.flux:FluxFamily",
+    "StableDiffusion3Pipeline": "tunelab.models.sd3:StableDiffusion3Family",
 }
 
 
@@ -90,29 +97,52 @@ def all_families() -> list[type]:
     return [family_class(name) for name in FAMILIES]
 
 
+def option_groups() -> list[type]:
+    """Every family-options dataclass, each once, in registry order (several families may share one)."""
+    return list(dict.fromkeys(schema for family in all_families() for schema in family.train_options))
+
+
+def options_of(family_options, schema: type):
+    """The instance of `schema` among a run's family options ({schema: instance}, or one instance), else its defaults."""
+    if isinstance(family_options, schema):
+        return family_options
+    found = (family_options or {}).get(schema) if isinstance(family_options, dict) else None
+    return found if found is not None else schema()
+
+
 def family_for(pipeline, options=None, family_options=None) -> ModelFamily:
     """The family of a loaded pipeline, by its class.
 
     `options` are the run's TrainOptions when training (families read the settings of their own
-    objective from them, and refuse ones that do not apply) and `family_options` the instance of the
-    family's own `train_options`; both None for generation and tools."""
+    objective from them, and refuse ones that do not apply) and `family_options` the run's instances of
+    the families' option dataclasses ({schema: instance}); both None for generation and tools."""
     return family_class(type(pipeline).__name__)(pipeline, options, family_options)
 
 
+def given_fields(options) -> list[str]:
+    """Fields of a family-options instance that were set (a field left at None was not given)."""
+    return [field.name for field in dataclasses.fields(options) if getattr(options, field.name) is not None]
+
+
 def given_options(options) -> list[str]:
-    """Flags of a family-options instance that were set (a field left at None was not given)."""
-    return [flag_name(field.name) for field in dataclasses.fields(options) if getattr(options, field.name) is not None]
+    """Flags of a family-options instance that were set."""
+    return [flag_name(name) for name in given_fields(options)]
 
 
-def check_family_options(family, family_options: dict[str, Any]) -> None:
-    """Refuse options that belong to another family (`--flow-shift` on Stable Diffusion), before any model loads."""
-    for owner in all_families():
-        options = family_options.get(owner.name)
-        if owner.name == family.name or options is None:
+def check_family_options(family, family_options: dict[type, Any]) -> None:
+    """Refuse options this family does not read (`--flow-shift` on Stable Diffusion, `--flux-guidance` on SD3),
+    before any model loads."""
+    for schema, options in family_options.items():
+        given = given_fields(options)
+        if not given:
             continue
-        given = given_options(options)
-        if given:
-            raise TunelabError(f"{given[0]} applies to {owner.options_scope}; {family.title} models do not take it")
+        if schema not in family.train_options:
+            raise TunelabError(f"{flag_name(given[0])} applies to {schema.scope}; {family.title} models do not take it")
+        unread = [name for name in given if name in family.unread_options]
+        if unread:
+            readers = [other.title for other in all_families() if schema in other.train_options and unread[0] not in other.unread_options]
+            raise TunelabError(f"{flag_name(unread[0])} applies to {' and '.join(readers)} models; {family.title} models do not take it "
+                               f"({family.unread_options[unread[0]]})")
 
 
 class VaeLatentsMixin:
@@ -120,6 +150,14 @@ class VaeLatentsMixin:
     VAE says so: Flux)."""
 
     pipeline: Any
+    train_options: tuple[type, ...] = ()
+    unread_options: dict[str, str] = {}
+    optional_text_encoder: str | None = None
+    negative_prompt = True
+
+    @property
+    def trainable_text_encoder_names(self) -> tuple[str, ...]:
+        return self.text_encoder_names
 
     def module(self, name: str) -> torch.nn.Module:
         return getattr(self.pipeline, name)
@@ -127,6 +165,10 @@ class VaeLatentsMixin:
     def tokenizer_for(self, text_encoder_name: str):
         """The tokenizer that feeds a text encoder (text_encoder <- tokenizer, text_encoder_2 <- tokenizer_2)."""
         return getattr(self.pipeline, text_encoder_name.replace("text_encoder", "tokenizer"))
+
+    def drop_text_encoder(self, name: str) -> None:
+        """Take an optional text encoder and its tokenizer off the pipeline (their memory is freed)."""
+        self.pipeline.register_modules(**{name: None, name.replace("text_encoder", "tokenizer"): None})
 
     def set_module(self, name: str, module: torch.nn.Module) -> None:
         # The trainer may hand back a wrapped module (e.g. DDP); the pipeline keeps the plain one.

@@ -3,7 +3,7 @@
 `tiny-sd` keeps Stable Diffusion's structure (VAE + CLIP text encoder + UNet with
 cross-attention, DDPM-trained epsilon schedule) at a few hundred thousand
 parameters, so tests and examples train and sample in seconds on a CPU. `tiny-sdxl` and
-`tiny-flux` do the same for SDXL and Flux.1 (see their builders).
+`tiny-flux` and `tiny-sd3` do the same for SDXL, Flux.1 and SD3 (see their builders).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -182,20 +184,7 @@ def build_tiny_flux(seed: int = 0):
     torch.manual_seed(seed + 2)
     text_encoder = tiny_clip(CLIPTextModel, tokenizer, hidden_size=32)
     torch.manual_seed(seed + 3)
-    text_encoder_2 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer_2),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            is_encoder_decoder=False,
-            pad_token_id=tokenizer_2.pad_token_id,
-            eos_token_id=tokenizer_2.eos_token_id,
-        )
-    )
+    text_encoder_2 = tiny_t5(tokenizer_2, width=32)
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
     )
@@ -209,6 +198,78 @@ def build_tiny_flux(seed: int = 0):
         transformer=transformer,
     )
     pipeline.default_sample_size = TINY_FLUX_SAMPLE_SIZE
+    return pipeline
+
+
+def tiny_t5(tokenizer, width: int):
+    """A two-layer T5 encoder of this width."""
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=width,
+            d_kv=8,
+            d_ff=2 * width,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            is_encoder_decoder=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+
+
+# SD3's latent side at its default size is 128 (1024 px); the tiny model is trained and sampled at 32 px.
+TINY_SD3_SAMPLE_SIZE = 16
+# (CLIP-L, CLIP-G, T5) widths: the CLIPs side by side (40) are narrower than T5 (48), so the pad to T5's width is exercised.
+TINY_SD3_WIDTHS = (16, 24, 48)
+
+
+def build_tiny_sd3(seed: int = 0, medium: bool = False):
+    """SD3's structure in miniature: a two-block MMDiT on 2x2 patches (the last block's context stream
+    pre-only), CLIP-L and CLIP-G with projections (CLIP-L's the identity, as SD3 single files have it), a T5
+    encoder, and SD3's shifted flow-matching scheduler. `medium`: SD3.5 Medium's MMDiT-X (a dual-attention
+    first block, QK RMS-norm)."""
+    tokenizer, tokenizer_2, tokenizer_3 = build_clip_tokenizer(), build_clip_tokenizer(), build_t5_tokenizer()
+    clip_l, clip_g, t5 = TINY_SD3_WIDTHS
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=TINY_SD3_SAMPLE_SIZE,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=t5,
+        caption_projection_dim=16,  # = heads x head width, as in SD3
+        pooled_projection_dim=clip_l + clip_g,
+        pos_embed_max_size=16,
+        dual_attention_layers=(0,) if medium else (),
+        qk_norm="rms_norm" if medium else None,
+    )
+    torch.manual_seed(seed + 1)
+    vae = _tiny_vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5305)
+    torch.manual_seed(seed + 2)
+    text_encoder = tiny_clip(CLIPTextModelWithProjection, tokenizer, hidden_size=clip_l, projection_dim=clip_l)
+    with torch.no_grad():
+        text_encoder.text_projection.weight.copy_(torch.eye(clip_l))
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = tiny_clip(CLIPTextModelWithProjection, tokenizer_2, hidden_size=clip_g, projection_dim=clip_g)
+    torch.manual_seed(seed + 4)
+    text_encoder_3 = tiny_t5(tokenizer_3, width=t5)
+    pipeline = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
+    )
+    pipeline.default_sample_size = TINY_SD3_SAMPLE_SIZE
     return pipeline
 
 
@@ -229,6 +290,7 @@ PRESETS: dict[str, Callable[..., object]] = {
     "tiny-sd": build_tiny_sd,
     "tiny-sdxl": build_tiny_sdxl,
     "tiny-flux": build_tiny_flux,
+    "tiny-sd3": build_tiny_sd3,
     "toyworld": load_toyworld,
 }
 # The diffusers pipeline class each preset builds, known without building it.
@@ -236,6 +298,7 @@ PRESET_PIPELINES = {
     "tiny-sd": "StableDiffusionPipeline",
     "tiny-sdxl": "StableDiffusionXLPipeline",
     "tiny-flux": "FluxPipeline",
+    "tiny-sd3": "StableDiffusion3Pipeline",
     "toyworld": "StableDiffusionPipeline",
 }
 

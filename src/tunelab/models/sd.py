@@ -11,8 +11,7 @@ from tunelab.models.family import Generators, NoisyBatch, VaeLatentsMixin, draw,
 class StableDiffusionFamily(VaeLatentsMixin):
     name = "sd"
     title = "Stable Diffusion 1.x/2.x"
-    train_options = None  # every option SD reads is a TrainOptions field
-    options_scope = "Stable Diffusion models"
+    train_options = ()  # every option SD reads is a TrainOptions field
     denoiser_name = "unet"
     text_encoder_names = ("text_encoder",)
     # Module-name suffixes a LoRA may target, per component and group (PEFT matches on suffix).
@@ -55,6 +54,11 @@ class StableDiffusionFamily(VaeLatentsMixin):
         self.pipeline.unet.enable_gradient_checkpointing()
         for name in self.text_encoder_names:
             self.module(name).gradient_checkpointing_enable()
+
+    def empty_negative_is_zeros(self) -> bool:
+        """Whether the model's pipeline conditions an absent negative prompt on zero vectors rather than on
+        the empty text's encoding (Stable Diffusion's encodes the empty text)."""
+        return False
 
     def encode_text(self, name: str, ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         """(hidden states (B, 77, D), pooled or None) of one text encoder, as the denoiser takes them."""

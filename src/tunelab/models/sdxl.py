@@ -17,10 +17,14 @@ CLIP_TARGETS = StableDiffusionFamily.lora_targets["text_encoder"]
 class StableDiffusionXLFamily(StableDiffusionFamily):
     name = "sdxl"
     title = "SDXL"
-    options_scope = "SDXL models"
     text_encoder_names = ("text_encoder", "text_encoder_2")
     lora_targets = {**StableDiffusionFamily.lora_targets, "text_encoder_2": CLIP_TARGETS}
     base_model_version = "sdxl_base_v1-0"
+
+    def empty_negative_is_zeros(self) -> bool:
+        """SDXL base's pipeline config says `force_zeros_for_empty_prompt`: with no negative prompt, diffusers
+        conditions the unconditional pass on zero embeddings and a zero pooled vector."""
+        return bool(self.pipeline.config.get("force_zeros_for_empty_prompt", False))
 
     def encode_text(self, name: str, ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         """SDXL takes each encoder's penultimate hidden states (B, 77, D); the pooled vector (B, P) is the

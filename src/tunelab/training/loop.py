@@ -27,18 +27,20 @@ from tunelab.data.masks import masks_from_alpha, masks_from_folder
 from tunelab.data.order import EpochShuffleSampler
 from tunelab.data.paired import PriorPairedDataset, collate_paired
 from tunelab.errors import TunelabError
-from tunelab.models.family import check_family_options, family_class, family_for
+from tunelab.models.family import check_family_options, family_for
 from tunelab.models.loading import load_pipeline
 from tunelab.training.checkpoints import resolve_resume, save_checkpoint
 from tunelab.training.ema import WeightAverage
 from tunelab.training.optimizers import OPTIMIZERS
 from tunelab.training.options import TrainOptions
 from tunelab.training.output import record_run
+from tunelab.training.output_folder import claimed_output_folder, record_checkpoint_settings
 from tunelab.training.prepare import validate_train_options
 from tunelab.training.prior import cache_folder, default_cache_root, ensure_class_images, model_identity
 from tunelab.training.state import Progress, load_training_state, save_training_state
 from tunelab.training.step import prepare_step
 from tunelab.training.stopping import StopRequest, TrainingInterrupted
+from tunelab.training.validation import Validation, ValidationMetric, held_out_paths, metric_directions, start_validation
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +77,16 @@ def stop_requested(accelerator, stop) -> bool:
 
 def build_training_data(options: TrainOptions, method, family, resolution: int, accelerator, stop):
     """The instance dataset, paired with class images when prior preservation is on."""
-    def dataset_from(folder, prompt, mask_source=None):
+    def dataset_from(folder, prompt, mask_source=None, exclude=frozenset()):
         return build_dataset(
             folder, prompt, resolution, center_crop=options.center_crop, random_flip=options.random_flip,
             bucket=options.buckets, seed=options.seed, caption_extension=options.caption_extension, mask_source=mask_source,
+            exclude=exclude,
         )
 
     masks = masks_from_folder(options.masks) if options.masks else masks_from_alpha if options.alpha_mask else None
-    instance = dataset_from(options.images, options.prompt if options.prompt is not None else method.default_prompt, masks)
+    prompt = options.prompt if options.prompt is not None else method.default_prompt
+    instance = dataset_from(options.images, prompt, masks, held_out_paths(options, prompt))  # less --validation-split's
     if options.class_prompt is None:
         return instance, collate
     class_folder = options.class_images
@@ -168,23 +172,28 @@ class Session:
     first_step: int = 0  # the step this process started from (a resumed run starts later)
     average: WeightAverage | None = None  # --ema
     on_progress: Callable[[TrainingProgress], None] | None = None
+    validation: Validation | None = None  # --validate-every
 
 
 def train(options: TrainOptions, method, resolved_config: dict, family_options: dict | None = None,
-          on_progress: Callable[[TrainingProgress], None] | None = None) -> Path:
+          on_progress: Callable[[TrainingProgress], None] | None = None,
+          validation_metrics: list[ValidationMetric] | None = None) -> Path:
     """Train `method` with `options`; returns the artifact's path (None on the processes that do not write it).
-    `on_progress`, if given, is called after every optimizer step (main process)."""
+    `on_progress`, if given, is called after every optimizer step (main process); `validation_metrics` are
+    scores a layer above measures at each validation (evaluate/validation_scores.py)."""
     validate_train_options(options)
+    metric_directions(options, validation_metrics or [])  # --keep-best names one of them, before loading
     try:
-        with StopRequest() as stop:
-            return _run(options, method, resolved_config, family_options or {}, stop, on_progress)
+        with StopRequest() as stop, claimed_output_folder(options.out, resolved_config, overwrite=options.overwrite):
+            return _run(options, method, resolved_config, family_options or {}, stop, on_progress, validation_metrics or [])
     finally:
         # accelerate keeps mixed precision in process-wide state; clear it so the next run in this
         # process (tests, the comparison bench) may choose its own.
         AcceleratorState._reset_state()
 
 
-def _run(options: TrainOptions, method, resolved_config: dict, family_options: dict, stop, on_progress) -> Path:
+def _run(options: TrainOptions, method, resolved_config: dict, family_options: dict, stop, on_progress,
+         validation_metrics: list[ValidationMetric]) -> Path:
     out_dir = Path(options.out)
     resume_from = resolve_resume(options.resume, out_dir)
     accelerator = Accelerator(
@@ -209,6 +218,8 @@ def _run(options: TrainOptions, method, resolved_config: dict, family_options: d
         session.average = WeightAverage(trained, options.ema_decay, options.ema_update_every)
     start_records(session, resolved_config)
     restore(session, resume_from)
+    session.validation = start_validation(options, method, resolution, out_dir, validation_metrics, session.progress.step,
+                                          accelerator.is_main_process)
     run_steps(session, dataset, loader, order)
     return finish(session)
 
@@ -216,7 +227,7 @@ def _run(options: TrainOptions, method, resolved_config: dict, family_options: d
 def load_family(options: TrainOptions, method, family_options: dict):
     """The model and its family, refused where another family's option was given."""
     pipeline = load_pipeline(options.model, seed=options.seed)
-    family = family_for(pipeline, options, family_options.get(family_class(type(pipeline).__name__).name))
+    family = family_for(pipeline, options, family_options)
     check_family_options(family, family_options)  # where only loading could tell the family
     return family
 
@@ -274,6 +285,7 @@ def checkpoint(session: Session) -> Path:
                             session.method, session.average)
         with weights_for_use(session):
             session.method.save(folder, session.metadata)
+        record_checkpoint_settings(folder, session.metadata["tunelab_config"])
 
     return save_checkpoint(session.out_dir, session.progress.step, session.options.keep_last, contents)
 
@@ -337,6 +349,8 @@ def after_optimizer_step(session: Session, result, bar) -> None:
     bar.set_postfix({k: f"{v:.4f}" if k != "lr" else f"{v:.2e}" for k, v in logs.items()})
     if options.log_with != "none":
         accelerator.log(logs, step=progress.step)
+    if session.validation is not None and session.validation.due(progress.step):
+        session.validation.run(session, weights_for_use)  # on every process: the same draws, no collective left waiting
     if not accelerator.is_main_process:
         return
     samples = []

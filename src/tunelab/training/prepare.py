@@ -16,11 +16,12 @@ from tunelab.config import resolve, to_dict
 from tunelab.errors import TunelabError
 from tunelab.methods import check_family, method_class
 from tunelab.methods.base import Method
-from tunelab.models.family import all_families, check_family_options, family_class
+from tunelab.models.family import check_family_options, family_class, option_groups
 from tunelab.models.loading import pipeline_class_name
 from tunelab.training.optimizers import check_optimizer_options, run_learning_rate
 from tunelab.training.options import TrainOptions
 from tunelab.training.prior import validate_prior_options
+from tunelab.training.validation import check_validation_options
 
 
 @dataclass
@@ -28,17 +29,12 @@ class Run:
     options: TrainOptions
     method: Method
     resolved: dict[str, Any]  # the full configuration, as config.yaml records it
-    family_options: dict[str, Any]  # family name -> its own options (FlowMatchingOptions, ...)
-
-
-def families_with_options() -> list[type]:
-    return [family for family in all_families() if family.train_options is not None]
+    family_options: dict[type, Any]  # family-options dataclass -> its instance (FlowMatchingOptions, ...)
 
 
 def run_schemas(method_name: str) -> list[type]:
     """Every option a run of this technique takes: the trainer's, the technique's, the families' own."""
-    families = families_with_options()
-    return [TrainOptions, method_class(method_name).options_schema, *(family.train_options for family in families)]
+    return [TrainOptions, method_class(method_name).options_schema, *option_groups()]
 
 
 def validate_train_options(options: TrainOptions) -> None:
@@ -47,8 +43,9 @@ def validate_train_options(options: TrainOptions) -> None:
         raise TunelabError(f"--steps must be at least 1, got {options.steps}")
     if options.batch_size < 1 or options.gradient_accumulation < 1:
         raise TunelabError("--batch-size and --gradient-accumulation must be at least 1")
-    if options.resolution is not None and options.resolution < 8:
-        raise TunelabError(f"--resolution must be at least 8 pixels, got {options.resolution}")
+    if options.resolution is not None and (options.resolution < 8 or options.resolution % 8):
+        # The VAE scales by 8 (as generate's --width refuses 33); buckets and kohya round to 64.
+        raise TunelabError(f"--resolution must be a positive multiple of 8 pixels, got {options.resolution}")
     for flag, value in (("--checkpoint-every", options.checkpoint_every), ("--keep-last", options.keep_last),
                         ("--sample-every", options.sample_every), ("--lr-warmup-steps", options.lr_warmup_steps)):
         if value < 0:
@@ -78,6 +75,7 @@ def validate_train_options(options: TrainOptions) -> None:
     if options.ema_update_every < 1:
         raise TunelabError(f"--ema-update-every must be at least 1, got {options.ema_update_every}")
     validate_prior_options(options)
+    check_validation_options(options)
     check_optimizer_options(options)
 
 
@@ -101,7 +99,7 @@ def prepare_run(method_name: str, values: dict, config_path=None) -> Run:
     if options.learning_rate is None:
         options = replace(options, learning_rate=run_learning_rate(options, method_type))  # recorded as used
     validate_train_options(options)
-    family_options = {family.name: instance for family, instance in zip(families_with_options(), family_instances)}
+    family_options = dict(zip(option_groups(), family_instances))
     method = method_type(method_options)
     check_model_fits(method_type, options.model, family_options, options)
     # The technique is part of the run: a config.yaml written here is also a valid --config file.
