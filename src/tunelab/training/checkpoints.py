@@ -50,10 +50,20 @@ def save_checkpoint(out_dir: Path, step: int, keep_last: int, write_contents) ->
     write_contents(temporary)
     (temporary / STEP_FILE).write_text(json.dumps({"step": step}))
     if final.exists():
-        shutil.rmtree(final)
+        _delete(final)
     os.replace(temporary, final)
     # Prune only once the new checkpoint is complete.
     if keep_last > 0:
         for old in complete_checkpoints(out_dir)[:-keep_last]:
-            shutil.rmtree(old)
+            _delete(old)
     return final
+
+
+def _delete(folder: Path) -> None:
+    """Renamed out of sight first (atomic), then deleted: a kill half-way leaves a '.' folder that the next
+    start removes, never a checkpoint folder with half its files."""
+    doomed = folder.with_name(f".{folder.name}.deleting")
+    if doomed.exists():
+        shutil.rmtree(doomed)
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed)

@@ -10,7 +10,7 @@ from tunelab.config import write_resolved
 from tunelab.errors import TunelabError
 
 # Options that may change when the same run is continued or repeated into the same folder.
-CONTINUATION_KEYS = {"steps", "overwrite", "resume"}
+CONTINUATION_KEYS = {"steps", "overwrite", "resume", "out"}  # out: the same folder, moved or spelt another way
 RUN_RECORD = "run.yaml"
 
 

@@ -16,7 +16,7 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.formats.safetensors_io import save_tensors
-from tunelab.safe_load import load_state_dict
+from tunelab.safe_load import load_state_dict, load_torch_tree
 
 PARAMS_FILE = "params.safetensors"
 STATE_FILE = "state.pt"
@@ -38,6 +38,9 @@ def _parameters(optimizer) -> dict[str, torch.nn.Parameter]:
         for group_index, group in enumerate(optimizer.param_groups)
         for param_index, param in enumerate(group["params"])
     }
+
+
+STATE_KEYS = {"optimizer", "lr_scheduler", "scaler", "torch_rng", "cuda_rng", "python_rng", "progress", "method"}
 
 
 def save_training_state(folder: Path, optimizer, lr_scheduler, scaler, progress: Progress, method, average=None) -> None:
@@ -64,7 +67,9 @@ def load_training_state(folder: Path, optimizer, lr_scheduler, scaler, method, a
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(saved[name])
-    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    state = load_torch_tree(folder / STATE_FILE)  # weights_only, one line when damaged or unsafe
+    if not isinstance(state, dict) or not STATE_KEYS <= set(state):
+        raise TunelabError(f"checkpoint {folder}: {STATE_FILE} is not a tunelab training state")
     optimizer.load_state_dict(state["optimizer"])
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     if scaler is not None and state["scaler"] is not None:
