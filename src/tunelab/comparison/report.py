@@ -7,6 +7,8 @@ import html
 import json
 from pathlib import Path
 
+from tunelab.comparison.label_placement import Box, place_labels
+
 COLUMNS = (  # (key, heading, format)
     ("technique", "technique", "{}"),
     ("train_seconds", "train s", "{:.1f}"),
@@ -22,7 +24,12 @@ COLUMNS = (  # (key, heading, format)
 )
 PUBLIC_KEYS = ("name", "technique", "train_seconds", "steps", "steps_per_second", "peak_memory_mb", "trainable_params",
                "artifact", "artifact_bytes", "usd", "subject_fidelity", "prompt_fidelity", "prior_drift",
-               "class_preservation", "diversity", "samples", "sample_prompts", "loss_curve")
+               "class_preservation", "diversity", "samples", "sample_prompts", "sample_rows", "sample_seeds", "loss_curve")
+
+GRID_LAYOUT = ("Rows in pairs, one pair per prompt set: the subject prompt, prompts asking for a background or a place, "
+               "the class prompt. Over each experiment's row, what it should look like: the subject rendered as the "
+               "prompt asks (reference); for the class prompt, the untuned base's images, so prior drift shows. "
+               "Columns: the same seeds for every experiment. A folder subject has no renders: its rows stand alone.")
 
 
 def _cell(record: dict, key: str, form: str) -> str:
@@ -39,8 +46,7 @@ def markdown(records: list[dict], title: str, notes: list[str]) -> str:
              "|---" * (len(COLUMNS) + 1) + "|"]
     for record in records:
         lines.append(f"| {record['name']} | " + " | ".join(_cell(record, k, f) for k, _, f in COLUMNS) + " |")
-    lines += ["", "Sample grids (rows: the subject prompt, prompts asking for a background or place, the class prompt; "
-              "the same seeds in every column): `experiments/NAME/samples.png`.", ""]
+    lines += ["", f"Sample grids: `experiments/NAME/samples.png`. {GRID_LAYOUT}", ""]
     return "\n".join(lines)
 
 
@@ -71,22 +77,41 @@ def _smoothed(curve: list[tuple[float, float]], window: int = 10) -> list[tuple[
     return [(step, sum(values[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1))) for i, (step, _) in enumerate(curve)]
 
 
-def _scatter_svg(records: list[dict], width=560, height=240) -> str:
-    """Quality (subject fidelity) against cost (USD), one labelled point per experiment."""
+def _scatter_svg(records: list[dict], width=560, height=240, font_size=11) -> str:
+    """Quality (subject fidelity) against cost (USD), one labelled point per experiment; labels never overlap."""
     points = [(r["usd"], r["subject_fidelity"], r["name"]) for r in records if r.get("subject_fidelity") is not None]
     if not points:
         return "<p>no quality scores (the subject is not a toyworld subject)</p>"
     top_x = max(p[0] for p in points) or 1
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 30}">',
-             f'<rect x="40" y="0" width="{width - 60}" height="{height}" fill="none" stroke="#999"/>']
-    for usd, fidelity, name in points:
-        x, y = 40 + usd / top_x * (width - 180), height - fidelity * height  # room on the right for labels
-        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="#1f77b4"/>')
-        parts.append(f'<text x="{x + 6:.1f}" y="{y - 4:.1f}" font-size="11">{html.escape(name)}</text>')
-    parts.append(f'<text x="0" y="12" font-size="11">1.0</text><text x="0" y="{height}" font-size="11">0</text>')
-    parts.append(f'<text x="{width // 2 - 60}" y="{height + 20}" font-size="11">cost, USD (0 to {top_x:.4g})</text>')
-    parts.append('<text x="42" y="12" font-size="11">subject fidelity</text></svg>')
+    area = Box(44, 18, width - 10, 18 + height)  # the plot; tick labels left of it, axis titles above and below
+    pad = 10  # keeps markers off the frame
+    spot = [(area.x0 + pad + usd / top_x * (area.x1 - area.x0 - 2 * pad),
+             area.y1 - pad - fidelity * (area.y1 - area.y0 - 2 * pad), name) for usd, fidelity, name in points]
+    labels = place_labels(spot, area, font_size)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{area.y1 + 30:.0f}">',
+             f'<rect class="plot" x="{area.x0}" y="{area.y0}" width="{area.x1 - area.x0}" height="{area.y1 - area.y0}" '
+             'fill="none" stroke="#999"/>']
+    for (x, y, name), label in zip(spot, labels):
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="#1f77b4"><title>{html.escape(name)}</title></circle>')
+        if label is None:
+            continue
+        if label.leader:
+            to_x, to_y = label.box.nearest_point(x, y)
+            parts.append(f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{to_x:.1f}" y2="{to_y:.1f}" stroke="#bbb"/>')
+        parts.append(f'<text class="label" x="{label.x:.1f}" y="{label.baseline:.1f}" font-size="{font_size}">{html.escape(name)}</text>')
+    unplaced = [name for (_, _, name), label in zip(spot, labels) if label is None]
+    if unplaced:  # more labels than the plot has room for: named under it (hover a point for its name)
+        parts.append(f'<text x="{area.x0}" y="{area.y1 + 28:.0f}" font-size="{font_size}">also: {html.escape(", ".join(unplaced))}</text>')
+    parts.append(f'<text x="0" y="{area.y0 + pad + 4}" font-size="11">1.0</text>'
+                 f'<text x="0" y="{area.y1 - pad + 4}" font-size="11">0</text>')
+    parts.append(f'<text x="{width // 2 - 60}" y="{area.y1 + 16:.0f}" font-size="11">cost, USD (0 to {top_x:.4g})</text>')
+    parts.append(f'<text x="{area.x0}" y="12" font-size="11">subject fidelity</text></svg>')
     return "".join(parts)
+
+
+def _prompt_list(prompts: str | list[str]) -> str:
+    """A grid row's prompts, one per column (results written before rows kept all of them hold the first only)."""
+    return prompts if isinstance(prompts, str) else ", ".join(prompts)
 
 
 def _inline_png(path: str | None) -> str:
@@ -104,7 +129,9 @@ def html_report(records: list[dict], title: str, notes: list[str]) -> str:
     )
     grids = "".join(
         f"<h3>{html.escape(r['name'])} ({html.escape(r['technique'])})</h3>"
-        + (f"<p class=prompts>rows: {' · '.join(html.escape(p) for p in r['sample_prompts'].values())}</p>" if r.get("sample_prompts") else "")
+        + (f"<p class=prompts>prompts: {' · '.join(html.escape(_prompt_list(p)) for p in r['sample_prompts'].values())}"
+           + (f"; seeds {r['sample_seeds'][0]} to {r['sample_seeds'][-1]}" if r.get("sample_seeds") else "") + "</p>"
+           if r.get("sample_prompts") else "")
         + _inline_png(r.get("samples"))
         for r in records
     )
@@ -120,7 +147,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child,t
 <h2>Results</h2><table><tr><th>experiment</th>{head}</tr>{rows}</table>
 <h2>Quality against cost</h2>{_scatter_svg(records)}
 <h2>Loss curves</h2>{curves}
-<h2>Samples</h2><p>Rows: the subject prompt; prompts asking for a background or a place; the class prompt. Columns: the same seeds for every experiment.</p>{grids}
+<h2>Samples</h2><p>{html.escape(GRID_LAYOUT)}</p>{grids}
 </body></html>
 """
 

@@ -1,27 +1,126 @@
-"""Sample grids for the report: one row per evaluation prompt set, one column per seed."""
+"""Sample grids for the report: each technique's images under what they should look like, one column per seed.
+
+Rows come in groups, one per evaluation prompt set: the subject rendered as each prompt asks (the
+reference) over the technique's images for the same prompts and seeds; for the class prompt, the
+untuned base's images over the technique's, so prior drift shows as pictures. A subject with no
+renderer (a folder of images) has no references: its grid is the technique's rows only.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
-SCALE = 3  # toyworld images are 32 px; nearest-neighbour upscaling keeps their hard edges visible
+from tunelab.evaluate.protocol import Evaluation
+
+CELL = 96  # about this many pixels per image: 32 px images grow 3x, 64 px 2x, nearest neighbour keeps hard edges
 GAP = 2
+GROUP_GAP = 10  # between row groups, so a reference and its technique's row read as one pair
+LABEL_PAD = 6
+TEXT = (40, 40, 40)
+FAINT = (110, 110, 110)
+GROUP_TITLES = {"subject": "subject prompt", "prompts": "asked background / place", "class": "class prompt"}
 
 
-def save_grid(rows: dict[str, tuple[list[str], list[np.ndarray]]], path: Path) -> Path:
-    """rows: name -> (prompts, images); written as one PNG, rows in the dict's order."""
-    image_rows = [images for _, images in rows.values()]
-    height, width = image_rows[0][0].shape[:2]
-    columns = max(len(images) for images in image_rows)
-    cell_h, cell_w = height * SCALE + GAP, width * SCALE + GAP
-    canvas = np.full((len(image_rows) * cell_h, columns * cell_w, 3), 255, dtype=np.uint8)
-    for row, images in enumerate(image_rows):
-        for column, image in enumerate(images):
-            big = image.repeat(SCALE, axis=0).repeat(SCALE, axis=1)  # (H*S, W*S, 3)
-            canvas[row * cell_h : row * cell_h + big.shape[0], column * cell_w : column * cell_w + big.shape[1]] = big
+@dataclass
+class GridRow:
+    group: str  # the prompt set the row's images answer: rows of one group sit together
+    label: str  # whose images: "reference", "base", or the experiment's name
+    images: list[np.ndarray]  # (H, W, 3) uint8 each, one per seed
+
+
+def comparison_rows(name: str, own: Evaluation, base: Evaluation | None) -> list[GridRow]:
+    """An experiment's rows with what to hold them against: renders of the subject, and the base's class images."""
+    rows = []
+    for group, (_, images) in own.rows.items():
+        if group in own.references:
+            rows.append(GridRow(group, "reference", own.references[group]))
+        elif group == "class" and base is not None and base is not own and "class" in base.rows and base.seeds == own.seeds:
+            rows.append(GridRow(group, "base", base.rows["class"][1]))
+        rows.append(GridRow(group, name, images))
+    return rows
+
+
+def scale_for(side: int) -> int:
+    """Whole-number upscaling to about CELL pixels (1 for images already that large)."""
+    return max(1, round(CELL / side))
+
+
+def _cell_side(image: np.ndarray) -> int:
+    side = image.shape[0]
+    return side * scale_for(side) if side < CELL else min(side, 2 * CELL)  # big images shrink to keep the page light
+
+
+def _fit(image: np.ndarray, cell: int) -> np.ndarray:
+    if cell % image.shape[0] == 0:
+        factor = cell // image.shape[0]
+        return image.repeat(factor, axis=0).repeat(factor, axis=1)  # (cell, cell, 3)
+    return np.asarray(Image.fromarray(image).resize((cell, cell), Image.LANCZOS))
+
+
+@dataclass
+class GridLayout:
+    rows: list[GridRow]
+    label_width: int
+    cell: int  # image side in the grid, pixels
+
+    def cell_origin(self, row: int, column: int) -> tuple[int, int]:
+        """(y, x) of the top-left pixel of an image in the grid."""
+        y = row * (self.cell + GAP) + GROUP_GAP * self.groups_before(row)
+        return y, self.label_width + column * (self.cell + GAP)
+
+    def groups_before(self, row: int) -> int:
+        return sum(1 for index in range(1, row + 1) if self.rows[index].group != self.rows[index - 1].group)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        columns = max(len(row.images) for row in self.rows)
+        bottom, _ = self.cell_origin(len(self.rows) - 1, 0)
+        return bottom + self.cell, self.label_width + columns * (self.cell + GAP) - GAP
+
+
+def layout(rows: list[GridRow]) -> GridLayout:
+    font = ImageFont.load_default()
+    texts = [row.label for row in rows] + [GROUP_TITLES.get(row.group, row.group) for row in rows]
+    widest = max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=font) for text in texts)
+    return GridLayout(rows, int(widest) + 2 * LABEL_PAD, _cell_side(rows[0].images[0]))
+
+
+def save_grid(rows: list[GridRow], path: Path) -> Path:
+    """One PNG: a label column (the row's prompt set, and whose images), then the images, one column per seed."""
+    grid = layout(rows)
+    height, width = grid.size
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    for index, row in enumerate(rows):
+        for column, image in enumerate(row.images):
+            y, x = grid.cell_origin(index, column)
+            canvas[y : y + grid.cell, x : x + grid.cell] = _fit(image, grid.cell)
+    picture = Image.fromarray(canvas)
+    draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
+    for index, row in enumerate(rows):
+        y, _ = grid.cell_origin(index, 0)
+        if index == 0 or rows[index - 1].group != row.group:
+            draw.text((LABEL_PAD, y + 2), GROUP_TITLES.get(row.group, row.group), fill=FAINT, font=font)
+        draw.text((LABEL_PAD, y + grid.cell // 2 - 5), row.label, fill=TEXT, font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(path)
+    picture.save(path)
     return path
+
+
+def write_sample_grids(records: list[dict]) -> None:
+    """Each record's samples.png from the images its evaluation kept (records[0] is the base); records made
+    before evaluations kept their images keep the grid they have."""
+    base_images = records[0].get("evaluation_images") if records else None
+    base = Evaluation.load_images(Path(base_images)) if base_images and Path(base_images).is_file() else None
+    for record in records:
+        kept = record.get("evaluation_images")
+        if not kept or not Path(kept).is_file():
+            continue
+        own = base if kept == base_images else Evaluation.load_images(Path(kept))
+        rows = comparison_rows(record["name"], own, base)
+        record["samples"] = str(save_grid(rows, Path(kept).with_name("samples.png")))
+        record["sample_rows"] = [f"{GROUP_TITLES.get(row.group, row.group)}: {row.label}" for row in rows]
+        record["sample_seeds"] = own.seeds

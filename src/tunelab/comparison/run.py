@@ -2,7 +2,8 @@
 
 OUT/
   compare.json           the shared settings this folder's results belong to
-  experiments/NAME/      the experiment's training output, result.json, samples.png
+  experiments/NAME/      the experiment's training output, result.json, evaluation.npz (its evaluation images),
+                         samples.png (those images under their references)
   results.json report.md report.html
 An experiment whose result.json exists for the same settings is not run again.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from tunelab.comparison.config import CompareConfig, Experiment
+from tunelab.comparison.report_images import write_sample_grids
 from tunelab.errors import TunelabError
 from tunelab.evaluate.dreambench_prompts import prompt_set_for_class
 from tunelab.evaluate.protocol import METRICS
@@ -177,6 +179,7 @@ def run_comparison(config: CompareConfig, out: Path, rerun: bool = False, progre
             records.append(json.loads(Path(spec["result"]).read_text()))
         if progress:
             progress(len(specs), len(specs), "report")
+        write_sample_grids(records)
         return finish_records(records, config)
 
 

@@ -17,9 +17,7 @@ from pathlib import Path
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tunelab.comparison.report_images import save_grid
-from tunelab.evaluate.protocol import evaluate_subject
-from tunelab.evaluate.validation_scores import validation_scores
+from tunelab.evaluate.protocol import evaluate_subject, sample_prompt
 from tunelab.generation.session import GenerateOptions, prepare
 from tunelab.methods import method_class
 from tunelab.process import quiet_libraries, run_guarded
@@ -57,7 +55,7 @@ def train_experiment(spec: dict) -> dict:
     run = prepare_run(spec["technique"], spec["training"])
     options, method = run.options, run.method
     started = time.perf_counter()
-    artifact = train(options, method, run.resolved, run.family_options, validation_metrics=validation_scores(options, method))
+    artifact = train(options, method, run.resolved, run.family_options)
     seconds = time.perf_counter() - started
     trainable = method.learned_parameter_count()
     return {
@@ -73,18 +71,21 @@ def train_experiment(spec: dict) -> dict:
 
 
 def evaluate_experiment(spec: dict, artifact: str | None) -> dict:
-    """Scores and the sample grid of the model with the experiment's artifact attached (the base without one)."""
+    """Scores and evaluation images of the model with the experiment's artifact attached (the base without one).
+    The images are kept for the report's grids (comparison/report_images.py), which set each beside the base's."""
     evaluation = spec["evaluation"]
-    if spec["subject"] not in SUBJECTS:
-        return {}  # a folder subject: no renderer, no quality metrics
     attach = method_class(spec["technique"]).generate_options(Path(artifact), spec["identifier"]) if artifact else {}
     generate_options = GenerateOptions(**{"model": spec["model"], "prompt": "", "out": "", "sampler": "dpm++_2m",
                                           "device": spec["device"], **attach})
     session = prepare(generate_options)
-    result = evaluate_subject(session.pipeline, SUBJECTS[spec["subject"]], spec["identifier"], evaluation["images_per_prompt"],
-                              evaluation["seed"], evaluation["sample_steps"], evaluation["guidance"])
-    grid = save_grid(result.rows, Path(spec["out"]) / "samples.png")
-    return {**result.scores, "samples": str(grid), "sample_prompts": {row: prompts[0] for row, (prompts, _) in result.rows.items()}}
+    sampling = (evaluation["images_per_prompt"], evaluation["seed"], evaluation["sample_steps"], evaluation["guidance"])
+    if spec["subject"] in SUBJECTS:
+        result = evaluate_subject(session.pipeline, SUBJECTS[spec["subject"]], spec["identifier"], *sampling)
+    else:  # a folder subject: no renderer, no quality metrics; its prompt's images still show what was learned
+        result = sample_prompt(session.pipeline, spec["training"]["prompt"], *sampling)
+    kept = result.save_images(Path(spec["out"]) / "evaluation.npz")
+    return {**result.scores, "evaluation_images": str(kept),
+            "sample_prompts": {row: list(dict.fromkeys(prompts)) for row, (prompts, _) in result.rows.items()}}
 
 
 def run_spec(spec: dict) -> dict:
