@@ -7,6 +7,8 @@ import html
 import json
 from pathlib import Path
 
+from tunelab.evaluate.dreambench import EMBEDDING_METRICS
+
 from tunelab.comparison.label_placement import Box, place_labels
 
 COLUMNS = (  # (key, heading, format)
@@ -21,7 +23,11 @@ COLUMNS = (  # (key, heading, format)
     ("prompt_fidelity", "prompt fidelity", "{:.3f}"),
     ("prior_drift", "prior drift", "{:+.3f}"),
     ("diversity", "diversity", "{:.3f}"),
+    ("clip_i", "CLIP-I", "{:.3f}"),
+    ("clip_t", "CLIP-T", "{:.3f}"),
+    ("dino", "DINO", "{:.3f}"),
 )
+OPTIONAL_COLUMNS = EMBEDDING_METRICS  # DreamBench's, measured only with clip/dino: shown when some record has them
 PUBLIC_KEYS = ("name", "technique", "train_seconds", "steps", "steps_per_second", "peak_memory_mb", "trainable_params",
                "artifact", "artifact_bytes", "usd", "subject_fidelity", "prompt_fidelity", "prior_drift",
                "class_preservation", "diversity", "samples", "sample_prompts", "sample_rows", "sample_seeds", "loss_curve")
@@ -38,14 +44,28 @@ def _cell(record: dict, key: str, form: str) -> str:
 
 
 def public_records(records: list[dict]) -> list[dict]:
-    return [{key: record.get(key) for key in PUBLIC_KEYS} for record in records]
+    return [{key: record.get(key) for key in (*PUBLIC_KEYS, *EMBEDDING_METRICS, "embedding_details")} for record in records]
+
+
+def shown_columns(records: list[dict]) -> list[tuple[str, str, str]]:
+    return [column for column in COLUMNS
+            if column[0] not in OPTIONAL_COLUMNS or any(record.get(column[0]) is not None for record in records)]
+
+
+def backbone_notes(records: list[dict]) -> list[str]:
+    """Which models measured DreamBench's numbers: without the backbone a CLIP or DINO number means little."""
+    details = next((record["embedding_details"] for record in records if record.get("embedding_details")), {})
+    backbones = {metric: detail["backbone"] for metric, detail in details.items()}
+    return [f"{metric.replace('_', '-').upper()} measured with {backbone['name']} ({backbone['architecture']})."
+            for metric, backbone in backbones.items()]
 
 
 def markdown(records: list[dict], title: str, notes: list[str]) -> str:
-    lines = [f"# {title}", "", *notes, "", "| experiment | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"]
+    columns = shown_columns(records)
+    lines = [f"# {title}", "", *notes, "", "| experiment | " + " | ".join(h for _, h, _ in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
     for record in records:
-        lines.append(f"| {record['name']} | " + " | ".join(_cell(record, k, f) for k, _, f in COLUMNS) + " |")
+        lines.append(f"| {record['name']} | " + " | ".join(_cell(record, k, f) for k, _, f in columns) + " |")
     lines += ["", f"Sample grids: `experiments/NAME/samples.png`. {GRID_LAYOUT}", ""]
     return "\n".join(lines)
 
@@ -122,9 +142,10 @@ def _inline_png(path: str | None) -> str:
 
 
 def html_report(records: list[dict], title: str, notes: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in COLUMNS)
+    columns = shown_columns(records)
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in columns)
     rows = "".join(
-        f"<tr><td>{html.escape(r['name'])}</td>" + "".join(f"<td>{html.escape(_cell(r, k, f))}</td>" for k, _, f in COLUMNS) + "</tr>"
+        f"<tr><td>{html.escape(r['name'])}</td>" + "".join(f"<td>{html.escape(_cell(r, k, f))}</td>" for k, _, f in columns) + "</tr>"
         for r in records
     )
     grids = "".join(
@@ -153,6 +174,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child,t
 
 
 def write_reports(records: list[dict], out: Path, title: str, notes: list[str]) -> dict[str, Path]:
+    notes = [*notes, *backbone_notes(records)]
     records = public_records(records)
     paths = {"json": out / "results.json", "markdown": out / "report.md", "html": out / "report.html"}
     paths["json"].write_text(json.dumps(records, indent=2) + "\n")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from tunelab.data.folder import scan_image_folder
 from tunelab.data.images import IMAGE_EXTENSIONS, load_image
 from tunelab.errors import TunelabError
 
@@ -46,3 +47,8 @@ def prompts_beside(paths: list[Path], prompt: str | None) -> list[str]:
 
 def load_images(paths: list[Path]) -> list[Image.Image]:
     return [load_image(path) for path in paths]
+
+
+def training_images(folder: str | Path) -> list[Image.Image]:
+    """Every image of a training folder (flat or kohya-style subfolders), once each: a subject's real images."""
+    return load_images([item.path for item in scan_image_folder(folder, "caption not needed")])
