@@ -133,8 +133,8 @@ def test_sdxl_and_carries_each_pooled_vector_and_size_ids():
     finally:
         del unet.forward
     encoded = encode_texts(session.pipeline, ["a cat", " a dog", ""])
-    pooled = seen[0]["text_embeds"]  # (3, P): negative, cat, dog
-    assert torch.equal(pooled, torch.cat([encoded[""][1], encoded["a cat"][1], encoded[" a dog"][1]]))
+    pooled = seen[0]["text_embeds"]  # (3, P): negative (zeros: no negative prompt, force_zeros_for_empty_prompt), cat, dog
+    assert torch.equal(pooled, torch.cat([torch.zeros_like(encoded[""][1]), encoded["a cat"][1], encoded[" a dog"][1]]))
     assert torch.equal(seen[0]["time_ids"][1], seen[0]["time_ids"][2])
 
 

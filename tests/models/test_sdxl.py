@@ -56,7 +56,7 @@ def test_lora_file_uses_sgm_names_and_diffusers_gives_the_image_tunelab_generate
     pipeline = build_preset("tiny-sdxl")
     pipeline.scheduler = EulerDiscreteScheduler.from_config(pipeline.scheduler.config)
     pipeline.load_lora_weights(str(sdxl_lora))
-    reference = pipeline(PROMPT, negative_prompt="", num_inference_steps=6, guidance_scale=5,
+    reference = pipeline(PROMPT, num_inference_steps=6, guidance_scale=5,
                          generator=torch.Generator().manual_seed(3)).images[0]
     assert np.array_equal(_pixels(tmp_path / "lora.png"), _pixels(reference))
     assert np.abs(_pixels(tmp_path / "lora.png") - _pixels(tmp_path / "base.png")).max() > 0
@@ -187,7 +187,7 @@ def test_textual_inversion_writes_clip_l_and_clip_g_that_diffusers_loads(tmp_pat
               "--guidance", "5"]
     assert run_cli(*common, "--embedding", artifact, "--out", tmp_path / "ti.png") == 0
     pipeline.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config)
-    reference = pipeline(prompt, negative_prompt="", num_inference_steps=3, guidance_scale=5,
+    reference = pipeline(prompt, num_inference_steps=3, guidance_scale=5,
                          generator=torch.Generator().manual_seed(2)).images[0]
     assert np.array_equal(_pixels(tmp_path / "ti.png"), _pixels(reference))
 

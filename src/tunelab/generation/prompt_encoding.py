@@ -131,11 +131,23 @@ def encode_texts(pipeline, texts: list[str], comma_backtrack: int = COMMA_BACKTR
     return {text: encode_prompt(family, per_encoder, pipeline._execution_device) for text, per_encoder in windows.items()}
 
 
-def encode_prompt_pair(pipeline, prompt: str, negative_prompt: str = "", comma_backtrack: int = COMMA_BACKTRACK) -> dict[str, torch.Tensor]:
+def encode_prompt_pair(pipeline, prompt: str, negative_prompt: str = "", comma_backtrack: int = COMMA_BACKTRACK,
+                       zero_negative: bool = False) -> dict[str, torch.Tensor]:
     """The pipeline's prompt arguments: `prompt_embeds` and `negative_prompt_embeds` (plus the pooled
-    pair for SDXL), the shorter of the two padded with empty windows to the other's length."""
+    pair for SDXL), the shorter of the two padded with empty windows to the other's length; with
+    `zero_negative`, zeros of the prompt's shapes stand for the negative."""
+    if zero_negative:
+        positive = encode_texts(pipeline, [prompt], comma_backtrack)[prompt]
+        return pipeline_inputs(positive, zero_encoding(positive))
     encoded = encode_texts(pipeline, [prompt, negative_prompt], comma_backtrack)
     return pipeline_inputs(encoded[prompt], encoded[negative_prompt])
+
+
+def zero_encoding(like: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Zero embeddings (and pooled vector) of an encoding's shapes: the unconditional input diffusers'
+    SDXL pipeline uses for an absent negative prompt (`force_zeros_for_empty_prompt`)."""
+    embeds, pooled = like
+    return torch.zeros_like(embeds), None if pooled is None else torch.zeros_like(pooled)  # (1, L, D), (1, P)
 
 
 def pipeline_inputs(positive: tuple, negative: tuple) -> dict[str, torch.Tensor]:
