@@ -25,6 +25,7 @@ from tunelab.errors import Interrupted, TunelabError
 from tunelab.evaluate.dreambench import embedding_scores
 from tunelab.evaluate.embedders import ClipEmbedder, DinoEmbedder
 from tunelab.evaluate.image_folders import image_paths, load_images, prompts_beside
+from tunelab.evaluate.validation_scores import validation_scores
 from tunelab.generation.grid import generate_grid
 from tunelab.generation.png_info import a1111_parameters, read_options, save_png
 from tunelab.generation.prompt_tags import extract_tags
@@ -76,6 +77,7 @@ def _checked_run(technique: str, config, given: dict[str, Any]):
     if run.options.num_processes > 1 and not inside_launched_process():
         raise TunelabError("num_processes > 1 starts training processes through the command line: run `tunelab train`")
     check_output_folder(Path(run.options.out), run.resolved, run.options.overwrite)
+    validation_scores(run.options, run.method)  # --keep-best / --validation-subject checked before loading
     return run
 
 
@@ -105,7 +107,8 @@ def train(technique: str, *, model: str | None = None, images: str | Path | None
 
     stopped = False
     try:
-        artifact = train_loop(run.options, run.method, run.resolved, run.family_options, on_progress=report)
+        artifact = train_loop(run.options, run.method, run.resolved, run.family_options, on_progress=report,
+                              validation_metrics=validation_scores(run.options, run.method))
     except Interrupted:
         if not (seen and seen[-1]._stop.requested and on_progress is not None):
             raise  # a signal (Ctrl-C) ends the program as it would the command

@@ -18,6 +18,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tunelab.evaluate.protocol import evaluate_subject, sample_prompt
+from tunelab.evaluate.validation_scores import validation_scores
 from tunelab.generation.session import GenerateOptions, prepare
 from tunelab.methods import method_class
 from tunelab.process import quiet_libraries, run_guarded
@@ -55,7 +56,7 @@ def train_experiment(spec: dict) -> dict:
     run = prepare_run(spec["technique"], spec["training"])
     options, method = run.options, run.method
     started = time.perf_counter()
-    artifact = train(options, method, run.resolved, run.family_options)
+    artifact = train(options, method, run.resolved, run.family_options, validation_metrics=validation_scores(options, method))
     seconds = time.perf_counter() - started
     trainable = method.learned_parameter_count()
     return {

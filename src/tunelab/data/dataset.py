@@ -131,9 +131,10 @@ def build_dataset(
     seed: int = 0,
     caption_extension: str = ".txt",
     mask_source: MaskSource | None = None,
+    exclude: set[Path] | frozenset[Path] = frozenset(),
 ) -> ImageCaptionDataset:
-    """Scan a folder and build its dataset in one call."""
-    items = scan_image_folder(images_dir, instance_prompt, caption_extension)
+    """Scan a folder and build its dataset in one call, leaving out the images in `exclude` (held out for validation)."""
+    items = [item for item in scan_image_folder(images_dir, instance_prompt, caption_extension) if item.path not in exclude]
     return ImageCaptionDataset(
         items, resolution, center_crop=center_crop, random_flip=random_flip, bucket=bucket, seed=seed, mask_source=mask_source
     )

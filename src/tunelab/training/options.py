@@ -97,6 +97,22 @@ class TrainOptions:
     checkpoint_every: int = option("save a checkpoint every N steps (0: only the final artifact)", default=0)
     keep_last: int = option("checkpoints to keep (0: all)", default=0)
     resume: str | None = option("resume from 'latest' (the newest checkpoint in --out) or a checkpoint folder", default=None)
+    validate_every: int = option("validate every N steps and at the last step (0: never)", default=0)
+    validation_images: str | None = option(
+        "folder of validation images (same caption rules as --images): a loss at fixed timesteps and noise", default=None)
+    validation_split: float = option("or hold this share of --images out of training for validation, e.g. 0.2",
+                                     default=0.0)
+    validation_timesteps: int = option("fixed (timestep, noise) draws per validation image", default=4)
+    validation_seed: int = option("seed of the validation draws and split, apart from --seed (the same in runs to compare)",
+                                  default=0)
+    validation_subject: str | None = option(
+        "a toyworld subject (bullseye, checker, flag): each validation also scores the subject fidelity of "
+        "images of the instance prompt", default=None)
+    validation_samples: int = option("images per validation for --validation-subject (seeds from --validation-seed)",
+                                     default=4)
+    keep_best: str | None = option(
+        "keep the artifact of the best validation in OUT/best/: validation_loss, or subject_fidelity with "
+        "--validation-subject", default=None)
     max_nonfinite_steps: int = option("stop after this many steps in a row with NaN/inf loss or gradients", default=5)
     class_prompt: str | None = option("prior preservation: prompt of the class, e.g. 'a photo of a dog'", default=None)
     class_images: str | None = option("folder of class images to use instead of generating them", default=None)
