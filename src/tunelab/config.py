@@ -13,6 +13,8 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
+import reprlib
 import tomllib
 import types
 import typing
@@ -22,6 +24,9 @@ from typing import Any, Literal
 import yaml
 
 from tunelab.errors import TunelabError
+
+MAX_CONFIG_NODES = 100_000  # values a config file may expand to (a real one has hundreds)
+MAX_LIST_ITEMS = 10_000  # values one list option may hold
 
 
 def option(help_text: str, repeat: bool = False, **kwargs):
@@ -43,9 +48,12 @@ def parse_weighted_path(spec: str) -> tuple[Path, float]:
     head, _, tail = spec.rpartition(":")
     if head:
         try:
-            return Path(head), float(tail)
+            weight = float(tail)
         except ValueError:
-            pass
+            return Path(spec), 1.0
+        if not math.isfinite(weight):
+            raise TunelabError(f"{spec}: the weight {tail} is not a finite number")
+        return Path(head), weight
     return Path(spec), 1.0
 
 
@@ -92,40 +100,86 @@ def coerce(key: str, value: Any, annotation) -> Any:
             value = [value]
         if not isinstance(value, (list, tuple)):
             raise TunelabError(f"option {key!r} must be a list, got {type(value).__name__}")
+        if len(value) > MAX_LIST_ITEMS:
+            raise TunelabError(f"option {key!r} lists {len(value)} values; at most {MAX_LIST_ITEMS} are taken")
         return [coerce(key, item, item_type) for item in value]
     if base is bool:
         if isinstance(value, bool):
             return value
-        raise TunelabError(f"option {key!r} must be true or false, got {value!r}")
+        raise TunelabError(f"option {key!r} must be true or false, got {_shown(value)}")
     if base is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise TunelabError(f"option {key!r} must be an integer, got {value!r}")
+        raise TunelabError(f"option {key!r} must be an integer, got {_shown(value)}")
     if base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise TunelabError(f"option {key!r} must be a finite number, got {value!r}")
             return float(value)
-        raise TunelabError(f"option {key!r} must be a number, got {value!r}")
+        raise TunelabError(f"option {key!r} must be a number, got {_shown(value)}")
     if base is str:
         if isinstance(value, (str, Path)):
-            return str(value)
-        raise TunelabError(f"option {key!r} must be text, got {value!r}")
+            return checked_text(key, str(value))
+        raise TunelabError(f"option {key!r} must be text, got {_shown(value)}")
     raise TypeError(f"unsupported option type {annotation!r} for {key}")
+
+
+def checked_text(key: str, text: str) -> str:
+    """Text that can be written anywhere: no lone surrogates (invalid UTF-8 in an argument, or a JSON/YAML
+    escape of half a character), which would fail later, in a file or a tokenizer."""
+    if any("\ud800" <= character <= "\udfff" for character in text):
+        raise TunelabError(f"option {key!r} is not valid text (invalid UTF-8, or half of a surrogate pair): "
+                           f"{text.encode('utf-8', 'backslashreplace').decode('ascii', 'replace')[:80]}")
+    return text
+
+
+def _shown(value: Any) -> str:
+    """A value in a message, cut short (a YAML alias can make a structure huge to print)."""
+    return reprlib.repr(value)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """YAML with aliases, but not the billion laughs: the expanded size of the document is counted without
+    expanding it (a shared node is counted once per use) and refused past a limit."""
+
+    def construct_document(self, node):
+        _refuse_huge(node, {})
+        return super().construct_document(node)
+
+
+def _refuse_huge(node, sizes: dict[int, int]) -> int:
+    """The number of nodes `node` stands for once every alias is expanded; memoised per node."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 0  # a recursive alias counts once
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_refuse_huge(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_refuse_huge(key, sizes) + _refuse_huge(value, sizes) for key, value in node.value)
+    else:
+        size = 1 + len(node.value) // 64
+    if size > MAX_CONFIG_NODES:
+        raise TunelabError(f"the file expands to over {MAX_CONFIG_NODES} values (aliases repeated inside aliases); refused")
+    sizes[id(node)] = size
+    return size
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise TunelabError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() not in (".toml", ".json", ".yaml", ".yml"):
+        raise TunelabError(f"config file {path} must be .yaml, .yml, .toml or .json")
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix.lower() == ".toml":
             data = tomllib.loads(text)
-        elif path.suffix.lower() in (".yaml", ".yml", ".json"):
-            data = yaml.safe_load(text)
+        elif path.suffix.lower() == ".json":
+            data = json.loads(text)  # a JSON parser: "\ud83d\ude00" is one character, as JSON means it
         else:
-            raise TunelabError(f"config file {path} must be .yaml, .yml, .toml or .json")
-    except TunelabError:
-        raise
+            data = yaml.load(text, Loader=_BoundedLoader)
+    except TunelabError as error:
+        raise TunelabError(f"config file {path}: {error}") from None
     except Exception as error:  # parse errors from yaml/tomllib carry the line number
         raise TunelabError(f"cannot parse config file {path}: {error}".replace("\n", " ")) from None
     if data is None:

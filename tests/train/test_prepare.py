@@ -22,13 +22,17 @@ BAD_RUNS = [
     (["lora", "--model", "tiny-sd", "--class-images", "x"], "--class-images needs --class-prompt"),
     (["textual_inversion", "--model", "tiny-sd", "--token", "<Toy>", "--init-word", "toy"], "--token must be lower case"),
     (["hypernetwork", "--model", "tiny-flux"], "Hypernetwork is not supported on Flux.1 models (supported there: LoRA)"),
-    (["lora", "--model", "tiny-sd", "--resolution", "0"], "--resolution must be at least 8 pixels"),
+    (["lora", "--model", "tiny-sd", "--resolution", "0"], "--resolution must be a positive multiple of 8 pixels"),
+    (["lora", "--model", "tiny-sd", "--resolution", "33"], "--resolution must be a positive multiple of 8 pixels, got 33"),
+    (["lora", "--model", "tiny-sd", "--batch-size", "0"], "--batch-size and --gradient-accumulation must be at least 1"),
+    (["lora", "--model", "tiny-sd", "--alpha=-4"], "--alpha must be a positive number"),
+    (["lora", "--model", "tiny-sd", "--alpha", "nan"], "option 'alpha' must be a finite number, got nan"),
     (["lora", "--model", "tiny-sd", "--checkpoint-every", "-1"], "--checkpoint-every must be 0 or more"),
     (["lora", "--model", "tiny-sd", "--keep-last", "-2"], "--keep-last must be 0 or more"),
-    (["lora", "--model", "tiny-sd", "--learning-rate", "nan"], "--learning-rate must be a positive number"),
+    (["lora", "--model", "tiny-sd", "--learning-rate", "nan"], "option 'learning_rate' must be a finite number, got nan"),
     (["lora", "--model", "tiny-sd", "--learning-rate=-1e-4"], "--learning-rate must be a positive number"),
     (["lora", "--model", "tiny-sd", "--max-grad-norm", "-1"], "--max-grad-norm must be a number of 0 or more"),
-    (["lora", "--model", "tiny-sd", "--noise-offset", "inf"], "--noise-offset must be a number of 0 or more"),
+    (["lora", "--model", "tiny-sd", "--noise-offset", "inf"], "option 'noise_offset' must be a finite number, got inf"),
 ]
 
 
