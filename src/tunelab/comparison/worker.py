@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tunelab.evaluate.dreambench_protocol import Embedders, evaluate_with_embedders
+from tunelab.evaluate.image_folders import training_images
 from tunelab.evaluate.protocol import evaluate_subject, sample_prompt
 from tunelab.evaluate.validation_scores import validation_scores
 from tunelab.generation.session import GenerateOptions, prepare
@@ -80,7 +82,12 @@ def evaluate_experiment(spec: dict, artifact: str | None) -> dict:
                                           "device": spec["device"], **attach})
     session = prepare(generate_options)
     sampling = (evaluation["images_per_prompt"], evaluation["seed"], evaluation["sample_steps"], evaluation["guidance"])
-    if spec["subject"] in SUBJECTS:
+    if "dreambench" in evaluation:  # CLIP/DINO given: DreamBench's metrics, for any subject
+        dreambench = evaluation["dreambench"]
+        result = evaluate_with_embedders(session.pipeline, dreambench["subject_noun"], dreambench["prompt_set"],
+                                         training_images(spec["training"]["images"]),
+                                         Embedders(dreambench["clip"], dreambench["dino"]), *sampling)
+    elif spec["subject"] in SUBJECTS:
         result = evaluate_subject(session.pipeline, SUBJECTS[spec["subject"]], spec["identifier"], *sampling)
     else:  # a folder subject: no renderer, no quality metrics; its prompt's images still show what was learned
         result = sample_prompt(session.pipeline, spec["training"]["prompt"], *sampling)
