@@ -22,6 +22,10 @@ def test_compare_writes_its_three_reports_and_prices_the_run(tmp_path, capsys):
     assert lora["subject_fidelity"] is not None and (tmp_path / "out" / "experiments" / "quick-lora" / "lora.safetensors").is_file()
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| quick-lora | lora |" in report and "Machine: " in report
+    # Its sample grid: references and the base's class images over its own, one column per evaluation seed.
+    assert lora["sample_seeds"] == [1000, 1001] and lora["sample_rows"][-2:] == ["class prompt: base", "class prompt: quick-lora"]
+    assert lora["sample_rows"][0] == "subject prompt: reference" and len(lora["sample_rows"]) == 6
+    assert (tmp_path / "out" / "experiments" / "quick-lora" / "samples.png").is_file() and lora["samples"].endswith("samples.png")
 
 
 def test_demo_refuses_a_bad_scale_or_subject(tmp_path, capsys):

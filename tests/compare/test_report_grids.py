@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from tunelab.comparison.report_images import comparison_rows, layout, scale_for, write_sample_grids
+from tunelab.comparison.worker import evaluate_experiment
 from tunelab.evaluate.metrics import subject_fidelity
 from tunelab.evaluate.protocol import Evaluation, evaluate_subject, sample_prompt
 from tunelab.evaluate.scene_reading import read
@@ -126,3 +127,15 @@ def test_a_folder_subject_grid_is_the_techniques_rows_only(tmp_path):
             zip(found, range(FIRST_SEED, FIRST_SEED + SEEDS))] == [True] * SEEDS
     assert Image.open(lora["samples"]).size[1] == layout(grid_rows).cell  # one row, nothing else
     assert records[2] == {"name": "old", "samples": "kept.png"}
+
+
+def test_the_worker_keeps_a_folder_subjects_prompt_images_for_its_grid(tmp_path):
+    spec = {"technique": "base", "model": "tiny-sd", "subject": str(tmp_path / "photos"), "identifier": None,
+            "training": {"prompt": "a photo of sks toy"}, "out": str(tmp_path / "base"), "device": "cpu",
+            "evaluation": {"images_per_prompt": 2, "seed": FIRST_SEED, "sample_steps": 2, "guidance": 5.0}}
+    result = evaluate_experiment(spec, None)
+    assert not any(key in result for key in ("subject_fidelity", "prompt_fidelity", "class_preservation"))  # no renderer
+    kept = Evaluation.load_images(result["evaluation_images"])
+    assert list(kept.rows) == ["subject"] and kept.rows["subject"][0] == ["a photo of sks toy"] * 2
+    assert kept.seeds == [FIRST_SEED, FIRST_SEED + 1] and kept.references == {}
+    assert not np.array_equal(*kept.rows["subject"][1])  # two seeds, two images
