@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,6 +16,7 @@ from helpers import run_cli, write_subject_images
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
+from tiny_embedders import save_tiny_clip, save_tiny_dinov2
 
 import tunelab
 import tunelab.lora
@@ -112,12 +114,15 @@ def test_every_example_in_docs_api_runs(tmp_path, monkeypatch):
     examples = python_examples()
     assert len(examples) >= 5
     write_subject_images(tmp_path / "photos")
+    save_tiny_clip(tmp_path / "models" / "clip")
+    save_tiny_dinov2(tmp_path / "models" / "dino")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for example in examples:
         exec(compile(example, str(DOCS), "exec"), namespace)
     assert (tmp_path / "runs" / "toy" / "lora.safetensors").is_file() and (tmp_path / "toy-2.png").is_file()
     assert (tmp_path / "comparison" / "report.html").is_file()
+    assert set(json.loads((tmp_path / "scores.json").read_text())) >= {"clip_i", "clip_t", "dino", "details"}
     assert (tmp_path / "runs" / "merged" / "model_index.json").is_file()
     assert (tmp_path / "runs" / "toy" / "rank2-peft.safetensors").is_file()
     assert os.path.isfile(tmp_path / "runs" / "stopped" / "lora.safetensors")
