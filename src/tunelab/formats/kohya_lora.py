@@ -3,7 +3,8 @@
 These are what A1111, ComfyUI, Forge and diffusers' `load_lora_weights` read. SD 1.x/2.x files
 use diffusers' block names (`lora_unet_down_blocks_0_...`); SDXL files the original SGM ones
 (`lora_unet_input_blocks_4_1_...`, text encoders `lora_te1_` / `lora_te2_`), both read and SGM
-written for SDXL; Flux files are kohya's Flux layout (formats/kohya_flux.py).
+written for SDXL; Flux and SD3 files are kohya's layouts for their transformers (formats/kohya_flux.py,
+formats/kohya_sd3.py), told apart by the base model version (written) or the block names (read).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Iterable
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.formats.kohya_flux import DENOISER, from_kohya_flux_tensors, is_kohya_flux, to_kohya_flux_tensors
+from tunelab.formats.kohya_flux import FLUX
+from tunelab.formats.kohya_fused import DENOISER
+from tunelab.formats.kohya_sd3 import SD3
 from tunelab.formats.lora_set import AdapterModule, LoraSet, algorithms, split_component
 from tunelab.formats.lycoris import is_module_part, module_from_parts, module_to_parts
 from tunelab.formats.module_paths import from_file_path, to_file_path
@@ -56,10 +59,18 @@ def is_sdxl(base_model_version: str | None) -> bool:
     return bool(base_model_version) and base_model_version.startswith("sdxl")
 
 
+# kohya's base-model version -> the transformer layout of its LoRAs (Flux.1's is the default for a transformer).
+TRANSFORMER_LAYOUTS = {layout.base_model_version: layout for layout in (FLUX, SD3)}
+
+
+def transformer_layout(base_model_version: str | None):
+    return TRANSFORMER_LAYOUTS.get(base_model_version or "", FLUX)
+
+
 def to_kohya_tensors(lora: LoraSet, base_model_version: str | None = None) -> dict[str, torch.Tensor]:
-    """kohya tensors; Flux LoRAs (transformer modules) in kohya's Flux layout, SDXL ones in SGM block names."""
+    """kohya tensors; transformer LoRAs in kohya's layout for their family (Flux.1, SD3), SDXL ones in SGM block names."""
     if any(split_component(key)[0] == DENOISER for key in lora):
-        return to_kohya_flux_tensors(lora)
+        return transformer_layout(base_model_version).to_tensors(lora)
     prefixes = kohya_prefixes(split_component(key)[0] for key in lora)
     sgm = is_sdxl(base_model_version) or "text_encoder_2" in prefixes
     tensors: dict[str, torch.Tensor] = {}
@@ -230,8 +241,9 @@ def from_kohya_tensors(tensors: dict[str, torch.Tensor], module_keys: Iterable[s
     """
     modules = {name: module_from_parts(name, parts) for name, parts in _grouped(tensors).items()}
     resolve = _resolver(module_keys)
-    if is_kohya_flux(modules):
-        return from_kohya_flux_tensors(modules, resolve)
+    for layout in TRANSFORMER_LAYOUTS.values():
+        if layout.matches(modules):
+            return layout.from_tensors(modules, resolve)
     lora: LoraSet = {}
     unknown = []
     for name, module in modules.items():

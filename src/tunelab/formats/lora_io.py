@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal
+
+import torch
 
 from tunelab.errors import TunelabError
 from tunelab.formats import kohya_lora, lycoris, peft_lora
@@ -54,14 +57,30 @@ def read_lora_file(path: str | Path, module_keys: Iterable[str] | None = None) -
     tensors = load_state_dict(path)
     metadata = read_safetensors_metadata(path) if path.suffix.lower() == ".safetensors" else {}
     lycoris.refuse_unsupported(tensors, path.name)
+    refuse_non_finite(tensors, path)
     try:
         if kohya_lora.is_kohya_lora(tensors):
-            return LoraFile(kohya_lora.from_kohya_tensors(tensors, module_keys), metadata, "kohya", path)
+            return LoraFile(_checked(kohya_lora.from_kohya_tensors(tensors, module_keys)), metadata, "kohya", path)
         if peft_lora.is_peft_lora(tensors):
-            return LoraFile(peft_lora.from_peft_tensors(tensors, metadata), metadata, "peft", path)
+            return LoraFile(_checked(peft_lora.from_peft_tensors(tensors, metadata)), metadata, "peft", path)
     except TunelabError as error:
         raise TunelabError(f"{path.name}: {error}") from None
     raise TunelabError(f"{path}: not a LoRA file (no kohya/LyCORIS lora_down, hada_w1_a or lokr_w1, nor PEFT lora_A keys)")
+
+
+def refuse_non_finite(tensors: dict, path: Path) -> None:
+    """A NaN or infinite weight (or alpha) would only show up as a black image; refuse the file, naming the tensor."""
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise TunelabError(f"{path.name}: tensor {key} holds NaN or infinite values; the file is broken")
+
+
+def _checked(lora: LoraSet) -> LoraSet:
+    """Alphas from metadata (PEFT) are numbers too, and must be finite."""
+    for key, module in lora.items():
+        if not math.isfinite(module.alpha):
+            raise TunelabError(f"module {key}: alpha is {module.alpha}; the file is broken")
+    return lora
 
 
 def read_lora(path: Path, module_keys: Iterable[str] | None = None) -> tuple[LoraSet, dict[str, str]]:
@@ -70,13 +89,15 @@ def read_lora(path: Path, module_keys: Iterable[str] | None = None) -> tuple[Lor
 
 
 def base_model_version(lora: LoraSet, metadata: dict[str, str]) -> str:
-    """kohya's base-model name: the file's own, else read off the modules (a transformer: Flux.1; two text
+    """kohya's base-model name: the file's own, else read off the modules (a transformer: Flux.1 or SD3; two text
     encoders: SDXL) or the cross-attention width (768: SD 1.x, 1024: SD 2.x)."""
     if metadata.get("ss_base_model_version"):
         return metadata["ss_base_model_version"]
     components = {key.split(".", 1)[0] for key in lora}
     if "transformer" in components:
-        return "flux1"
+        # Flux.1's single-stream blocks take every LoRA tunelab trains there; SD3's MMDiT has none.
+        flux = any(key.startswith("transformer.single_transformer_blocks.") for key in lora)
+        return kohya_lora.FLUX.base_model_version if flux else kohya_lora.SD3.base_model_version
     if "text_encoder_2" in components:
         return "sdxl_base_v1-0"
     for key, module in lora.items():

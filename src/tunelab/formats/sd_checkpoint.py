@@ -1,7 +1,7 @@
 """Write a diffusers Stable Diffusion pipeline as one checkpoint in the original (LDM) layout.
 
 SD 1.x files take the LDM layout, SDXL files the SGM one (two text encoders, the second in
-OpenCLIP's names with q, k, v fused). Every key name comes from models/original_layout.py, the
+OpenCLIP's names with q, k, v fused), SD3 files Stability's MMDiT layout (sd3_checkpoint.py). Every key name comes from models/original_layout.py, the
 table the single-file reader uses too; this module only renames and reshapes the tensors.
 """
 
@@ -14,7 +14,9 @@ import torch
 from transformers import CLIPTextModel
 
 from tunelab.errors import TunelabError
+from tunelab.formats.original_weights import refuse_adapter_layers, rename, vae_to_original, with_prefix
 from tunelab.formats.safetensors_io import save_tensors
+from tunelab.formats.sd3_checkpoint import sd3_to_original_state_dict
 from tunelab.models.original_layout import (
     OPEN_CLIP_FUSED_PROJECTIONS,
     OPEN_CLIP_IN_PROJECTION,
@@ -24,11 +26,8 @@ from tunelab.models.original_layout import (
     TEXT_ENCODERS,
     TEXT_MODEL_LEVEL,
     UNET_PREFIX,
-    VAE_CONV_ATTENTION_WEIGHTS,
     VAE_PREFIX,
-    ModuleMap,
     open_clip_layer,
-    original_name,
     unet_module_map,
     vae_module_map,
 )
@@ -60,30 +59,38 @@ def _is_sdxl(pipeline) -> bool:
     return WRITABLE_PIPELINES.get(type(pipeline).__name__) == "sdxl"
 
 
+# Pipeline classes written in another layout -> the function that renames their weights.
+OTHER_LAYOUTS = {"StableDiffusion3Pipeline": sd3_to_original_state_dict}
+
+
 def require_writable(pipeline) -> None:
     """Refuse, before any work, a pipeline this writer has no layout for (e.g. Flux)."""
-    if type(pipeline).__name__ not in WRITABLE_PIPELINES:
+    name = type(pipeline).__name__
+    if name not in WRITABLE_PIPELINES and name not in OTHER_LAYOUTS:
         raise TunelabError(
-            f"--single-file writes Stable Diffusion 1.x and SDXL checkpoints; a {type(pipeline).__name__} is saved as a diffusers folder only"
+            f"--single-file writes Stable Diffusion 1.x, SDXL and SD3 checkpoints; a {name} is saved as a diffusers folder only"
         )
-    unet_module_map(pipeline.unet.config, added_embeddings=_is_sdxl(pipeline))
+    if name in WRITABLE_PIPELINES:
+        unet_module_map(pipeline.unet.config, added_embeddings=_is_sdxl(pipeline))
     vae_module_map(pipeline.vae.config)
 
 
 def pipeline_to_original_state_dict(pipeline) -> dict[str, torch.Tensor]:
-    """The pipeline's UNet, VAE and text encoder(s) under their original Stable Diffusion (SGM for SDXL) names."""
+    """The pipeline's denoiser, VAE and text encoder(s) under their original (SGM for SDXL, Stability's for SD3) names."""
     require_writable(pipeline)
+    if type(pipeline).__name__ in OTHER_LAYOUTS:
+        return OTHER_LAYOUTS[type(pipeline).__name__](pipeline)
     state: dict[str, torch.Tensor] = {}
-    state.update(_with_prefix(UNET_PREFIX, unet_to_original(pipeline.unet, added_embeddings=_is_sdxl(pipeline))))
-    state.update(_with_prefix(VAE_PREFIX, vae_to_original(pipeline.vae)))
+    state.update(with_prefix(UNET_PREFIX, unet_to_original(pipeline.unet, added_embeddings=_is_sdxl(pipeline))))
+    state.update(with_prefix(VAE_PREFIX, vae_to_original(pipeline.vae)))
     for component, place in TEXT_ENCODERS[WRITABLE_PIPELINES[type(pipeline).__name__]].items():
         write = sd1_text_encoder_to_original if place.naming == "clip" else open_clip_to_original
-        state.update(_with_prefix(place.prefix, write(getattr(pipeline, component))))
+        state.update(with_prefix(place.prefix, write(getattr(pipeline, component))))
     return state
 
 
 def unet_to_original(unet, added_embeddings: bool = False) -> dict[str, torch.Tensor]:
-    return _rename(unet.state_dict(), unet_module_map(unet.config, added_embeddings), "UNet")
+    return rename(unet.state_dict(), unet_module_map(unet.config, added_embeddings), "UNet")
 
 
 def open_clip_to_original(text_encoder) -> dict[str, torch.Tensor]:
@@ -91,7 +98,7 @@ def open_clip_to_original(text_encoder) -> dict[str, torch.Tensor]:
     `attn.in_proj_weight`, and `text_projection` as the (width, projection) matrix it multiplies by."""
     state = {name.removeprefix(TEXT_MODEL_LEVEL): tensor for name, tensor in text_encoder.state_dict().items()
              if not name.endswith("position_ids")}
-    _refuse_adapter_layers(state, "second text encoder")
+    refuse_adapter_layers(state, "second text encoder")
     original = {OPEN_CLIP_PARTS[name]: state.pop(name) for name in list(state) if name in OPEN_CLIP_PARTS}
     original[OPEN_CLIP_TEXT_PROJECTION] = state.pop("text_projection.weight").T.contiguous()  # (width, projection)
     for index in range(text_encoder.config.num_hidden_layers):
@@ -106,14 +113,6 @@ def open_clip_to_original(text_encoder) -> dict[str, torch.Tensor]:
     return original
 
 
-def vae_to_original(vae) -> dict[str, torch.Tensor]:
-    renamed = _rename(vae.state_dict(), vae_module_map(vae.config), "VAE")
-    for name, tensor in renamed.items():
-        if name.endswith(VAE_CONV_ATTENTION_WEIGHTS) and tensor.ndim == 2:
-            renamed[name] = tensor[:, :, None, None]  # [C, C] -> [C, C, 1, 1]
-    return renamed
-
-
 def sd1_text_encoder_to_original(text_encoder) -> dict[str, torch.Tensor]:
     """CLIP text-model weights named as inside `cond_stage_model.transformer.text_model.`."""
     # SD 1.x uses OpenAI's CLIP ViT-L (quick_gelu); SD 2.x's OpenCLIP encoder (gelu) has another layout.
@@ -123,34 +122,10 @@ def sd1_text_encoder_to_original(text_encoder) -> dict[str, torch.Tensor]:
             f"the SD 2.x OpenCLIP layout ({TEXT_ENCODERS['open_clip']['text_encoder'].root}*) is not supported yet"
         )
     state = text_encoder.state_dict()
-    _refuse_adapter_layers(state, "text encoder")
+    refuse_adapter_layers(state, "text encoder")
     # transformers >= 5.6 stores CLIPTextModel without its `text_model.` level, older versions
     # with it; the original layout always has it and diffusers' loader looks for it.
     return {name.removeprefix(TEXT_MODEL_LEVEL): tensor for name, tensor in state.items()}
-
-
-def _rename(state: Mapping[str, torch.Tensor], module_map: ModuleMap, component: str) -> dict[str, torch.Tensor]:
-    _refuse_adapter_layers(state, component)
-    renamed: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
-        new_name = original_name(name, module_map)
-        if new_name is None or new_name in renamed:
-            problem = "has no original name" if new_name is None else f"collides on {new_name!r}"
-            raise TunelabError(f"cannot write the {component} in the original Stable Diffusion layout: {name!r} {problem}")
-        renamed[new_name] = tensor
-    return renamed
-
-
-def _refuse_adapter_layers(state: Mapping[str, torch.Tensor], component: str) -> None:
-    # PEFT-wrapped layers rename weights to `...base_layer.weight` and add `lora_A/B`; the
-    # original layout has no place for them.
-    wrapped = next((name for name in state if ".base_layer." in name or ".lora_" in name), None)
-    if wrapped is not None:
-        raise TunelabError(f"the {component} still has adapter layers ({wrapped}); fuse and unload them before writing a single file")
-
-
-def _with_prefix(prefix: str, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {prefix + name: tensor for name, tensor in state.items()}
 
 
 def _in_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -242,3 +242,53 @@ def _add_module(module_map: ModuleMap, diffusers_path: str, original_path: str, 
     module_map[diffusers_path] = original_path
     for diffusers_part, original_part in parts.items():
         module_map[f"{diffusers_path}.{diffusers_part}"] = f"{original_path}.{original_part}"
+
+
+# SD3 / SD3.5 single files (Stability's own, and what diffusers' `from_single_file` reads): the MMDiT under
+# `model.diffusion_model.` in its original names, the VAE as SD's, and the three text encoders under
+# `text_encoders.` in transformers' names.
+SD3_TEXT_ENCODERS = {
+    "text_encoder": "text_encoders.clip_l.transformer.",
+    "text_encoder_2": "text_encoders.clip_g.transformer.",
+    "text_encoder_3": "text_encoders.t5xxl.transformer.",
+}
+SD3_JOINT_BLOCKS_KEY = UNET_PREFIX + "joint_blocks."
+SD3_FIXED_MODULES = {
+    "pos_embed.proj": "x_embedder.proj",
+    "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+    "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+    "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+    "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
+    "context_embedder": "context_embedder",
+    "proj_out": "final_layer.linear",
+    "norm_out.linear": "final_layer.adaLN_modulation.1",
+}
+SD3_POSITIONS = ("pos_embed.pos_embed", "pos_embed")  # (diffusers name, original name): a buffer-like parameter
+# diffusers module under transformer_blocks.{i} -> original module under joint_blocks.{i}
+SD3_BLOCK_MODULES = {
+    "attn.to_out.0": "x_block.attn.proj",
+    "attn.norm_q": "x_block.attn.ln_q",
+    "attn.norm_k": "x_block.attn.ln_k",
+    "attn.to_add_out": "context_block.attn.proj",
+    "attn.norm_added_q": "context_block.attn.ln_q",
+    "attn.norm_added_k": "context_block.attn.ln_k",
+    "attn2.to_out.0": "x_block.attn2.proj",
+    "attn2.norm_q": "x_block.attn2.ln_q",
+    "attn2.norm_k": "x_block.attn2.ln_k",
+    "norm1.linear": "x_block.adaLN_modulation.1",
+    "norm1_context.linear": "context_block.adaLN_modulation.1",
+    "ff.net.0.proj": "x_block.mlp.fc1",
+    "ff.net.2": "x_block.mlp.fc2",
+    "ff_context.net.0.proj": "context_block.mlp.fc1",
+    "ff_context.net.2": "context_block.mlp.fc2",
+}
+# original fused module under joint_blocks.{i} <- the diffusers modules stacked into it, in order
+SD3_FUSED_MODULES = {
+    "x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
+}
+# Final-norm modulations the original stores as (shift, scale) and diffusers as (scale, shift): the model's
+# last one, and the last block's context stream (which has only that norm).
+SD3_SWAPPED_MODULES = ("norm_out.linear",)
+SD3_LAST_BLOCK_SWAPPED = ("norm1_context.linear",)
