@@ -152,3 +152,12 @@ def test_bad_lora_options_are_clear_errors(tmp_path, subject_images, capsys):
                    "--prompt", PROMPT, "--targets", "attention", "mlp")
     assert code == 2
     assert "'mlp' is not one of attention, feedforward, conv" in capsys.readouterr().err
+
+
+def test_a_rank_larger_than_a_layer_can_use_is_refused(tmp_path, subject_images, capsys):
+    """Issue 16: kohya lets it pass (a file many times larger, no capacity gained); tunelab refuses, naming the layer."""
+    code = run_cli("train", "lora", "--model", "tiny-sd", "--images", subject_images, "--out", tmp_path / "big",
+                   "--prompt", PROMPT, "--rank", "500", "--steps", "1", "--log-with", "none")
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--rank 500 is larger than layer" in err and "(16, 16): at most 16); a higher rank adds file size" in err

@@ -85,6 +85,8 @@ def _as_vectors(value: object, path: Path) -> torch.Tensor:
     if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() not in (1, 2):
         raise TunelabError(f"{path.name}: embedding vectors must be a float tensor of shape (n, dim) or (dim,)")
     vectors = value.detach().float()
+    if not torch.isfinite(vectors).all():
+        raise TunelabError(f"{path.name}: embedding vectors hold NaN or infinite values; the file is broken")
     return vectors.unsqueeze(0) if vectors.dim() == 1 else vectors  # (n_vectors, dim)
 
 

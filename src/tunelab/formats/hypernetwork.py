@@ -132,6 +132,9 @@ def _complete(hypernetwork: HypernetworkFile, path: Path) -> HypernetworkFile:
     for width, (k_state, v_state) in hypernetwork.modules.items():
         if not k_state or not v_state:
             raise TunelabError(f"{path.name}: module pair for width {width} is incomplete")
+        for key, tensor in (*k_state.items(), *v_state.items()):
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise TunelabError(f"{path.name}: {key} of the module for width {width} holds NaN or infinite values")
     return hypernetwork
 
 

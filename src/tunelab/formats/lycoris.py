@@ -117,6 +117,8 @@ def module_from_parts(name: str, parts: dict[str, torch.Tensor], default_alpha: 
         down = parts["lora_down.weight"]
         if TUCKER_CORE in parts:
             down = fold_tucker(down, parts[TUCKER_CORE])
+        if down.shape[0] == 0:
+            raise TunelabError(f"module {name} has rank 0 (an empty lora_down): it holds no change")
         module = LoraModule(down, parts["lora_up.weight"], alpha if alpha is not None else float(down.shape[0]))
     elif algorithm == "loha":
         _require(name, parts, *LohaModule.REQUIRED)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tunelab.errors import TunelabError
+
 from tunelab.generation.prompt_weighting import BREAK, BREAK_WEIGHT, parse_prompt_weights
 from tunelab.models.family import family_for
 
@@ -81,7 +83,12 @@ def apply_weights(hidden: torch.Tensor, weights: torch.Tensor, restore_mean: boo
     weighted = hidden * weights.to(hidden.dtype)[None, :, None]  # (1, 77, D)
     if not restore_mean:
         return weighted
-    return weighted * (original_mean / weighted.mean())  # (1, 77, D)
+    restored = weighted * (original_mean / weighted.mean())  # (1, 77, D)
+    if not torch.isfinite(restored).all():
+        # The weighted window's mean is (near) zero on this model: A1111's division gives NaN/inf here.
+        raise TunelabError("the prompt's weights cancel out on this model (A1111's mean restoration divides by "
+                           "about zero); change the weights, or use --no-prompt-weighting")
+    return restored
 
 
 @torch.no_grad()

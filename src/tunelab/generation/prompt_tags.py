@@ -10,6 +10,7 @@ over `.pt`).
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,9 @@ def extract_tags(prompt: str) -> tuple[str, list[PromptTag]]:
             weight = method.tag_weight(positional[1:], named)
         except ValueError:
             raise TunelabError(f"prompt tag {match.group(0)}: a weight is not a number") from None
+        numbers = weight.values() if isinstance(weight, dict) else [weight]
+        if not all(math.isfinite(number) for number in numbers if isinstance(number, float)):
+            raise TunelabError(f"prompt tag {match.group(0)}: a weight is not a finite number")
         tags.append(PromptTag(method.generate_flag.tag, positional[0].strip(), weight))
         return ""
 

@@ -5,6 +5,7 @@ and their factors multiply; `\\(` `\\)` `\\[` `\\]` `\\\\` are literal character
 case, a word on its own) ends the current 75-token window; it comes out as the run
 (BREAK, -1.0), as in A1111. Unbalanced brackets are lenient, exactly as in A1111: a `(` or `[`
 never closed weights everything after it, a stray `)` or `]` is literal text (with a warning).
+Weights are finite and at most 100 either way: a weight past that is refused, naming the text.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
 BREAK = "BREAK"
 BREAK_WEIGHT = -1.0
+MAX_WEIGHT = 100.0  # |weight| of any text; A1111 prompts use up to about 2
 
 # The tokens of A1111's own grammar (modules/prompt_parser.py), in its order of preference.
 _ATTENTION = re.compile(
@@ -38,9 +40,26 @@ _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 
 def _number(text: str, piece: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise TunelabError(f"prompt weight {piece.strip()!r}: {text!r} is not a number") from None
+    if not abs(value) <= MAX_WEIGHT:
+        raise TunelabError(f"prompt weight {_short(piece)}: weights go from -{MAX_WEIGHT:g} to {MAX_WEIGHT:g}")
+    return value
+
+
+def _short(piece: str) -> str:
+    piece = piece.strip()
+    return repr(piece if len(piece) <= 24 else piece[:10] + "..." + piece[-10:])
+
+
+def _check_bounded(runs: list[list]) -> None:
+    """Nested brackets multiply: 49 levels of '(' pass 100. Past the bound the embeddings overflow in fp16 (and
+    soon in fp32) into an all-black image, so the prompt is refused, naming the text."""
+    for text, weight in runs:
+        if weight != BREAK_WEIGHT and not abs(weight) <= MAX_WEIGHT:
+            raise TunelabError(f"prompt text {_short(text)} gets weight {weight:.3g} from nested brackets; weights go "
+                               f"from -{MAX_WEIGHT:g} to {MAX_WEIGHT:g}")
 
 
 def parse_prompt_weights(text: str) -> list[tuple[str, float]]:
@@ -82,6 +101,7 @@ def parse_prompt_weights(text: str) -> list[tuple[str, float]]:
     for start in open_square:
         scale_from(start, SQUARE_MULTIPLIER)
 
+    _check_bounded(runs)
     # Neighbours of equal weight merge, -1 included ('(dog:-1)(s:-1)' is the one word 'dogs'), as in A1111, whose
     # BREAK run always has an empty run beside it, so it never merges. Empty runs (no tokens) are dropped after.
     merged: list[list] = []
