@@ -137,12 +137,17 @@ def check_family_options(family, family_options: dict[type, Any]) -> None:
         if not given:
             continue
         if schema not in family.train_options:
-            raise TunelabError(f"{flag_name(given[0])} applies to {schema.scope}; {family.title} models do not take it")
+            raise TunelabError(f"{_as_typed(options, given[0])} applies to {schema.scope}; {family.title} models do not take it")
         unread = [name for name in given if name in family.unread_options]
         if unread:
             readers = [other.title for other in all_families() if schema in other.train_options and unread[0] not in other.unread_options]
-            raise TunelabError(f"{flag_name(unread[0])} applies to {' and '.join(readers)} models; {family.title} models do not take it "
-                               f"({family.unread_options[unread[0]]})")
+            raise TunelabError(f"{_as_typed(options, unread[0])} applies to {' and '.join(readers)} models; {family.title} models "
+                               f"do not take it ({family.unread_options[unread[0]]})")
+
+
+def _as_typed(options, name: str) -> str:
+    """The flag as the user typed it: --no-t5 for a switch turned off."""
+    return flag_name(f"no_{name}") if getattr(options, name) is False else flag_name(name)
 
 
 class VaeLatentsMixin:
