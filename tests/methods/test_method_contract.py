@@ -27,7 +27,7 @@ from tunelab.models.presets import PRESET_PIPELINES
 from tunelab.training.loop import train
 from tunelab.training.prepare import prepare_run
 
-TINY_PRESETS = ("tiny-sd", "tiny-sdxl", "tiny-flux")
+TINY_PRESETS = ("tiny-sd", "tiny-sdxl", "tiny-flux", "tiny-sd3")
 PROMPT = "a photo of a red toy"
 
 

@@ -40,14 +40,14 @@ def medium_folder(tmp_path_factory):
 
 def _train(out, model, *extra):
     code = run_cli("train", "lora", "--model", model, "--images", out.parent / "images", "--prompt", PROMPT, "--out", out,
-                   "--steps", "3", "--learning-rate", "2e-2", "--rank", "4", "--log-with", "none", *extra)
+                   "--steps", "2", "--learning-rate", "2e-2", "--rank", "4", "--log-with", "none", *extra)
     assert code == 0
     return out / "lora.safetensors"
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, subject_images, medium_folder):
-    """Three 3-step LoRAs: tiny-sd3 (attention and MLPs, both CLIPs, PEFT layout), the SD3.5-Medium folder
+    """Three 2-step LoRAs: tiny-sd3 (attention and MLPs, both CLIPs, PEFT layout), the SD3.5-Medium folder
     (kohya layout) and tiny-sd3 with --no-t5 (PEFT)."""
     root = tmp_path_factory.mktemp("sd3-runs")
     (root / "images").symlink_to(subject_images)
