@@ -34,3 +34,12 @@ def test_demo_refuses_a_bad_scale_or_subject(tmp_path, capsys):
     assert run_cli("demo", "--out", tmp_path / "d", "--subject", "unicorn") == 2
     assert "unknown toyworld subject 'unicorn'" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_compare_refuses_an_out_that_is_a_file_in_one_line(tmp_path, capsys):
+    config = {"model": "toyworld", "subject": "checker", "experiments": [{"name": "quick-lora", "technique": "lora", "steps": 2}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "afile").write_text("x")
+    assert run_cli("compare", tmp_path / "c.yaml", "--out", tmp_path / "afile") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--out" in err and "afile is a file; give a folder" in err

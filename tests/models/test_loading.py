@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pathlib
+import shutil
+
 import pytest
 import torch
 
+from helpers import run_cli
 from tunelab.errors import TunelabError
 from tunelab.models.loading import load_pipeline
 from tunelab.models.presets import build_preset
@@ -49,3 +53,16 @@ def test_bad_references(tmp_path):
     text.write_text("x")
     with pytest.raises(TunelabError, match="not a model checkpoint"):
         load_pipeline(text)
+
+
+def test_a_pickled_component_of_a_diffusers_folder_is_one_line_without_torchs_advice(tiny_sd_folder, tmp_path, capsys):
+    """Issue 16: a text encoder's pytorch_model.bin with Python objects ended as "internal error" with torch's advice
+    to retry with weights_only=False; it is refused, naming the file, and no such advice is given."""
+    folder = shutil.copytree(tiny_sd_folder, tmp_path / "model")
+    (folder / "text_encoder" / "model.safetensors").unlink()
+    torch.save({"weights": pathlib.Path("not a tensor")}, folder / "text_encoder" / "pytorch_model.bin")
+    code = run_cli("generate", "--model", folder, "--prompt", "x", "--steps", "1", "--out", tmp_path / "x.png")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "a weights file (text_encoder/pytorch_model.bin) contains Python objects other than tensors" in err
+    assert "weights_only" not in err

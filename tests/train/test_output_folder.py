@@ -1,5 +1,5 @@
 """An output folder belongs to one run (issue 16, "Work lost"): each test reproduces a reported way to lose
-work and checks that it is refused with one line (exit 2) or cleaned up."""
+work and checks that it is refused with one line (exit 2) or cleaned up; and a batch the data cannot fill."""
 
 from __future__ import annotations
 
@@ -157,3 +157,9 @@ def test_an_out_that_cannot_be_a_folder_is_one_line(where, tmp_path, subject_ima
     err = one_line_error(capsys, run_cli(*TRAIN, "--images", subject_images, "--out", out, "--steps", "1"))
     assert {"file": "is a file; give a folder", "under a file": "afile is a file, not a folder",
             "root": "is the file-system root"}[where] in err
+
+
+def test_a_batch_larger_than_the_dataset_is_refused(tmp_path, subject_images, capsys):
+    err = one_line_error(capsys, run_cli(*TRAIN, "--images", subject_images, "--out", tmp_path / "o", "--steps", "1",
+                                         "--batch-size", "9"))
+    assert "--batch-size 9 is larger than the 4 training images (repeats included); use --batch-size 4 or less" in err

@@ -25,6 +25,7 @@ from tunelab.comparison.report_images import write_sample_grids
 from tunelab.errors import TunelabError
 from tunelab.evaluate.dreambench_prompts import prompt_set_for_class
 from tunelab.evaluate.protocol import METRICS
+from tunelab.output_path import check_output_path
 from tunelab.toyworld.subjects import SUBJECTS, write_training_images
 from tunelab.training.stopping import TrainingInterrupted
 
@@ -161,6 +162,7 @@ def training_data(config: CompareConfig, out: Path) -> Path:
 
 def run_comparison(config: CompareConfig, out: Path, rerun: bool = False, progress=None) -> list[dict]:
     """Run what is missing, then return every record (base first) with prior drift filled in."""
+    check_output_path(out, folder=True)  # not a file, not /
     out.mkdir(parents=True, exist_ok=True)
     with FolderLock(out):
         check_output_folder(out, config, rerun)

@@ -49,6 +49,9 @@ def make_loader(dataset, options: TrainOptions, collate):
     # Starting an iterator draws a worker seed from the loader's generator, or else from the global
     # RNG that dropout uses; a resumed run starts one where the straight run did not.
     worker_seeds = torch.Generator().manual_seed(options.seed)
+    if options.batch_size > len(dataset):  # it would run (and be recorded) as a batch of the dataset's size
+        raise TunelabError(f"--batch-size {options.batch_size} is larger than the {len(dataset)} training images (repeats "
+                           f"included); use --batch-size {len(dataset)} or less")
     if options.buckets:
         sampler = BucketBatchSampler(dataset.bucket_ids, batch_size=options.batch_size, seed=options.seed)
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=options.num_workers,
