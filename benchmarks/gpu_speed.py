@@ -5,7 +5,7 @@ Each row is one `tunelab bench speed` process (a fresh CUDA context, so one fail
 take the others with it); each process times tunelab's training step and then the reference
 step, and appends its JSON lines to OUT/speed.jsonl (its output goes to OUT/rows.log). Rows run in order of importance until the
 time budget (default 450 s, under the 8 minutes a lent device allows for this) is spent: first
-the four target rows with the bench's default settings, then (see plan()) regional torch.compile
+the four target rows with the bench's default settings and an SD3.5 Medium LoRA row (issue 20), then (see plan()) regional torch.compile
 on the two LoRA targets, SDXL full fine-tuning at batch 4 (the MFU target), cuDNN attention on
 SDXL LoRA, and compile on the other two targets. A row that would start with
 less than its minimum time left is skipped and said so. The Flux rows give the reference
@@ -38,6 +38,9 @@ TARGETS = [
     ("flux1024-lora16-bs1", ["--family", "flux", "--method", "lora", "--rank", "16", "--batch", "1", "--resolution", "1024",
                              "--no-reference-cudnn-sdp"], "tiny-flux", 90),
 ]
+# SD3.5 Medium (issue 20), right after the targets: tunelab only, the reference step has no SD3 case.
+SD35_MEDIUM = ("sd35m-lora16-bs1-1024", ["--family", "sd3", "--method", "lora", "--rank", "16", "--batch", "1", "--resolution",
+                                         "1024"], "tiny-sd3", 60)
 COMPILED = ["--compile", "regional"]
 
 
@@ -51,6 +54,7 @@ def plan() -> list[tuple[str, list[str], str, int]]:
 
     return [
         *TARGETS,
+        SD35_MEDIUM,
         variant("sd15-lora32-bs4-512", "compile", COMPILED, 60),
         variant("sdxl-lora32-bs4-1024", "compile", COMPILED, 60),
         # The MFU target (SDXL full fine-tuning, batch 4): selective checkpointing keeps every matmul's

@@ -33,7 +33,7 @@ def test_rows_are_the_issue_targets_and_parse(gpu_speed):
             parsed = parser.parse_args(["bench", "speed", *arguments])
             assert parsed.steps == 10
         real = parser.parse_args(["bench", "speed", *gpu_speed.bench_arguments(args, None, 10)])
-        assert real.family in ("sd", "sdxl", "flux") and real.resolution in (512, 1024)
+        assert real.family in ("sd", "sdxl", "flux", "sd3") and real.resolution in (512, 1024)
 
 
 def test_one_tiny_row_runs_and_makes_a_table(gpu_speed, tmp_path, capsys):

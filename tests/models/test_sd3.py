@@ -239,3 +239,21 @@ def test_what_sd3_does_not_take_is_refused_in_one_line_before_loading(tmp_path, 
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_the_shipped_real_size_config_is_sd35_medium_as_diffusers_recognises_it():
+    """`bench speed --family sd3` builds SD3.5 Medium (on the meta device here: shapes only): diffusers' single-file
+    detection names a checkpoint of its shapes sd35_medium, and the encoders are CLIP-L, CLIP-G and T5-XXL."""
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    from tunelab.bench.random_model import config_folder, random_pipeline
+
+    pipeline = random_pipeline(config_folder("sd3"), "meta", torch.bfloat16)
+    transformer = pipeline.transformer
+    state = {f"model.diffusion_model.{name}": tensor for name, tensor in (
+        ("pos_embed", transformer.pos_embed.pos_embed),
+        ("joint_blocks.0.context_block.adaLN_modulation.1.bias", transformer.transformer_blocks[0].norm1_context.linear.bias))}
+    assert infer_diffusers_model_type(state) == "sd35_medium"
+    assert len(transformer.config.dual_attention_layers) == 13 and transformer.config.qk_norm == "rms_norm"
+    counts = {name: sum(p.numel() for p in getattr(pipeline, name).parameters()) for name in ("text_encoder", "text_encoder_2", "text_encoder_3")}
+    assert counts == {"text_encoder": 123_650_304, "text_encoder_2": 694_659_840, "text_encoder_3": 4_762_310_656}

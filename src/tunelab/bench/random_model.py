@@ -22,7 +22,7 @@ from tunelab.models.single_file import build_clip_bpe_tokenizer
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "models" / "configs"
 # --family -> the shipped config folder of its reference architecture.
-FAMILY_CONFIGS = {"sd": "sd15", "sdxl": "sdxl", "flux": "flux"}
+FAMILY_CONFIGS = {"sd": "sd15", "sdxl": "sdxl", "flux": "flux", "sd3": "sd35_medium"}
 
 
 def config_folder(family: str) -> Path:

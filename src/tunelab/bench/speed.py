@@ -61,8 +61,8 @@ REFERENCE_CASES = {
 
 @dataclass
 class BenchOptions:
-    family: Literal["sd", "sdxl", "flux"] | None = option(
-        "real-size architecture with random weights: sd (1.5), sdxl, flux (1-dev)", default=None
+    family: Literal["sd", "sdxl", "flux", "sd3"] | None = option(
+        "real-size architecture with random weights: sd (1.5), sdxl, flux (1-dev), sd3 (3.5 Medium; no reference step)", default=None
     )
     preset: str | None = option("a built-in tiny preset instead (tiny-sd, ...): checks the bench on a CPU, not speed", default=None)
     method: Literal[tuple(METHODS)] = option("technique to train", default="lora")
