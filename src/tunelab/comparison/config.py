@@ -48,6 +48,8 @@ class CompareOptions:
                                     "'<identifier> <class_word>'", default=None)
     identifier: str | None = option("a folder subject's identifier in evaluation prompts (default 'sks'; a textual-inversion "
                                     "experiment uses its token)", default=None)
+    precision_study: str | None = option("an experiment whose artifact is also stored in fp32, fp16 and bf16: the report "
+                                         "gives each one's size and how far its images move from fp32's", default=None)
 
 
 # Settings added after comparisons were first written: left out of the fingerprint while unset, so a folder
@@ -76,6 +78,7 @@ class CompareConfig:
         for key in UNSET_NOT_FINGERPRINTED:
             if settings[key] is None:
                 del settings[key]
+        del settings["precision_study"]  # a study beside the results, not a setting they depend on
         return json.dumps(settings, sort_keys=True)
 
     @property
@@ -150,4 +153,7 @@ def compare_config_from(data: dict[str, Any], where: str) -> CompareConfig:
     duplicate = next((name for name in names if names.count(name) > 1), None)
     if duplicate or "base" in names:
         raise TunelabError(f"{where}: experiment names must be unique and not 'base' ({duplicate or 'base'!r})")
+    if options.precision_study is not None and options.precision_study not in names:
+        raise TunelabError(f"{where}: precision_study names no experiment: {options.precision_study!r}"
+                           f"{closest(options.precision_study, names)} (experiments: {', '.join(names)})")
     return CompareConfig(options, experiments)

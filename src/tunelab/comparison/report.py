@@ -10,6 +10,7 @@ from pathlib import Path
 from tunelab.evaluate.dreambench import EMBEDDING_METRICS
 
 from tunelab.comparison.label_placement import Box, place_labels
+from tunelab.comparison.report_precision import precision_html, precision_markdown
 
 COLUMNS = (  # (key, heading, format)
     ("technique", "technique", "{}"),
@@ -44,7 +45,8 @@ def _cell(record: dict, key: str, form: str) -> str:
 
 
 def public_records(records: list[dict]) -> list[dict]:
-    return [{key: record.get(key) for key in (*PUBLIC_KEYS, *EMBEDDING_METRICS, "embedding_details")} for record in records]
+    extra = (*EMBEDDING_METRICS, "embedding_details", "precision_study")
+    return [{key: record.get(key) for key in (*PUBLIC_KEYS, *extra)} for record in records]
 
 
 def shown_columns(records: list[dict]) -> list[tuple[str, str, str]]:
@@ -66,7 +68,7 @@ def markdown(records: list[dict], title: str, notes: list[str]) -> str:
              "|---" * (len(columns) + 1) + "|"]
     for record in records:
         lines.append(f"| {record['name']} | " + " | ".join(_cell(record, k, f) for k, _, f in columns) + " |")
-    lines += ["", f"Sample grids: `experiments/NAME/samples.png`. {GRID_LAYOUT}", ""]
+    lines += ["", f"Sample grids: `experiments/NAME/samples.png`. {GRID_LAYOUT}", "", *precision_markdown(records)]
     return "\n".join(lines)
 
 
@@ -167,6 +169,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child,t
 <body><h1>{html.escape(title)}</h1>{notes_html}
 <h2>Results</h2><table><tr><th>experiment</th>{head}</tr>{rows}</table>
 <h2>Quality against cost</h2>{_scatter_svg(records)}
+{precision_html(records)}
 <h2>Loss curves</h2>{curves}
 <h2>Samples</h2><p>{html.escape(GRID_LAYOUT)}</p>{grids}
 </body></html>

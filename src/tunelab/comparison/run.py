@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from tunelab.comparison.config import CompareConfig, Experiment
+from tunelab.comparison.precision_study import add_precision_study
 from tunelab.comparison.report_images import write_sample_grids
 from tunelab.errors import TunelabError
 from tunelab.evaluate.dreambench_prompts import prompt_set_for_class
@@ -179,6 +180,7 @@ def run_comparison(config: CompareConfig, out: Path, rerun: bool = False, progre
             if not _done(spec):
                 _run_worker(spec)
             records.append(json.loads(Path(spec["result"]).read_text()))
+        add_precision_study(config, specs, records)
         if progress:
             progress(len(specs), len(specs), "report")
         write_sample_grids(records)
