@@ -40,7 +40,7 @@ from tunelab.generation.session import (
     text_inputs,
 )
 from tunelab.machine import describe
-from tunelab.methods import METHODS
+from tunelab.methods import METHODS, generation_methods
 from tunelab.training.checkpoints import complete_checkpoints
 from tunelab.training.launch import inside_launched_process
 from tunelab.training.loop import TrainingProgress
@@ -129,21 +129,37 @@ def train(technique: str, *, model: str | None = None, images: str | Path | None
 NOT_FROM_PNG = {"out", "from_png", "adapters_dir", "grid_x", "grid_y", "count", "seeds"}
 
 
-def options_from_png(path: Path) -> dict[str, Any]:
-    """The generation parameters a PNG records, for `from_png`; never paths to write or folders to read."""
+def options_from_png(path: Path, adapters_dir: str | None = None) -> dict[str, Any]:
+    """The generation parameters a PNG records, for `from_png`; never paths to write or folders to read:
+    adapter files it names are taken by file name from this run's `adapters_dir`."""
     recorded = read_options(path)
     known = {field.name for field in dataclasses.fields(GenerateOptions)}
     unknown = sorted(set(recorded) - known)
     if unknown:
         raise TunelabError(f"--from-png: {path} records options tunelab does not know ({', '.join(unknown)})")
-    return {key: value for key, value in recorded.items() if key not in NOT_FROM_PNG}
+    options = {key: value for key, value in recorded.items() if key not in NOT_FROM_PNG}
+    for method in generation_methods():
+        field_name = method.generate_flag.field
+        if options.get(field_name):
+            options[field_name] = [_adapter_by_name(method, str(spec), adapters_dir, path) for spec in options[field_name]]
+    return options
+
+
+def _adapter_by_name(method, spec: str, adapters_dir: str | None, png: Path) -> str:
+    """A recorded 'PATH[:VALUE]' -> the same file name (and value) in this run's adapters folder."""
+    recorded_path, _ = method.parse_spec(spec)
+    rest = spec[len(str(recorded_path)):] if spec.startswith(str(recorded_path)) else ""
+    if adapters_dir is None:
+        raise TunelabError(f"--from-png: {png} was made with {method.title} file {recorded_path.name}; pass --adapters-dir "
+                           "with the folder that holds it (a PNG never decides which folders are read)")
+    return str(Path(adapters_dir).expanduser() / recorded_path.name) + rest
 
 
 def generate_options(values: dict[str, Any], config: str | Path | None = None):
     """GenerateOptions from keyword values (and a config file); `from_png` fills in what was not given."""
     values = {key: str(value) if isinstance(value, Path) else value for key, value in values.items()}
     if values.get("from_png"):
-        values = {**options_from_png(Path(values["from_png"])), **values}  # what is given wins
+        values = {**options_from_png(Path(values["from_png"]), values.get("adapters_dir")), **values}  # what is given wins
     (options,) = resolve([GenerateOptions], values, config)
     return options
 

@@ -72,3 +72,19 @@ def test_a_crafted_png_cannot_choose_where_to_write_or_which_folders_to_read(tmp
     save_png(Image.new("RGB", (32, 32)), tmp_path / "unknown.png", record)
     assert run_cli("generate", "--from-png", tmp_path / "unknown.png", "--out", tmp_path / "x.png") == 2
     assert "records options tunelab does not know (not_an_option)" in capsys.readouterr().err
+
+
+def test_adapter_files_a_png_names_are_taken_by_name_from_this_runs_adapters_dir(tmp_path, trained_lora, capsys):
+    elsewhere, mine = tmp_path / "elsewhere", tmp_path / "mine"
+    for folder in (elsewhere, mine):
+        folder.mkdir()
+        shutil.copy(trained_lora, folder / "toy.safetensors")
+    assert run_cli("generate", "--model", "tiny-sd", "--prompt", "a photo of sks toy", "--lora", f"{elsewhere / 'toy.safetensors'}:0.7",
+                   "--steps", "2", "--seed", "3", "--out", tmp_path / "first.png") == 0
+    shutil.rmtree(elsewhere)  # the recorded folder is never read again
+    assert run_cli("generate", "--from-png", tmp_path / "first.png", "--out", tmp_path / "x.png") == 2
+    err = capsys.readouterr().err
+    assert "was made with LoRA file toy.safetensors; pass --adapters-dir" in err and len(err.strip().splitlines()) == 1
+    assert run_cli("generate", "--from-png", tmp_path / "first.png", "--adapters-dir", mine, "--out", tmp_path / "again.png") == 0
+    assert np.array_equal(pixels(tmp_path / "first.png"), pixels(tmp_path / "again.png"))
+    assert read_record(tmp_path / "again.png")["options"]["lora"] == [f"{mine / 'toy.safetensors'}:0.7"]
