@@ -257,3 +257,30 @@ def test_the_shipped_real_size_config_is_sd35_medium_as_diffusers_recognises_it(
     assert len(transformer.config.dual_attention_layers) == 13 and transformer.config.qk_norm == "rms_norm"
     counts = {name: sum(p.numel() for p in getattr(pipeline, name).parameters()) for name in ("text_encoder", "text_encoder_2", "text_encoder_3")}
     assert counts == {"text_encoder": 123_650_304, "text_encoder_2": 694_659_840, "text_encoder_3": 4_762_310_656}
+
+
+def test_tunelab_reads_the_dreambooth_single_file_back_and_picks_shipped_configs_by_shape(tmp_path, subject_images):
+    from diffusers import SD3Transformer2DModel
+
+    from tunelab.models.loading import pipeline_class_name
+    from tunelab.models.single_file import CONFIGS_DIR, load_single_file
+    from tunelab.models.sd3_single_file import sd3_config_dirs
+
+    out = tmp_path / "db"
+    assert run_cli("train", "dreambooth", "--model", "tiny-sd3", "--images", subject_images, "--prompt", PROMPT, "--out", out,
+                   "--steps", "1", "--single-file", "--save-precision", "fp32", "--log-with", "none") == 0
+    assert pipeline_class_name(out / "model.safetensors") == "StableDiffusion3Pipeline"
+    trained = StableDiffusion3Pipeline.from_pretrained(out / "pipeline")
+    loaded = load_single_file(out / "model.safetensors", config_dir=out / "pipeline")
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        expected, got = getattr(trained, name).state_dict(), getattr(loaded, name).state_dict()
+        assert set(got) == set(expected) and all(torch.equal(got[key], expected[key]) for key in expected), name
+
+    for variant in ("sd3_medium", "sd35_medium", "sd35_large"):  # each shipped transformer config, as diffusers detects its shapes
+        with torch.device("meta"):
+            transformer = SD3Transformer2DModel.from_config(SD3Transformer2DModel.load_config(CONFIGS_DIR / variant / "transformer"))
+        last = transformer.config.num_layers - 1
+        state = {"model.diffusion_model.pos_embed": transformer.pos_embed.pos_embed,
+                 "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias": transformer.transformer_blocks[0].norm1_context.linear.bias,
+                 f"model.diffusion_model.joint_blocks.{last}.x_block.mlp.fc1.weight": transformer.transformer_blocks[last].ff.net[0].proj.weight}
+        assert sd3_config_dirs(state, CONFIGS_DIR, "x") == (CONFIGS_DIR / variant, CONFIGS_DIR / "sd35_medium"), variant

@@ -14,6 +14,7 @@ from tunelab.errors import TunelabError
 from tunelab.models.diffusers_folder import load_diffusers_folder
 from tunelab.models.original_layout import SDXL_CONDITIONER_PREFIX
 from tunelab.models.presets import PRESET_PIPELINES, PRESETS, build_preset
+from tunelab.models.sd3_single_file import is_sd3_checkpoint
 from tunelab.models.single_file import load_single_file
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -63,5 +64,7 @@ def pipeline_class_name(reference: str | Path) -> str | None:
                 keys = list(reader.keys())
         except Exception:  # a malformed file: load_pipeline gives the one-line reason
             return None
+        if is_sd3_checkpoint(keys):
+            return "StableDiffusion3Pipeline"
         return "StableDiffusionXLPipeline" if any(key.startswith(SDXL_CONDITIONER_PREFIX) for key in keys) else "StableDiffusionPipeline"
     return None

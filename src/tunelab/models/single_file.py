@@ -10,18 +10,12 @@ BPE merge list shipped next to those configs, so nothing is downloaded.
 
 from __future__ import annotations
 
-import gzip
-import json
-import logging
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-import diffusers
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from tunelab.errors import TunelabError
 from tunelab.models.original_layout import (
@@ -32,13 +26,17 @@ from tunelab.models.original_layout import (
     VAE_READ_PREFIXES,
     first_cross_attention_key,
 )
-from tunelab.models.tokenizer import END_OF_WORD, _bytes_to_unicode
+from tunelab.models.sd3_single_file import assemble_sd3_pipeline, is_sd3_checkpoint, sd3_config_dirs
+from tunelab.models.single_file_parts import (  # noqa: F401 (build_clip_bpe_tokenizer: also imported from here)
+    CONFIGS_DIR,
+    as_tunelab_error,
+    build_clip_bpe_tokenizer,
+    load_scheduler,
+    load_tokenizer,
+    quiet_dtype_cast_warning,
+    require_all_weights_loaded,
+)
 from tunelab.safe_load import load_state_dict
-
-CONFIGS_DIR = Path(__file__).with_name("configs")
-CLIP_BPE_FILE = CONFIGS_DIR / "clip_bpe_simple_vocab_16e6.txt.gz"
-# CLIP's 49408-token vocabulary: 2 x 256 byte symbols, these merges, then 2 special tokens.
-CLIP_MERGE_COUNT = 49152 - 256 - 2
 
 SUPPORTED_FAMILIES = "Stable Diffusion 1.x (e.g. 1.5, CLIP ViT-L text encoder), 2.x (e.g. 2.1, OpenCLIP ViT-H) and SDXL base"
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -67,7 +65,8 @@ def load_single_file(
     torch_dtype: torch.dtype = torch.float32,
     prediction_type: str | None = None,
 ):
-    """A StableDiffusionPipeline (SDXL: StableDiffusionXLPipeline) from one original-layout .safetensors/.ckpt file, offline.
+    """A StableDiffusionPipeline (SDXL: StableDiffusionXLPipeline, SD3: StableDiffusion3Pipeline) from one original-layout
+    .safetensors/.ckpt file, offline.
 
     `config_dir` is a diffusers-format folder describing the components (e.g. the base model
     saved with `save_pretrained`); without it the shipped SD 1.5, SD 2.1 or SDXL config is chosen from
@@ -81,6 +80,10 @@ def load_single_file(
         raise TunelabError(f"torch_dtype must be a floating torch dtype such as torch.float16, not {torch_dtype!r}")
 
     state_dict = _with_text_model_level(load_state_dict(path))
+    if is_sd3_checkpoint(state_dict):
+        transformer_dir, components_dir = (config_dir, config_dir) if config_dir is not None else \
+            sd3_config_dirs(state_dict, CONFIGS_DIR, path.name)
+        return assemble_sd3_pipeline(state_dict, Path(transformer_dir), Path(components_dir), torch_dtype, path.name)
     sdxl = checkpoint_layout(state_dict, path.name) == "sdxl"
     variant = None
     if config_dir is None:
@@ -112,31 +115,6 @@ def detect_variant(state_dict: dict[str, torch.Tensor], source: str = "checkpoin
             f"supported: {SUPPORTED_FAMILIES}. For other SD-structured models pass config_dir= a diffusers config folder"
         )
     return variant
-
-
-def build_clip_bpe_tokenizer(pad_token: str = "<|endoftext|>", model_max_length: int = 77):
-    """OpenAI CLIP's 49408-token BPE tokenizer, built from the merge list shipped with tunelab."""
-    with gzip.open(CLIP_BPE_FILE, "rt", encoding="utf-8") as bpe_file:
-        lines = bpe_file.read().split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : CLIP_MERGE_COUNT + 1]]  # line 0 is a version header
-    byte_symbols = list(_bytes_to_unicode().values())
-    tokens = byte_symbols + [symbol + END_OF_WORD for symbol in byte_symbols] + ["".join(merge) for merge in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: index for index, token in enumerate(tokens)}
-    return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=model_max_length)
-
-
-def load_tokenizer(config_dir: str | Path, subfolder: str = "tokenizer"):
-    """The config folder's own tokenizer files if it has them, else the shipped CLIP BPE with its settings."""
-    folder = Path(config_dir) / subfolder
-    if (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file():
-        return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
-    settings_file = folder / "tokenizer_config.json"
-    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
-    return build_clip_bpe_tokenizer(
-        pad_token=settings.get("pad_token", "<|endoftext|>"),
-        model_max_length=settings.get("model_max_length", 77),
-    )
 
 
 def checkpoint_layout(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> str:
@@ -199,16 +177,16 @@ def _build_components(state_dict, config_dir: Path, torch_dtype: torch.dtype, so
     # itself; its per-component loaders take our safely loaded state dict.
     local = {"config": str(config_dir), "local_files_only": True, "torch_dtype": torch_dtype}
     components = {}
-    with _as_tunelab_error(f"cannot build the UNet from {source} with {config_dir}"), _quiet_dtype_cast_warning():
+    with as_tunelab_error(f"cannot build the UNet from {source} with {config_dir}"), quiet_dtype_cast_warning():
         components["unet"] = UNet2DConditionModel.from_single_file(state_dict, subfolder="unet", **local)
-    with _as_tunelab_error(f"cannot build the VAE from {source} with {config_dir}"), _quiet_dtype_cast_warning():
+    with as_tunelab_error(f"cannot build the VAE from {source} with {config_dir}"), quiet_dtype_cast_warning():
         components["vae"] = AutoencoderKL.from_single_file(state_dict, subfolder="vae", **local)
     for name, model_class in text_encoders.items():
-        with _as_tunelab_error(f"cannot build the {name.replace('_', ' ')} from {source} with {config_dir}"):
+        with as_tunelab_error(f"cannot build the {name.replace('_', ' ')} from {source} with {config_dir}"):
             # For SDXL, diffusers tells its two encoders apart by their widths (768 and 1280).
             components[name] = create_diffusers_clip_model_from_ldm(model_class, state_dict, subfolder=name, **local)
     for name, model in components.items():
-        _require_all_weights_loaded(model, name.replace("_", " "), source, config_dir)
+        require_all_weights_loaded(model, name.replace("_", " "), source, config_dir)
     return components
 
 
@@ -217,7 +195,7 @@ def _assemble_pipeline(state_dict: dict[str, torch.Tensor], config_dir: Path, to
     return StableDiffusionPipeline(
         **components,
         tokenizer=load_tokenizer(config_dir),
-        scheduler=_load_scheduler(config_dir),
+        scheduler=load_scheduler(config_dir),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -231,29 +209,9 @@ def _assemble_sdxl_pipeline(state_dict: dict[str, torch.Tensor], config_dir: Pat
         **components,
         tokenizer=load_tokenizer(config_dir),
         tokenizer_2=load_tokenizer(config_dir, "tokenizer_2"),  # SDXL's second pads with "!"
-        scheduler=_load_scheduler(config_dir),
+        scheduler=load_scheduler(config_dir),
         force_zeros_for_empty_prompt=True,
     )
-
-
-def _require_all_weights_loaded(model: torch.nn.Module, name: str, source: str, config_dir: Path) -> None:
-    # diffusers builds models on the meta device and silently leaves tensors it found no weights for there.
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    missing = [tensor_name for tensor_name, tensor in tensors if tensor.is_meta]
-    if missing:
-        raise TunelabError(
-            f"{source} lacks {len(missing)} {name} weights that {config_dir} expects (e.g. {missing[0]}); "
-            "the checkpoint and the config describe different models"
-        )
-
-
-def _load_scheduler(config_dir: Path):
-    scheduler_dir = config_dir / "scheduler"
-    class_name = json.loads((scheduler_dir / "scheduler_config.json").read_text())["_class_name"]
-    scheduler_class = getattr(diffusers, class_name, None)
-    if scheduler_class is None:
-        raise TunelabError(f"unknown scheduler {class_name!r} in {scheduler_dir}")
-    return scheduler_class.from_pretrained(str(scheduler_dir))
 
 
 def _use_prediction_type(pipeline, prediction_type: str, variant: str | None) -> None:
@@ -262,25 +220,3 @@ def _use_prediction_type(pipeline, prediction_type: str, variant: str | None) ->
         pipeline.unet.register_to_config(sample_size=SD2_BASE_SAMPLE_SIZE)
 
 
-@contextmanager
-def _quiet_dtype_cast_warning() -> Iterator[None]:
-    # from_single_file ends with model.to(torch_dtype), and diffusers' ModelMixin.to then warns about
-    # "modules that should be kept in float32" even when there are none (SD models have none).
-    logger = logging.getLogger("diffusers.models.modeling_utils")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-@contextmanager
-def _as_tunelab_error(what: str) -> Iterator[None]:
-    try:
-        yield
-    except TunelabError:
-        raise
-    except Exception as error:  # diffusers reports shape and config mismatches with assorted types
-        detail = " ".join(str(error).split())[:300] or type(error).__name__
-        raise TunelabError(f"{what}: {detail}") from error
