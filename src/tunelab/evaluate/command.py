@@ -30,7 +30,7 @@ def table(record: dict) -> str:
         backbone = detail["backbone"]
         rows.append((label, f"{record[metric]:.4f}", str(pairs), f"{backbone['name']}: {backbone['architecture']}"))
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3] for row in rows)
+    return "\n".join(("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]).rstrip() for row in rows)
 
 
 def run(args: argparse.Namespace) -> None:

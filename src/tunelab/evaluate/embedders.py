@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
 from PIL import Image
 from transformers import AutoImageProcessor, CLIPModel, CLIPProcessor, Dinov2Model, ViTModel
 
@@ -82,6 +83,7 @@ def _vision_sizes(vision: dict) -> str:
 
 
 def _loaded(load, folder: Path, what: str):
+    transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar per model is noise beside the table
     try:
         return load()
     except _LOAD_ERRORS as error:
