@@ -23,8 +23,8 @@ def quiet_libraries() -> None:
 def run_guarded(work, debug: bool = False) -> int:
     """Run `work()`; failures become one line on stderr and an exit code (2 bad input, 130 stopped, 1 a bug)."""
     try:
-        work()
-        return 0
+        code = work()
+        return code if isinstance(code, int) else 0  # a command may end with its own documented status
     except Interrupted as error:
         print(f"tunelab: {error}", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import checked_values
+from tunelab.lora import check as compatibility_check
 from tunelab.lora import tools
 
 
@@ -60,3 +61,9 @@ def convert(file: str | Path, out: str | Path, *, to: str, **options) -> Path:
 def info(file: str | Path) -> dict:
     """The file's summary: modules, ranks, alphas, algorithm, precision, size and metadata (`tunelab lora info --json`)."""
     return tools.summary_of(tools.FileInput(str(file)))
+
+
+def check(file: str | Path, model: str | Path) -> dict:
+    """Which of the file's modules A1111, ComfyUI and diffusers would apply on the model, which they would
+    skip and why (`tunelab lora check --json`); `all_apply` is False when any would be skipped."""
+    return compatibility_check.compatibility(str(file), str(model))

@@ -1,4 +1,4 @@
-"""`tunelab lora <tool>`: extract, merge, combine, resize, convert, info, precision-report (lora/tools.py)."""
+"""`tunelab lora <tool>`: extract, merge, combine, resize, convert, info, precision-report (lora/tools.py), check (lora/check.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Callable
 
 from tunelab.config import add_arguments as add_schema_arguments
 from tunelab.config import resolve
+from tunelab.lora.check import SOMETHING_SKIPPED_EXIT, CheckOptions, check
 from tunelab.lora.tools import (
     CombineOptions,
     ConvertOptions,
@@ -40,6 +41,13 @@ TOOLS: dict[str, tuple[str, type | None, type, Callable]] = {
         PrecisionReportOptions,
         precision_report,
     ),
+    "check": (
+        f"which modules A1111, ComfyUI and diffusers would apply on a model, which they would skip and why "
+        f"(exit status {SOMETHING_SKIPPED_EXIT} when one would be skipped)",
+        FileInput,
+        CheckOptions,
+        check,
+    ),
 }
 
 
@@ -55,10 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_schema_arguments(sub, [schema])
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> int:
     _, inputs, schema, function = TOOLS[args.tool]
     internal = {"_module", "_argv", "debug", "command", "tool", "config"}
     cli_values = {key: value for key, value in vars(args).items() if key not in internal}
     schemas = [inputs, schema] if inputs is not None else [schema]
     resolved = resolve(schemas, cli_values, args.config)
-    function(*resolved)
+    result = function(*resolved)
+    return SOMETHING_SKIPPED_EXIT if function is check and not result["all_apply"] else 0
