@@ -9,17 +9,15 @@ would hold them. Run in its own process, like an experiment: `python -m tunelab.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from tunelab.comparison.worker import artifact_bytes
+from tunelab.comparison.worker import artifact_bytes, main
 from tunelab.errors import TunelabError
 from tunelab.evaluate.dreambench import mean_matched_cosine
 from tunelab.evaluate.dreambench_protocol import Embedders
@@ -28,7 +26,6 @@ from tunelab.formats.stored_precision import stored_in_precision
 from tunelab.generation.session import GenerateOptions, prepare
 from tunelab.methods import method_class
 from tunelab.precision import PRECISIONS
-from tunelab.process import quiet_libraries, run_guarded
 
 REFERENCE = "fp32"
 
@@ -124,21 +121,5 @@ def run_study(spec: dict) -> dict:
             "prompt": spec["prompt"], "images": len(reference or []), "precisions": rows}
 
 
-def main(argv: list[str]) -> int:
-    quiet_libraries()
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    spec = json.loads(argv[0])
-    torch.set_grad_enabled(False)
-
-    def work():
-        result = run_study(spec)
-        target = Path(spec["result"])
-        partial = target.with_suffix(".partial")
-        partial.write_text(json.dumps(result, indent=2) + "\n")
-        partial.replace(target)  # a result file exists only when complete
-
-    return run_guarded(work)
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:], run=run_study))

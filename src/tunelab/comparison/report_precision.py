@@ -35,30 +35,30 @@ def _errors(study: dict) -> list[str]:
     return [f"{row['precision']}: {row['error']}" for row in study["precisions"] if "error" in row]
 
 
-def precision_markdown(records: list[dict]) -> list[str]:
-    lines = []
+def _studies(records: list[dict]):
+    """(experiment name, study, table headings, table rows, error lines) for each record that has a study."""
     for record in records:
         study = record.get("precision_study")
-        if not study:
-            continue
-        headings, rows = _table(study)
-        lines += [f"## Precision study: {record['name']}", "", EXPLANATION, f"Prompt: {study['prompt']!r}, "
-                  f"{study['images']} images.", "", "| " + " | ".join(headings) + " |", "|---" * len(headings) + "|"]
+        if study:
+            yield (record["name"], study, *_table(study), _errors(study))
+
+
+def precision_markdown(records: list[dict]) -> list[str]:
+    lines = []
+    for name, study, headings, rows, errors in _studies(records):
+        lines += [f"## Precision study: {name}", "", EXPLANATION, f"Prompt: {study['prompt']!r}, {study['images']} images.",
+                  "", "| " + " | ".join(headings) + " |", "|---" * len(headings) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
-        lines += ["", *_errors(study), ""]
+        lines += ["", *errors, ""]
     return lines
 
 
 def precision_html(records: list[dict]) -> str:
     parts = []
-    for record in records:
-        study = record.get("precision_study")
-        if not study:
-            continue
-        headings, rows = _table(study)
+    for name, study, headings, rows, errors in _studies(records):
         head = "".join(f"<th>{html.escape(heading)}</th>" for heading in headings)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
-        errors = "".join(f"<p>{html.escape(error)}</p>" for error in _errors(study))
-        parts.append(f"<h2>Precision study: {html.escape(record['name'])}</h2><p>{html.escape(EXPLANATION)} Prompt: "
-                     f"{html.escape(study['prompt'])}, {study['images']} images.</p><table><tr>{head}</tr>{body}</table>{errors}")
+        notes = "".join(f"<p>{html.escape(error)}</p>" for error in errors)
+        parts.append(f"<h2>Precision study: {html.escape(name)}</h2><p>{html.escape(EXPLANATION)} Prompt: "
+                     f"{html.escape(study['prompt'])}, {study['images']} images.</p><table><tr>{head}</tr>{body}</table>{notes}")
     return "".join(parts)

@@ -107,13 +107,14 @@ def run_spec(spec: dict) -> dict:
     return result
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], run=run_spec) -> int:
+    """Run `run(spec)` on the spec given as text and write its result file (the precision study runs this way too)."""
     quiet_libraries()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     spec = json.loads(argv[0])
 
     def work():
-        result = run_spec(spec)
+        result = run(spec)
         target = Path(spec["result"])
         partial = target.with_suffix(".partial")
         partial.write_text(json.dumps(result, indent=2) + "\n")
