@@ -42,7 +42,6 @@ def test_sdxl_without_a_negative_prompt_matches_diffusers_and_encode_matches_the
 
     assert np.array_equal(tunelab_image(tmp_path), diffusers_images["none"])
     assert np.array_equal(tunelab_image(tmp_path, PROMPT, "--empty-negative", "encode"), diffusers_images["empty text"])
-    assert np.array_equal(tunelab_image(tmp_path, PROMPT, "--no-prompt-weighting"), diffusers_images["none"])
     # a prompt that is encoded per step (editing to the same text) takes the same zeros
     assert np.array_equal(tunelab_image(tmp_path, f"[{PROMPT}:{PROMPT}:2]"), diffusers_images["none"])
 
