@@ -138,6 +138,8 @@ def options_from_png(path: Path, adapters_dir: str | None = None) -> dict[str, A
     if unknown:
         raise TunelabError(f"--from-png: {path} records options tunelab does not know ({', '.join(unknown)})")
     options = {key: value for key, value in recorded.items() if key not in NOT_FROM_PNG}
+    if "empty_negative" not in recorded:  # made before --empty-negative: weighted prompts encoded the empty text
+        options["empty_negative"] = "encode" if recorded.get("prompt_weighting", True) else "model"
     for method in generation_methods():
         field_name = method.generate_flag.field
         if options.get(field_name):

@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 
 from helpers import run_cli
+from tunelab.api import options_from_png
+from tunelab.generation.png_info import read_record, save_png
 from tunelab.generation.samplers import make_scheduler
 from tunelab.models.presets import build_preset
 
@@ -57,3 +59,17 @@ def test_zeros_can_be_asked_for_on_stable_diffusion_and_a_bad_value_is_one_line(
         run_cli("generate", "--model", "tiny-sd", "--prompt", PROMPT, "--empty-negative", "none", "--out", tmp_path / "x.png")
     assert exit_info.value.code == 2
     assert "invalid choice: 'none'" in capsys.readouterr().err
+
+
+def test_a_png_recorded_before_the_option_keeps_the_empty_text(tmp_path):
+    """Its image was made with the empty text encoded (prompt weighting on), so --from-png makes that again."""
+    image = Image.new("RGB", (8, 8))
+    record = {"prompt": PROMPT, "steps": 3, "sampler": "euler", "guidance": 5, "seed": 3, "width": 8, "height": 8,
+              "model": "tiny-sdxl", "options": {"model": "tiny-sdxl", "prompt": PROMPT, "seed": 3}}
+    old = save_png(image, tmp_path / "old.png", record)
+    unweighted = save_png(image, tmp_path / "unweighted.png", {**record, "options": {**record["options"], "prompt_weighting": False}})
+    new = save_png(image, tmp_path / "new.png", {**record, "options": {**record["options"], "empty_negative": "model"}})
+
+    assert options_from_png(old)["empty_negative"] == "encode"
+    assert options_from_png(unweighted)["empty_negative"] == "model"  # the pipeline's own handling, as then
+    assert options_from_png(new)["empty_negative"] == "model" and "empty_negative" in read_record(new)["options"]
