@@ -78,7 +78,8 @@ def psnr(images: list[np.ndarray], reference: list[np.ndarray]) -> float | None:
 def embedding_distance(embed, images: list[np.ndarray], reference: list[np.ndarray]) -> float:
     """1 - the mean cosine similarity of each image's embedding with its counterpart's."""
     as_pil = [Image.fromarray(image) for image in images]
-    return 1.0 - mean_matched_cosine(embed([Image.fromarray(image) for image in reference]), embed(as_pil))
+    cosine = mean_matched_cosine(embed([Image.fromarray(image) for image in reference]), embed(as_pil))
+    return max(0.0, 1.0 - cosine)  # rounding can put identical images a hair past a cosine of 1
 
 
 def _images_with(spec: dict, artifact: Path) -> list[np.ndarray]:
