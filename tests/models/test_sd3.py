@@ -137,8 +137,8 @@ def test_sd35_medium_kohya_lora_reads_back_and_matches_diffusers_with_its_peft_c
 
 def test_a_kohya_named_sd3_file_round_trips_through_tunelabs_reader(tmp_path):
     """A file named as sd-scripts' lora_sd3.py writes SD3 LoRAs (fused qkv with a block-diagonal up, CLIP-L/G as
-    te1/te2, the last block's context modulation): read into diffusers' modules with the weight changes it
-    holds, and written back to the same tensors."""
+    te1/te2, the final modulations stored (shift, scale), modules outside the blocks): read into diffusers' modules
+    with the weight changes it holds, and written back as the same kohya modules with the same changes."""
     generator = torch.Generator().manual_seed(0)
     width, rank = 16, 2
 
@@ -151,6 +151,8 @@ def test_a_kohya_named_sd3_file_round_trips_through_tunelabs_reader(tmp_path):
     modules = {"lora_unet_joint_blocks_0_x_block_attn_qkv": (down, up),
                "lora_unet_joint_blocks_1_context_block_adaLN_modulation_1": pair(2 * width, width),
                "lora_unet_joint_blocks_0_x_block_mlp_fc2": pair(width, 4 * width),
+               "lora_unet_final_layer_adaLN_modulation_1": pair(2 * width, width),
+               "lora_unet_context_embedder": pair(width, 48),
                "lora_te2_text_model_encoder_layers_1_self_attn_out_proj": pair(24, 24)}
     for name, (down, up) in modules.items():
         tensors |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.alpha": torch.tensor(1.0)}
@@ -160,12 +162,16 @@ def test_a_kohya_named_sd3_file_round_trips_through_tunelabs_reader(tmp_path):
     lora, _ = read_lora(path)
     assert set(lora) == {"transformer.transformer_blocks.0.attn.to_q", "transformer.transformer_blocks.0.attn.to_v",
                          "transformer.transformer_blocks.1.norm1_context.linear", "transformer.transformer_blocks.0.ff.net.2",
+                         "transformer.norm_out.linear", "transformer.context_embedder",
                          "text_encoder_2.encoder.layers.1.self_attn.out_proj"}
     down, up = modules["lora_unet_joint_blocks_0_x_block_attn_qkv"]
     torch.testing.assert_close(lora["transformer.transformer_blocks.0.attn.to_v"].delta(), up[2 * width:] @ down / rank)
     down, up = modules["lora_unet_joint_blocks_1_context_block_adaLN_modulation_1"]
     shift, scale = (up @ down / rank).chunk(2)  # the original's order; diffusers' AdaLayerNormContinuous is (scale, shift)
     torch.testing.assert_close(lora["transformer.transformer_blocks.1.norm1_context.linear"].delta(), torch.cat([scale, shift]))
+    down, up = modules["lora_unet_final_layer_adaLN_modulation_1"]
+    shift, scale = (up @ down / rank).chunk(2)
+    torch.testing.assert_close(lora["transformer.norm_out.linear"].delta(), torch.cat([scale, shift]))
 
     again = tmp_path / "again.safetensors"
     assert run_cli("lora", "convert", path, "--to", "kohya", "--out", again) == 0

@@ -43,6 +43,7 @@ class FusedLayout:
     rest_width_ratio: int = 1  # that part's width / the model's width, when writing a file without it
     # kohya modules whose output halves diffusers swaps where they are a final norm's (shift, scale) modulation
     swapped_halves: frozenset[str] = frozenset()
+    top_modules: dict[str, str] = field(default_factory=dict)  # kohya module outside the blocks -> diffusers path
     kohya_name: re.Pattern = field(init=False, compare=False)
     diffusers_path: re.Pattern = field(init=False, compare=False)
 
@@ -55,7 +56,7 @@ class FusedLayout:
     def to_original_rows(self, name: str, module: AdapterModule) -> AdapterModule:
         """The module with its output rows as the original model orders them (the same as diffusers' unless
         `swapped_halves` says otherwise); swapping twice gives the module back."""
-        if not (self.swapped_halves and self.kohya_name.match(name).group(3) in self.swapped_halves):
+        if self._module_name(name) not in self.swapped_halves:
             return module
         out, width = module.delta_shape[0], module.delta_shape[1]
         if out != 2 * width:  # only the (shift, scale) modulation of a final norm is stored the other way round
@@ -66,11 +67,19 @@ class FusedLayout:
         up = torch.cat(module.up.chunk(2, dim=0)[::-1])  # (2 width, r): (scale, shift) <-> (shift, scale)
         return LoraModule(module.down, up, module.alpha)
 
+    def _module_name(self, name: str) -> str:
+        """A kohya name without its prefix and block: `x_block_attn_qkv`, `final_layer_linear`."""
+        match = self.kohya_name.match(name)
+        return match.group(3) if match else name.removeprefix("lora_unet_")
+
     def matches(self, names) -> bool:
         return any(self.kohya_name.match(name) for name in names)
 
     def kohya_module(self, module_path: str) -> tuple[str, int] | None:
         """diffusers transformer path -> (kohya module name, index of the part in it)."""
+        top = next((kohya for kohya, path in self.top_modules.items() if path == module_path), None)
+        if top is not None:
+            return f"lora_unet_{top}", 0
         match = self.diffusers_path.match(module_path)
         if match is None:
             return None
@@ -113,6 +122,8 @@ class FusedLayout:
 
     def _fuse_any(self, name: str, parts: dict[int, AdapterModule]) -> AdapterModule:
         kinds = {module.algorithm for module in parts.values()}
+        if self._module_name(name) in self.top_modules:
+            return parts[0]
         if kinds == {"lora"}:
             return self._fuse(name, parts)
         table = self.blocks[self.kohya_name.match(name).group(1)][1]
@@ -166,6 +177,9 @@ class FusedLayout:
         unknown = []
         for name, module in modules.items():
             match = self.kohya_name.match(name)
+            if match is None and self._module_name(name) in self.top_modules:
+                lora[f"{DENOISER}.{self.top_modules[self._module_name(name)]}"] = self.to_original_rows(name, module)
+                continue
             if match is None:
                 key = resolve_text_encoder(name) if name.startswith(self.read_text_prefixes) else None
                 if key is None:

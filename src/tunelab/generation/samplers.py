@@ -33,7 +33,7 @@ SAMPLERS: dict[str, tuple[str, dict]] = {
 }
 
 
-# Flow-matching models (Flux.1) integrate an ODE in sigma; A1111/Forge call the same samplers by these names.
+# Flow-matching models (Flux.1, SD3) integrate an ODE in sigma; A1111/Forge call the same samplers by these names.
 FLOW_SAMPLERS: dict[str, tuple[str, dict]] = {
     "euler": ("FlowMatchEulerDiscreteScheduler", {}),
     "heun": ("FlowMatchHeunDiscreteScheduler", {}),
@@ -61,7 +61,7 @@ def make_scheduler(name: str | None, base_config):
     if name not in table:
         close = difflib.get_close_matches(name, table, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        kind = " for a flow-matching model (Flux.1)" if table is FLOW_SAMPLERS else ""
+        kind = " for a flow-matching model (Flux.1, SD3)" if table is FLOW_SAMPLERS else ""
         raise TunelabError(f"unknown sampler {name!r}{kind}{hint}; available: {', '.join(table)}")
     class_name, overrides = table[name]
     return getattr(diffusers, class_name).from_config(base_config, **overrides)

@@ -40,7 +40,7 @@ class CommonGenerateOptions:
     steps: int = option("sampling steps", default=20)
     sampler: str | None = option(
         "sampler name: euler, euler_a, ddim, dpm++_2m, dpm++_2m_karras, dpm++_2m_sde_karras, ... (default dpm++_2m_karras; "
-        "Flux.1: euler or heun, default euler)", default=None,
+        "Flux.1 and SD3: euler or heun, default euler)", default=None,
     )
     guidance: float = option("classifier-free guidance scale", default=7.0)
     width: int | None = option("image width (default: the model's native size)", default=None)
