@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from helpers import run_cli
+from tunelab.formats.adapter_modules import DoraModule, LohaModule
 from tunelab.formats.lora_io import output_metadata, write_lora
 from tunelab.formats.lora_set import LoraModule
 from tunelab.formats.module_paths import from_file_path
@@ -26,8 +27,9 @@ from tunelab.models.presets import build_preset
 COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
 
 
-def written_lora(preset: str, file_format: str, path) -> dict[str, torch.Tensor]:
-    """A rank-2 LoRA on the first blocks' attention (and the text encoders' first layer), as tunelab writes it."""
+def written_lora(preset: str, file_format: str, path, algorithm: str = "lora") -> dict[str, torch.Tensor]:
+    """A rank-2 LoRA (or LoHa, DoRA) on the first blocks' attention (and the text encoders' first layer), as
+    tunelab writes it."""
     pipeline = build_preset(preset)
     modules = adaptable_modules(pipeline)
     keys = [key for key in modules if "blocks.0." in key and (".attn1." in key or ".attn." in key or "proj_mlp" in key)]
@@ -35,6 +37,11 @@ def written_lora(preset: str, file_format: str, path) -> dict[str, torch.Tensor]
     generator = torch.Generator().manual_seed(0)
     lora = {key: LoraModule(torch.randn(2, modules[key].weight.shape[1], generator=generator),
                             torch.randn(modules[key].weight.shape[0], 2, generator=generator), 2.0) for key in keys}
+    if algorithm == "loha":
+        lora = {key: LohaModule({"hada_w1_a": module.up, "hada_w1_b": module.down, "hada_w2_a": module.up.clone(),
+                                 "hada_w2_b": module.down.clone()}, 2.0) for key, module in lora.items()}
+    if algorithm == "dora":
+        lora = {key: DoraModule(module, torch.ones(module.up.shape[0], 1)) for key, module in lora.items()}
     version = family_for(pipeline).base_model_version
     write_lora(lora, path, file_format, output_metadata(lora, file_format, {}, version))
     return load_file(path)
@@ -90,6 +97,9 @@ def files(tmp_path_factory):
               metadata=load_file_metadata(folder / "flux-peft.safetensors"))
     made["flux peft broken"] = (folder / "flux-peft-broken.safetensors", no_a.removesuffix(".lora_A.weight"))
     made["sdxl"], made["flux"] = folder / "sdxl.safetensors", folder / "flux.safetensors"
+    for algorithm in ("loha", "dora"):
+        written_lora("tiny-sd", "kohya", folder / f"{algorithm}.safetensors", algorithm)
+        made[algorithm] = folder / f"{algorithm}.safetensors"
     return made
 
 
@@ -99,7 +109,8 @@ def load_file_metadata(path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("case,preset", [("partner", "tiny-sd"), ("foreign", "tiny-sd"), ("peft broken", "tiny-sd"),
-                                         ("sdxl", "tiny-sdxl"), ("flux", "tiny-flux"), ("flux peft broken", "tiny-flux")])
+                                         ("sdxl", "tiny-sdxl"), ("flux", "tiny-flux"), ("flux peft broken", "tiny-flux"),
+                                         ("loha", "tiny-sd"), ("dora", "tiny-sd")])
 def test_the_diffusers_column_is_what_diffusers_really_applies(files, case, preset):
     path = files[case][0] if isinstance(files[case], tuple) else files[case]
     result = check(path, preset)
@@ -124,6 +135,14 @@ def test_a_missing_partner_and_a_foreign_module_are_named_per_tool(files):
     peft = check(peft_file, "tiny-sd")
     assert rows(peft, "diffusers", "skipped") == {"unet.not_a_layer"} and rows(peft, "diffusers", "wrong") == {no_b}
     assert rows(peft, "A1111", "applies") == set()  # A1111 reads kohya names only
+
+
+def test_loha_and_dora_files(files):
+    loha = check(files["loha"], "tiny-sd")
+    assert rows(loha, "diffusers", "skipped") == {row["name"] for row in loha["modules"]}  # the file is refused
+    assert rows(loha, "A1111", "skipped") == rows(loha, "ComfyUI", "skipped") == set()
+    dora = check(files["dora"], "tiny-sd")
+    assert rows(dora, "diffusers", "wrong") == {row["name"] for row in dora["modules"]}  # loaded without dora_scale
 
 
 def test_families_and_exit_statuses(files, tmp_path, capsys):

@@ -14,7 +14,8 @@ Each tool's rules are written here from reading its loader (none of their code i
   a change of another shape is "SHAPE MISMATCH ... not merged" and skipped.
 - diffusers (loaders/lora_conversion_utils.py, then PEFT): a kohya file is converted whole or
   refused (a missing partner, parts it does not know, LoHa/LoKr); kohya Flux files are split at
-  Flux.1's own widths. Names the model lacks are "unexpected keys", skipped; a lora_A or lora_B
+  Flux.1's own widths, and a DoRA's dora_scale is dropped (a plain LoRA is loaded). Names the
+  model lacks are "unexpected keys", skipped; a lora_A or lora_B
   missing still gets a layer, with that factor never loaded (measured: left on the meta device, or
   the whole file refused on a transformer model); a shape that does not fit refuses the file.
 """
@@ -33,6 +34,7 @@ PEFT_CLIP_PROJECTIONS = tuple(f".self_attn.{name}" for name in OPENCLIP_ATTENTIO
 # diffusers splits a kohya Flux single block's fused linear1 at Flux.1's widths (q, k, v, MLP in).
 DIFFUSERS_FLUX_LINEAR1_WIDTHS = (3072, 3072, 3072, 12288)
 FLUX_SINGLE_FUSED = "_linear1"
+KOHYA_DORA_SCALE = "dora_scale"
 
 
 @dataclass
@@ -208,4 +210,6 @@ def _diffusers(module: FileModule, names: ModelNames, by_name: dict[str, FileMod
                               "(not the file's change; on the meta device generation fails)")
     if module.kind == "unknown":
         return Verdict(SKIPPED, f"parts diffusers does not read ({', '.join(module.parts)})")
+    if module.kohya_style and KOHYA_DORA_SCALE in module.parts:
+        return Verdict(WRONG, "diffusers drops dora_scale from kohya files: a plain LoRA, not this DoRA")
     return Verdict(APPLIES)
