@@ -89,7 +89,7 @@ def test_sd3_draws_shifted_sigmas_by_its_weighting_scheme_and_weights_the_loss_a
     assert cosmap.loss_weights(torch.tensor([500.0]), None).tolist() == pytest.approx([4 / math.pi])  # 2 / (pi (1 - 1 + 0.5))
 
 
-def test_peft_lora_loads_in_diffusers_and_gives_tunelabs_image(tmp_path, runs):
+def test_peft_lora_loads_in_diffusers_and_gives_tunelabs_image(tmp_path, runs, capsys):
     lora_file = runs["sd3"]
     with safe_open(lora_file, "pt") as handle:
         keys = set(handle.keys())
@@ -108,6 +108,8 @@ def test_peft_lora_loads_in_diffusers_and_gives_tunelabs_image(tmp_path, runs):
                          generator=torch.Generator().manual_seed(5)).images[0]
     assert np.array_equal(_pixels(tmp_path / "lora.png"), _pixels(reference))
     assert np.abs(_pixels(tmp_path / "lora.png") - _pixels(tmp_path / "base.png")).max() > 0
+    assert run_cli("lora", "check", lora_file, "--model", "tiny-sd3") == 3  # A1111 runs no SD3 model
+    assert f"diffusers: {len(read_lora(lora_file)[0])} applied, 0 skipped" in capsys.readouterr().out
 
 
 def test_sd35_medium_kohya_lora_reads_back_and_matches_diffusers_with_its_peft_conversion(tmp_path, runs, medium_folder):
@@ -197,10 +199,17 @@ def test_no_t5_trains_and_generates_what_diffusers_makes_without_t5(tmp_path, ru
     assert np.abs(_pixels(tmp_path / "no-t5.png") - _pixels(tmp_path / "t5.png")).max() > 0
 
 
-def test_dreambooth_single_file_loads_back_through_diffusers_from_single_file(tmp_path, subject_images, medium_folder):
-    out = tmp_path / "db"
+@pytest.fixture(scope="module")
+def dreambooth_medium(tmp_path_factory, subject_images, medium_folder):
+    """One full fine-tuning step on the SD3.5-Medium-shaped folder, with its single file."""
+    out = tmp_path_factory.mktemp("sd35m-dreambooth")
     assert run_cli("train", "dreambooth", "--model", medium_folder, "--images", subject_images, "--prompt", PROMPT, "--out", out,
                    "--steps", "1", "--learning-rate", "1e-3", "--single-file", "--log-with", "none") == 0
+    return out
+
+
+def test_dreambooth_single_file_loads_back_through_diffusers_from_single_file(dreambooth_medium, medium_folder):
+    out = dreambooth_medium
     with safe_open(out / "model.safetensors", "pt") as handle:
         keys = set(handle.keys())
     assert {"model.diffusion_model.joint_blocks.0.x_block.attn2.qkv.weight", "model.diffusion_model.joint_blocks.0.x_block.attn.ln_q.weight",
@@ -265,16 +274,14 @@ def test_the_shipped_real_size_config_is_sd35_medium_as_diffusers_recognises_it(
     assert counts == {"text_encoder": 123_650_304, "text_encoder_2": 694_659_840, "text_encoder_3": 4_762_310_656}
 
 
-def test_tunelab_reads_the_dreambooth_single_file_back_and_picks_shipped_configs_by_shape(tmp_path, subject_images):
+def test_tunelab_reads_the_dreambooth_single_file_back_and_picks_shipped_configs_by_shape(dreambooth_medium):
     from diffusers import SD3Transformer2DModel
 
     from tunelab.models.loading import pipeline_class_name
-    from tunelab.models.single_file import CONFIGS_DIR, load_single_file
     from tunelab.models.sd3_single_file import sd3_config_dirs
+    from tunelab.models.single_file import CONFIGS_DIR, load_single_file
 
-    out = tmp_path / "db"
-    assert run_cli("train", "dreambooth", "--model", "tiny-sd3", "--images", subject_images, "--prompt", PROMPT, "--out", out,
-                   "--steps", "1", "--single-file", "--save-precision", "fp32", "--log-with", "none") == 0
+    out = dreambooth_medium
     assert pipeline_class_name(out / "model.safetensors") == "StableDiffusion3Pipeline"
     trained = StableDiffusion3Pipeline.from_pretrained(out / "pipeline")
     loaded = load_single_file(out / "model.safetensors", config_dir=out / "pipeline")

@@ -33,6 +33,8 @@ _DENOISER_PREFIXES = {"unet": "lora_unet", "transformer": "lora_unet"}
 
 
 def _text_encoder_prefixes(components: set[str]) -> dict[str, str]:
+    if "text_encoder_3" in components:  # SD3: kohya calls T5 te3 (a LoRA tunelab never trains)
+        return {"text_encoder": "lora_te1", "text_encoder_2": "lora_te2", "text_encoder_3": "lora_te3"}
     if "text_encoder_2" in components:
         return {"text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
     return {"text_encoder": "lora_te"}
