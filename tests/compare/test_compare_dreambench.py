@@ -45,6 +45,7 @@ def test_a_folder_subject_gets_dreambench_numbers(embedders, trained_lora, subje
     report = (tmp_path / "report.md").read_text()
     assert "| CLIP-I | CLIP-T | DINO |" in report and f"{records[1]['dino']:.3f}" in report
     assert "DINO measured with dino (Dinov2Model" in report
+    assert f"against each other: {records[0]['embedding_details']['dino']['real_images']:.3f}." in report
     assert json.loads((tmp_path / "results.json").read_text())[1]["clip_t"] == records[1]["clip_t"]
 
 

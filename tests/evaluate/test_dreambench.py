@@ -14,7 +14,7 @@ from tiny_embedders import save_tiny_clip, save_tiny_dino_vit, save_tiny_dinov2
 from transformers import CLIPModel, CLIPProcessor
 
 import tunelab
-from tunelab.evaluate.dreambench import mean_matched_cosine, mean_pairwise_cosine
+from tunelab.evaluate.dreambench import mean_distinct_pair_cosine, mean_matched_cosine, mean_pairwise_cosine
 from tunelab.evaluate.dreambench_prompts import LIVE_SUBJECT_PROMPTS, OBJECT_PROMPTS, prompt_set_for_class, subject_prompts
 
 PROMPTS = ("a sks dog on the beach", "a red sks dog", "a sks dog in the snow")
@@ -54,6 +54,9 @@ def test_hand_computed_cosines():
     assert mean_pairwise_cosine(generated, torch.tensor([[1.0, 1.0]])) == pytest.approx(1 / math.sqrt(2), abs=1e-12)
     texts = torch.tensor([[3.0, 4.0], [0.0, -5.0]])  # matched cosines 0.6 and -1
     assert mean_matched_cosine(torch.tensor([[1.0, 0.0], [0.0, 2.0]]), texts) == pytest.approx(-0.2, abs=1e-12)
+    # Real images against each other: the pairs of different rows, cosines 0, 1/sqrt(2) and 1/sqrt(2), each twice.
+    assert mean_distinct_pair_cosine(torch.tensor([[1.0, 0.0], [0.0, 3.0], [2.0, 2.0]])) == pytest.approx(math.sqrt(2) / 3, abs=1e-12)
+    assert mean_distinct_pair_cosine(torch.tensor([[1.0, 0.0]])) is None
 
 
 def test_identical_images_score_one(models, tmp_path):
@@ -66,10 +69,12 @@ def test_identical_images_score_one(models, tmp_path):
         record = tunelab.evaluate(images=tmp_path / "generated", reference=tmp_path / "reference", prompt="a sks dog",
                                   clip=models["clip"], dino=dino)
         assert record["clip_i"] == pytest.approx(1.0, abs=1e-6) and record["dino"] == pytest.approx(1.0, abs=1e-6)
-    different = tunelab.evaluate(images=tmp_path / "generated", reference=tmp_path / "reference", dino=models["dinov2"])
+    _picture(1).save(tmp_path / "reference" / "again.png")
+    same = tunelab.evaluate(images=tmp_path / "generated", reference=tmp_path / "reference", dino=models["dinov2"])
+    assert same["dino"] == pytest.approx(1.0, abs=1e-6) and same["details"]["dino"]["real_images"] == pytest.approx(1.0, abs=1e-6)
     _picture(4).save(tmp_path / "reference" / "other.png")
     mixed = tunelab.evaluate(images=tmp_path / "generated", reference=tmp_path / "reference", dino=models["dinov2"])
-    assert different["dino"] == pytest.approx(1.0, abs=1e-6) and mixed["dino"] < 0.999  # a different image lowers it
+    assert mixed["dino"] < 0.999 and mixed["details"]["dino"]["real_images"] < 0.999  # a different image lowers both
 
 
 def test_clip_t_is_clips_own_logit_over_its_scale(models, folders):
@@ -94,6 +99,7 @@ def test_the_command_writes_json_and_a_table(models, folders, tmp_path, capsys):
     assert record["details"]["clip_i"]["pairs"] == 6 and record["details"]["clip_t"]["generated"] == 3
     table = capsys.readouterr().out
     assert f"{record['clip_i']:.4f}" in table and f"{record['dino']:.4f}" in table and "CLIP ViT (2 layers x 32" in table
+    assert f"{record['details']['dino']['real_images']:.4f}" in table  # the two reference images against each other
 
     assert run_cli("evaluate", "--images", folders / "generated", "--reference", folders / "reference", "--dino",
                    models["dinov2"], "--out", out) == 0

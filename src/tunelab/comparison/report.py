@@ -57,9 +57,12 @@ def shown_columns(records: list[dict]) -> list[tuple[str, str, str]]:
 def backbone_notes(records: list[dict]) -> list[str]:
     """Which models measured DreamBench's numbers: without the backbone a CLIP or DINO number means little."""
     details = next((record["embedding_details"] for record in records if record.get("embedding_details")), {})
-    backbones = {metric: detail["backbone"] for metric, detail in details.items()}
-    return [f"{metric.replace('_', '-').upper()} measured with {backbone['name']} ({backbone['architecture']})."
-            for metric, backbone in backbones.items()]
+    notes = []
+    for metric, detail in details.items():
+        backbone, ceiling = detail["backbone"], detail.get("real_images")
+        notes.append(f"{metric.replace('_', '-').upper()} measured with {backbone['name']} ({backbone['architecture']})"
+                     + ("." if ceiling is None else f"; the subject's own images against each other: {ceiling:.3f}."))
+    return notes
 
 
 def markdown(records: list[dict], title: str, notes: list[str]) -> str:

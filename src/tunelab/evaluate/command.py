@@ -20,17 +20,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def table(record: dict) -> str:
-    rows = [("metric", "score", "pairs", "backbone")]
+    """One row per metric; 'real images' is the reference images against each other (DreamBench's ceiling)."""
+    rows = [("metric", "score", "real images", "pairs", "backbone")]
     for metric, label in LABELS.items():
         detail = record["details"].get(metric)
         if record[metric] is None or detail is None:
-            rows.append((label, "not measured", "", ""))
+            rows.append((label, "not measured", "", "", ""))
             continue
-        pairs = detail.get("pairs", detail["generated"])
+        ceiling = detail.get("real_images")
         backbone = detail["backbone"]
-        rows.append((label, f"{record[metric]:.4f}", str(pairs), f"{backbone['name']}: {backbone['architecture']}"))
-    widths = [max(len(row[column]) for row in rows) for column in range(3)]
-    return "\n".join(("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]).rstrip() for row in rows)
+        rows.append((label, f"{record[metric]:.4f}", "" if ceiling is None else f"{ceiling:.4f}",
+                     str(detail.get("pairs", detail["generated"])), f"{backbone['name']}: {backbone['architecture']}"))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    return "\n".join(("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]).rstrip() for row in rows)
 
 
 def run(args: argparse.Namespace) -> None:

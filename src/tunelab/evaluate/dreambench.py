@@ -30,10 +30,21 @@ def mean_matched_cosine(images: torch.Tensor, texts: torch.Tensor) -> float:
     return float((_unit(images) * _unit(texts)).sum(-1).mean())  # (N,) -> mean
 
 
+def mean_distinct_pair_cosine(embeddings: torch.Tensor) -> float | None:
+    """(M, D) embeddings -> the mean cosine similarity over the M x (M - 1) pairs of different rows: DreamBench's
+    'real images' ceiling when they are a subject's real images; None for fewer than two."""
+    count = embeddings.shape[0]
+    if count < 2:
+        return None
+    similarities = _unit(embeddings) @ _unit(embeddings).T  # (M, M), ones on the diagonal
+    return float((similarities.sum() - similarities.diagonal().sum()) / (count * (count - 1)))
+
+
 def embedding_scores(generated: list[Image.Image], reference: list[Image.Image], prompts: list[str] | None,
                      clip: ClipEmbedder | None, dino: DinoEmbedder | None) -> dict:
     """`clip_i`, `clip_t`, `dino` (None where no embedder was given, or no prompts for CLIP-T) and `details`:
-    per metric the backbone, the images and the pairs averaged."""
+    per metric the backbone, the images and the pairs averaged, and for CLIP-I and DINO `real_images`, the
+    reference images against each other (DreamBench's ceiling)."""
     if not generated or not reference:
         raise TunelabError("DreamBench metrics need at least one generated and one reference image")
     if prompts is not None and len(prompts) != len(generated):
@@ -43,12 +54,15 @@ def embedding_scores(generated: list[Image.Image], reference: list[Image.Image],
     pairs = {"generated": len(generated), "reference": len(reference), "pairs": len(generated) * len(reference)}
     if clip is not None:
         generated_clip = clip.images(generated)  # (N, D)
-        scores["clip_i"] = mean_pairwise_cosine(generated_clip, clip.images(reference))
-        details["clip_i"] = {"backbone": clip.backbone.as_dict(), **pairs}
+        reference_clip = clip.images(reference)  # (M, D)
+        scores["clip_i"] = mean_pairwise_cosine(generated_clip, reference_clip)
+        details["clip_i"] = {"backbone": clip.backbone.as_dict(), **pairs,
+                             "real_images": mean_distinct_pair_cosine(reference_clip)}
         if prompts is not None:
             scores["clip_t"] = mean_matched_cosine(generated_clip, clip.texts(prompts))
             details["clip_t"] = {"backbone": clip.backbone.as_dict(), "generated": len(generated), "prompts": len(set(prompts))}
     if dino is not None:
-        scores["dino"] = mean_pairwise_cosine(dino.images(generated), dino.images(reference))
-        details["dino"] = {"backbone": dino.backbone.as_dict(), **pairs}
+        reference_dino = dino.images(reference)  # (M, D)
+        scores["dino"] = mean_pairwise_cosine(dino.images(generated), reference_dino)
+        details["dino"] = {"backbone": dino.backbone.as_dict(), **pairs, "real_images": mean_distinct_pair_cosine(reference_dino)}
     return {**scores, "details": details}
