@@ -13,7 +13,7 @@ from tunelab.lora.loader_names import file_modules, model_names
 from tunelab.models.loading import load_pipeline
 from tunelab.safe_load import load_state_dict
 
-SOMETHING_SKIPPED_EXIT = 3  # exit status when a tool would skip (or misapply) a module; 2 is bad input
+SOMETHING_SKIPPED_EXIT = 3  # exit status when a tool would skip, misapply or is not checked on a module; 2 is bad input
 _LORA_KINDS = ("lora", "loha", "lokr", "down only", "up only")
 _SHOWN_PER_REASON = 3
 
@@ -48,7 +48,8 @@ def render_table(result: dict) -> str:
     lines.append("")
     for tool in TOOLS:
         counts = result["summary"][tool]
-        lines.append(f"{tool}: {counts['applies']} applied, {counts['skipped']} skipped, {counts['wrong']} applied wrongly")
+        unchecked = f", {counts['not checked']} not checked" if counts["not checked"] else ""
+        lines.append(f"{tool}: {counts['applies']} applied, {counts['skipped']} skipped, {counts['wrong']} applied wrongly{unchecked}")
         reasons: dict[str, list[str]] = {}
         for row in result["modules"]:
             if row[tool]["status"] != APPLIES:
@@ -57,9 +58,9 @@ def render_table(result: dict) -> str:
             more = f" (+{len(names) - _SHOWN_PER_REASON} more)" if len(names) > _SHOWN_PER_REASON else ""
             lines.append(f"  {reason}: {', '.join(names[:_SHOWN_PER_REASON])}{more}")
     lines.append("every module applies in all three" if result["all_apply"] else
-                 f"some modules would not apply as written (exit status {SOMETHING_SKIPPED_EXIT})")
+                 f"some modules would not apply as written, or are not checked (exit status {SOMETHING_SKIPPED_EXIT})")
     return "\n".join(lines)
 
 
 def _mark(status: str) -> str:
-    return {"applies": "yes", "skipped": "SKIP", "wrong": "WRONG"}[status]
+    return {"applies": "yes", "skipped": "SKIP", "wrong": "WRONG", "not checked": "?"}[status]

@@ -7,7 +7,8 @@ Each tool's rules are written here from reading its loader (none of their code i
   is skipped ("didn't match keys"). A matched layer whose parts no module type accepts (a lora_down
   without its lora_up) stops the whole file. A change of another shape fails on its layer only. The
   OpenCLIP text encoders (SDXL's second, SD 2.x's) fuse q, k, v: their attention takes a LoRA only
-  with q_proj, k_proj, v_proj and out_proj together. It runs UNet models only.
+  with q_proj, k_proj, v_proj and out_proj together. Modelled for UNet models only (transformer
+  models are "not checked").
 - ComfyUI (comfy/lora.py): maps kohya names (UNet, text encoders' attention and MLP projections,
   the original transformer names with fused q/k/v) and PEFT names to weights; each key not used is
   "lora key not loaded" and skipped; a lora_up without its lora_down stops the loader (KeyError);
@@ -27,7 +28,8 @@ from dataclasses import asdict, dataclass
 from tunelab.lora.loader_names import PEFT_PAIR, FileModule, ModelNames
 
 TOOLS = ("A1111", "ComfyUI", "diffusers")
-APPLIES, SKIPPED, WRONG = "applies", "skipped", "wrong"
+APPLIES, SKIPPED, WRONG, UNCHECKED = "applies", "skipped", "wrong", "not checked"
+STATUSES = (APPLIES, SKIPPED, WRONG, UNCHECKED)
 OPENCLIP_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
 CLIP_PROJECTIONS = tuple(f"_self_attn_{name}" for name in OPENCLIP_ATTENTION) + ("_mlp_fc1", "_mlp_fc2")
 PEFT_CLIP_PROJECTIONS = tuple(f".self_attn.{name}" for name in OPENCLIP_ATTENTION) + (".mlp.fc1", ".mlp.fc2")
@@ -39,7 +41,7 @@ KOHYA_DORA_SCALE = "dora_scale"
 
 @dataclass
 class Verdict:
-    status: str  # applies, skipped or wrong (applied, but not as the file says)
+    status: str  # applies, skipped, wrong (applied, but not as the file says) or not checked (no rules for this model)
     reason: str = ""
 
 
@@ -66,7 +68,7 @@ def check_modules(modules: list[FileModule], names: ModelNames) -> list[ModuleCh
 
 
 def report(checks: list[ModuleCheck], file: str, model: str) -> dict:
-    counts = {tool: {status: sum(check.verdicts[tool].status == status for check in checks) for status in (APPLIES, SKIPPED, WRONG)}
+    counts = {tool: {status: sum(check.verdicts[tool].status == status for check in checks) for status in STATUSES}
               for tool in TOOLS}
     return {
         "file": file,
@@ -128,7 +130,8 @@ def _openclip_attention(name: str, names: ModelNames) -> bool:
 
 def _a1111(module: FileModule, names: ModelNames, by_name: dict[str, FileModule]) -> Verdict:
     if not names.unet_model:
-        return Verdict(SKIPPED, f"A1111 does not run {names.family.title} models")
+        return Verdict(UNCHECKED, f"this check knows A1111's LoRA loader on UNet models only, not on {names.family.title} "
+                                  "(stock A1111 runs no Flux.1)")
     if not module.kohya_style:
         return Verdict(SKIPPED, "A1111 reads kohya names only (a key up to its first '.' names the layer)")
     layers = _a1111_layers(module, names)
