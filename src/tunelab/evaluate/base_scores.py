@@ -40,9 +40,10 @@ def world_of(pipeline) -> World:
     return world_of_resolution(pipeline.unet.config.sample_size * pipeline.vae_scale_factor)
 
 
-def measure_base(pipeline, count: int = 48, seed: int = 0) -> dict[str, float]:
-    """Fraction of images whose reading matches each attribute asked for in the (full) caption."""
-    scenes = held_out_scenes(count, seed, world_of(pipeline))
+def measure_base(pipeline, count: int = 48, seed: int = 0, world: World | None = None) -> dict[str, float]:
+    """Fraction of images whose reading matches each attribute asked for in the (full) caption, on scenes of
+    `world` (default: the first generation of the pipeline's image size)."""
+    scenes = held_out_scenes(count, seed, world or world_of(pipeline))
     images = sample_images(pipeline, [caption(scene) for scene in scenes], [seed + i for i in range(count)])
     hits = dict.fromkeys(ATTRIBUTES, 0)
     for scene, image in zip(scenes, images):

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pretrain_parser = actions.add_parser("pretrain", help="train a toyworld base from scratch with the seeded recipe")
     pretrain_parser.add_argument("--out", required=True, help="output folder (a diffusers pipeline)")
     pretrain_parser.add_argument("--generation", type=int, default=1, choices=sorted(RECIPES),
-                                 help="which toyworld: 1 = 32 px, 2 = 64 px with anchored positions; picks the defaults below")
+                                 help="which toyworld: 1 = 32 px, 2 = 64 px with anchored positions, 3 = anchored at 32 px; picks the defaults below")
     for field in RECIPE_OPTIONS:
         defaults = ", ".join(f"{getattr(recipe, field.name)} (generation {g})" for g, recipe in RECIPES.items())
         pretrain_parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None,
@@ -46,9 +46,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="write the scores into the model folder's card (README.md and pretraining.json)")
 
 
-def _scores(pipeline, images: int) -> dict:
+def _scores(pipeline, images: int, world=None) -> dict:
     pipeline.set_progress_bar_config(disable=True)
-    return measure_base(pipeline, count=images, seed=0)
+    return measure_base(pipeline, count=images, seed=0, world=world)
+
+
+def _world_of_folder(model: str):
+    """The generation a pretrained folder records (generations 1 and 3 share an image size); None if unknown."""
+    record = Path(model) / "pretraining.json"
+    if not record.is_file():
+        return None
+    return WORLDS.get(json.loads(record.read_text()).get("recipe", {}).get("generation", 1))
 
 
 def _score_and_write_card(folder: Path, images: int) -> dict:
@@ -56,7 +64,7 @@ def _score_and_write_card(folder: Path, images: int) -> dict:
     if not (folder / "pretraining.json").is_file():
         raise TunelabError(f"{folder} has no pretraining.json: --write-card needs a folder written by `tunelab toyworld pretrain`")
     pipeline = load_pipeline(folder)  # the saved fp16 weights, as they ship
-    scores = _scores(pipeline, images)
+    scores = _scores(pipeline, images, _world_of_folder(str(folder)))
     drawing = measure_class_prompts(pipeline, count=max(images // 4, 4))
     write_card(folder, pipeline, scores, images, f"{STEPS} DPM-Solver++ steps, guidance {GUIDANCE}", drawing)
     return scores | drawing
@@ -83,7 +91,7 @@ def _pretrain(args: argparse.Namespace) -> None:
             print(f"{stage} {step}/{total} loss {value:.4f} ({time.time() - started:.0f} s)", flush=True)
 
     out = Path(args.out)
-    facts = pretrain(out, recipe, progress, evaluate=lambda pipeline: _scores(pipeline, recipe.eval_images),
+    facts = pretrain(out, recipe, progress, evaluate=lambda pipeline: _scores(pipeline, recipe.eval_images, WORLDS[recipe.generation]),
                      checkpoints=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
                      evaluate_autoencoder=lambda vae, world: measure_autoencoder(vae, world, count=recipe.eval_images))
     scores = _score_and_write_card(out, args.score_images)
@@ -101,4 +109,4 @@ def run(args: argparse.Namespace) -> None:
         print(json.dumps(_score_and_write_card(Path(args.model), args.images)))
     else:
         pipeline = load_pipeline(args.model)
-        print(json.dumps(_scores(pipeline, args.images) | measure_class_prompts(pipeline, count=max(args.images // 4, 4))))
+        print(json.dumps(_scores(pipeline, args.images, _world_of_folder(args.model)) | measure_class_prompts(pipeline, count=max(args.images // 4, 4))))

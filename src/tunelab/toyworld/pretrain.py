@@ -55,6 +55,7 @@ class Recipe:
     eval_every: int = 1000
     eval_images: int = 48
     generation: int = 1  # which toyworld (world.WORLDS): image size, placement, captions, architecture
+    autoencoder_generation: int = 0  # the world whose scenes the autoencoder learns from (0: `generation`'s)
 
 
 RECIPES = {
@@ -64,6 +65,11 @@ RECIPES = {
     # Min-SNR weighting is off: under v-prediction it would give the pure-noise step (SNR 0) no weight at all.
     2: Recipe(generation=2, vae_steps=4000, vae_batch=32, vae_learning_rate=2e-3, vae_crop=32, steps=12000, warmup_steps=300,
               min_snr_gamma=0.0),
+    # Generation 3: generation 2's autoencoder stage as it is (32 px crops of generation-2 scenes: the same
+    # autoencoder, bit for bit), then a denoiser on 8x8 latents, where generation 1's UNet learned shapes in
+    # 5000 steps and generation 2's 16x16 one had not after 7000 (docs/toyworld.md).
+    3: Recipe(generation=3, autoencoder_generation=2, vae_steps=4000, vae_batch=32, vae_learning_rate=2e-3, vae_crop=32,
+              steps=6000, warmup_steps=300, min_snr_gamma=0.0),
 }
 
 
@@ -76,6 +82,9 @@ def build_base(seed: int = 0, generation: int = 1):
         vae_channels, unet_channels = (16, 32, 64), (64, 128)
         down_blocks = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
         up_blocks = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+    elif generation == 3:  # 32 px -> 8x8x4 latents, generation 1's UNet with a 2x2 level below it (for position words)
+        vae_channels, unet_channels = (16, 32, 64), (64, 128, 128)
+        down_blocks, up_blocks = ("CrossAttnDownBlock2D",) * 3, ("CrossAttnUpBlock2D",) * 3
     else:  # 64 px -> 16x16x4 latents; no attention at 16x16, where it would cost most
         # Down to 2x2, where each cell knows its corner from the zero padding: a path from "on the left" to the
         # left half. With the bottom at 4x4 (and in generation 1) the object's place followed the noise, never the words.
@@ -183,7 +192,8 @@ class Pretraining:
         torch.manual_seed(recipe.seed)
         self.pipeline = build_base(recipe.seed, recipe.generation)
         self.scenes = pretraining_scenes(recipe.scenes, recipe.seed, self.world)
-        self.autoencoder_set = self.scenes if recipe.generation == 1 else autoencoder_scenes(recipe.scenes, recipe.seed, self.world)
+        autoencoder_world = WORLDS[recipe.autoencoder_generation or recipe.generation]
+        self.autoencoder_set = self.scenes if recipe.generation == 1 else autoencoder_scenes(recipe.scenes, recipe.seed, autoencoder_world)
         self.family = StableDiffusionFamily(self.pipeline)
         self.denoiser_modules = [self.pipeline.unet, self.pipeline.text_encoder]
         self.denoiser_parameters = [p for module in self.denoiser_modules for p in module.parameters()]
@@ -269,7 +279,8 @@ class Pretraining:
         }
 
     def load_state(self, state: dict) -> None:
-        if state["recipe"] != asdict(self.recipe):
+        saved = {**asdict(Recipe()), "autoencoder_generation": 0, **state["recipe"]}  # fields added since keep their defaults
+        if saved != asdict(self.recipe):
             raise TunelabError(f"the checkpoint was made by another recipe ({state['recipe']}); resume with the same options")
         self.stage, self.step = state["stage"], state["step"]
         self.seconds, self.history = dict(state["seconds"]), list(state["history"])

@@ -6,7 +6,8 @@ Pixels are hard-edged (no anti-aliasing): every pixel is one palette colour.
 
 The world comes in generations (`World`): generation 1 is 32 px with objects placed anywhere;
 generation 2 is 64 px with each object placed around the point its position word names, so
-"on the left" always means plainly left. A base model knows the generation it was pretrained on.
+"on the left" always means plainly left; generation 3 is generation 2's world at 32 px. A base model
+knows the generation it was pretrained on.
 """
 
 from __future__ import annotations
@@ -71,12 +72,16 @@ GENERATION_1 = World(1, 32, {"small": (5, 7), "large": (9, 12)}, "uniform",
                      keep={"size": 0.5, "colour": 1.0, "position": 0.5, "background": 0.7})
 GENERATION_2 = World(2, 64, {"small": (6, 8), "large": (11, 14)}, "anchored", jitter=0.06,
                      keep={"size": 0.6, "colour": 0.8, "position": 0.7, "background": 0.6})
-WORLDS = {world.generation: world for world in (GENERATION_1, GENERATION_2)}
+# Generation 2's placement and captions at 32 px (8x8 latents, where a small UNet learns shapes fast); its
+# size words split where generation 1's do (half-extent 8), so an image of either reads the same.
+GENERATION_3 = World(3, 32, {"small": (4, 7), "large": (9, 10)}, "anchored", jitter=0.06,
+                     keep={"size": 0.6, "colour": 0.8, "position": 0.7, "background": 0.6})
+WORLDS = {world.generation: world for world in (GENERATION_1, GENERATION_2, GENERATION_3)}
 WORLD = GENERATION_1  # the generation the shipped base was pretrained on (tests/toyworld checks the two agree)
 
 
 def world_of_resolution(resolution: int) -> World:
-    """The generation whose images are this many pixels across."""
+    """The first generation whose images are this many pixels across (generations 1 and 3 read alike)."""
     for world in WORLDS.values():
         if world.resolution == resolution:
             return world
