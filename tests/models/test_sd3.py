@@ -226,6 +226,14 @@ def test_dreambooth_single_file_loads_back_through_diffusers_from_single_file(dr
     assert any(not torch.equal(changed[key], value) for key, value in trained.transformer.state_dict().items())
 
 
+def test_sd3_options_left_at_their_defaults_are_not_refused_elsewhere(tmp_path, subject_images):
+    """A form (the web UI) shows every option at its default: `--t5` left on is no SD3 option given to SD."""
+    from tunelab.training.prepare import prepare_run
+
+    values = {"model": "tiny-sd", "images": str(subject_images), "out": str(tmp_path), "prompt": PROMPT, "t5": True}
+    assert prepare_run("lora", values).family_options[StableDiffusion3Options] == StableDiffusion3Options()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -120,13 +120,8 @@ def family_for(pipeline, options=None, family_options=None) -> ModelFamily:
 
 
 def given_fields(options) -> list[str]:
-    """Fields of a family-options instance that were set (a field left at None was not given)."""
-    return [field.name for field in dataclasses.fields(options) if getattr(options, field.name) is not None]
-
-
-def given_options(options) -> list[str]:
-    """Flags of a family-options instance that were set."""
-    return [flag_name(name) for name in given_fields(options)]
+    """Fields of a family-options instance that were set (a field left at its default, None for most, was not given)."""
+    return [field.name for field in dataclasses.fields(options) if getattr(options, field.name) != field.default]
 
 
 def check_family_options(family, family_options: dict[type, Any]) -> None:

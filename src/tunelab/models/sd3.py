@@ -37,7 +37,7 @@ CLIP_TARGETS = StableDiffusionFamily.lora_targets["text_encoder"]
 
 @dataclass
 class StableDiffusion3Options:
-    """`tunelab train` options only SD3 reads; None: not given (the defaults below apply)."""
+    """`tunelab train` options only SD3 reads; a field at its default was not given (None: the defaults below apply)."""
 
     scope: ClassVar[str] = "SD3 models"
 
@@ -48,7 +48,7 @@ class StableDiffusion3Options:
     logit_mean: float | None = option("SD3, --weighting-scheme logit_normal: mean of the normal (default 0.0)", default=None)
     logit_std: float | None = option("SD3, --weighting-scheme logit_normal: its standard deviation (default 1.0)", default=None)
     mode_scale: float | None = option("SD3, --weighting-scheme mode: its scale (default 1.29)", default=None)
-    t5: bool | None = option("SD3: --no-t5 trains without T5-XXL (a zero sequence in its place; less memory)", default=None)
+    t5: bool = option("SD3: --no-t5 trains without T5-XXL (a zero sequence in its place; less memory)", default=True)
     t5_max_length: int | None = option(f"SD3: T5 tokens per caption (default {DEFAULT_T5_TOKENS})", default=None)
 
     def __post_init__(self):
