@@ -82,6 +82,9 @@ def files(tmp_path_factory):
     save_file({key: value for key, value in sd.items() if key != broken}, folder / "sd-partner.safetensors")
     save_file({**sd, "lora_unet_not_a_layer.lora_down.weight": torch.ones(2, 4),
                "lora_unet_not_a_layer.lora_up.weight": torch.ones(4, 2)}, folder / "sd-foreign.safetensors")
+    widened = sorted(key for key in sd if key.startswith("lora_unet") and key.endswith("lora_down.weight"))[0]
+    save_file({**sd, widened: torch.ones(2, sd[widened].shape[1] + 1)}, folder / "sd-shape.safetensors")
+    made["shape"] = (folder / "sd-shape.safetensors", widened.split(".")[0])
     made["partner"], made["foreign"] = (folder / "sd-partner.safetensors", broken.split(".")[0]), folder / "sd-foreign.safetensors"
     peft = written_lora("tiny-sd", "peft", folder / "sd-peft.safetensors")
     no_b = sorted(key for key in peft if key.startswith("unet") and key.endswith("lora_B.weight"))[0]
@@ -108,7 +111,7 @@ def load_file_metadata(path) -> dict[str, str]:
         return handle.metadata() or {}
 
 
-@pytest.mark.parametrize("case,preset", [("partner", "tiny-sd"), ("foreign", "tiny-sd"), ("peft broken", "tiny-sd"),
+@pytest.mark.parametrize("case,preset", [("partner", "tiny-sd"), ("foreign", "tiny-sd"), ("shape", "tiny-sd"), ("peft broken", "tiny-sd"),
                                          ("sdxl", "tiny-sdxl"), ("flux", "tiny-flux"), ("flux peft broken", "tiny-flux"),
                                          ("loha", "tiny-sd"), ("dora", "tiny-sd")])
 def test_the_diffusers_column_is_what_diffusers_really_applies(files, case, preset):
@@ -130,6 +133,12 @@ def test_a_missing_partner_and_a_foreign_module_are_named_per_tool(files):
     for tool in ("A1111", "ComfyUI"):
         assert rows(foreign, tool, "skipped") == {"lora_unet_not_a_layer"}
     assert rows(foreign, "diffusers", "skipped") == {"lora_unet_not_a_layer"}  # "unexpected keys", the rest loads
+
+    shape_file, widened = files["shape"]
+    shape = check(shape_file, "tiny-sd")
+    for tool in ("A1111", "ComfyUI"):  # that layer fails or is not merged; the others apply
+        assert rows(shape, tool, "skipped") == {widened}
+    assert rows(shape, "diffusers", "applies") == set()  # size mismatch: the file is refused
 
     peft_file, no_b = files["peft broken"]
     peft = check(peft_file, "tiny-sd")
