@@ -106,6 +106,23 @@ def files(tmp_path_factory):
     return made
 
 
+@pytest.fixture(scope="module")
+def checked(files):
+    """case -> `tunelab.lora.check` of its file, computed once (each loads the tiny model)."""
+    results = {}
+
+    def result(case: str, preset: str = "tiny-sd") -> dict:
+        if case not in results:
+            results[case] = check(path_of(files[case]), preset)
+        return results[case]
+
+    return result
+
+
+def path_of(entry):
+    return entry[0] if isinstance(entry, tuple) else entry
+
+
 def load_file_metadata(path) -> dict[str, str]:
     with safe_open(str(path), "pt") as handle:
         return handle.metadata() or {}
@@ -114,48 +131,46 @@ def load_file_metadata(path) -> dict[str, str]:
 @pytest.mark.parametrize("case,preset", [("partner", "tiny-sd"), ("foreign", "tiny-sd"), ("shape", "tiny-sd"), ("peft broken", "tiny-sd"),
                                          ("sdxl", "tiny-sdxl"), ("flux", "tiny-flux"), ("flux peft broken", "tiny-flux"),
                                          ("loha", "tiny-sd"), ("dora", "tiny-sd")])
-def test_the_diffusers_column_is_what_diffusers_really_applies(files, case, preset):
-    path = files[case][0] if isinstance(files[case], tuple) else files[case]
-    result = check(path, preset)
-    assert predicted(result, "diffusers") == diffusers_applied(preset, path)
+def test_the_diffusers_column_is_what_diffusers_really_applies(files, checked, case, preset):
+    assert predicted(checked(case, preset), "diffusers") == diffusers_applied(preset, path_of(files[case]))
 
 
-def test_a_missing_partner_and_a_foreign_module_are_named_per_tool(files):
-    partner_file, partner = files["partner"]
-    result = check(partner_file, "tiny-sd")
+def test_a_missing_partner_and_a_foreign_module_are_named_per_tool(files, checked):
+    partner = files["partner"][1]
+    result = checked("partner")
     assert not result["all_apply"]
     assert rows(result, "ComfyUI", "skipped") == {partner}  # "lora key not loaded", the rest applies
     assert "down factor without its up factor" in next(row for row in result["modules"] if row["name"] == partner)["ComfyUI"]["reason"]
     assert rows(result, "A1111", "applies") == set()  # no module type accepts a lone lora_down: the file fails
     assert rows(result, "diffusers", "applies") == set()
 
-    foreign = check(files["foreign"], "tiny-sd")
+    foreign = checked("foreign")
     for tool in ("A1111", "ComfyUI"):
         assert rows(foreign, tool, "skipped") == {"lora_unet_not_a_layer"}
     assert rows(foreign, "diffusers", "skipped") == {"lora_unet_not_a_layer"}  # "unexpected keys", the rest loads
 
-    shape_file, widened = files["shape"]
-    shape = check(shape_file, "tiny-sd")
+    widened = files["shape"][1]
+    shape = checked("shape")
     for tool in ("A1111", "ComfyUI"):  # that layer fails or is not merged; the others apply
         assert rows(shape, tool, "skipped") == {widened}
     assert rows(shape, "diffusers", "applies") == set()  # size mismatch: the file is refused
 
-    peft_file, no_b = files["peft broken"]
-    peft = check(peft_file, "tiny-sd")
+    no_b = files["peft broken"][1]
+    peft = checked("peft broken")
     assert rows(peft, "diffusers", "skipped") == {"unet.not_a_layer"} and rows(peft, "diffusers", "wrong") == {no_b}
     assert rows(peft, "A1111", "applies") == set()  # A1111 reads kohya names only
 
 
-def test_loha_and_dora_files(files):
-    loha = check(files["loha"], "tiny-sd")
+def test_loha_and_dora_files(checked):
+    loha = checked("loha")
     assert rows(loha, "diffusers", "skipped") == {row["name"] for row in loha["modules"]}  # the file is refused
     assert rows(loha, "A1111", "skipped") == rows(loha, "ComfyUI", "skipped") == set()
-    dora = check(files["dora"], "tiny-sd")
+    dora = checked("dora")
     assert rows(dora, "diffusers", "wrong") == {row["name"] for row in dora["modules"]}  # loaded without dora_scale
 
 
-def test_families_and_exit_statuses(files, tmp_path, capsys):
-    flux = check(files["flux"], "tiny-flux")
+def test_families_and_exit_statuses(files, checked, tmp_path, capsys):
+    flux = checked("flux", "tiny-flux")
     assert rows(flux, "ComfyUI", "skipped") == set() and rows(flux, "A1111", "not checked") == {row["name"] for row in flux["modules"]}
     assert any(len(row["layers"]) == 3 for row in flux["modules"])  # a fused q/k/v module covers three layers
 
