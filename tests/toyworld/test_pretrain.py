@@ -59,6 +59,19 @@ def test_the_same_seed_gives_the_same_weights(tmp_path, generation):
         assert f"read back exactly {record['autoencoder_scores']['readback_accuracy']:.2f}" in card
 
 
+def test_generation_3_trains_generation_2s_autoencoder_bit_for_bit(tmp_path):
+    """Generation 3's autoencoder stage is generation 2's (its recipe names generation 2's scenes), which is what
+    lets its run start from generation 2's autoencoder (docs/toyworld.md)."""
+    tiny = {"scenes": 48, "vae_steps": 3, "vae_batch": 2, "steps": 1, "batch": 2, "eval_every": 0}
+    for generation in (2, 3):
+        pretrain(tmp_path / str(generation), recipe_for(generation, **tiny))
+    two, three = (load_file(tmp_path / g / "vae" / "diffusion_pytorch_model.safetensors") for g in ("2", "3"))
+    assert two.keys() == three.keys() and all(torch.equal(two[key], three[key]) for key in two)
+    three = load_pipeline(tmp_path / "3")
+    assert three.unet.config.sample_size == 8 and len(three.unet.config.block_out_channels) == 3  # down to 2x2
+    assert three.scheduler.config.prediction_type == "v_prediction"
+
+
 def test_a_stopped_run_resumes_to_the_same_weights_as_one_never_stopped(tmp_path):
     recipe = recipe_for(2, scenes=48, vae_steps=4, vae_batch=2, steps=5, batch=3, eval_every=0)
     pretrain(tmp_path / "whole", recipe)

@@ -30,8 +30,9 @@ def test_every_render_reads_back_as_the_scene_it_was_drawn_from(generation):
             scene.look.shape, scene.look.colours[0], scene.background, scene.size, scene.position)
 
 
-def test_generation_2_puts_each_object_plainly_where_its_position_word_says():
-    world, rng = WORLDS[2], random.Random(3)
+@pytest.mark.parametrize("generation", [g for g in GENERATIONS if WORLDS[g].placement == "anchored"])
+def test_anchored_generations_put_each_object_plainly_where_its_position_word_says(generation):
+    world, rng = WORLDS[generation], random.Random(3)
     for where in POSITIONS:
         for size in world.sizes:
             for _ in range(40):

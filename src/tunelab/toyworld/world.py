@@ -81,8 +81,9 @@ WORLD = GENERATION_1  # the generation the shipped base was pretrained on (tests
 
 
 def world_of_resolution(resolution: int) -> World:
-    """The first generation whose images are this many pixels across (generations 1 and 3 read alike)."""
-    for world in WORLDS.values():
+    """The generation whose images are this many pixels across: the shipped base's when it is that size (generations
+    1 and 3 share one, and read alike), else the first."""
+    for world in (WORLD, *WORLDS.values()):
         if world.resolution == resolution:
             return world
     raise ValueError(f"no toyworld generation draws {resolution} px images (known: {[w.resolution for w in WORLDS.values()]})")
