@@ -21,6 +21,8 @@ def _world_text(world: dict, recipe: dict) -> str:
     autoencoder = ("the pretraining scenes" if recipe["generation"] == 1 else
                    "scenes of any shape, pattern (solid, rings, quadrants, bands) and palette colour, subject colours "
                    "included, so it can draw what subjects are made of; never a subject's own look")
+    if recipe.get("autoencoder_generation") and recipe["autoencoder_generation"] != recipe["generation"]:
+        autoencoder += f" ({recipe['vae_crop']} px crops of generation {recipe['autoencoder_generation']}'s scenes, as that generation's recipe does)"
     sizes = ", ".join(f"{name} (half-extent {low}-{high} px)" for name, (low, high) in world["sizes"].items())
     return f"""One object per scene on a plain background, hard-edged, from a seeded generator (toyworld generation {world['generation']}):
 shapes {", ".join(SHAPES)}; object colours {", ".join(OBJECT_COLOURS)}; backgrounds {", ".join(BACKGROUND_COLOURS)}
