@@ -15,7 +15,7 @@ BAD_RUNS = [
      "--caption-dropout must be at least 0 and below 1"),
     (["lora", "--model", "tiny-sd", "--steps", "0"], "--steps must be at least 1"),
     (["lora", "--model", "tiny-sd", "--rank", "0"], "--rank must be at least 1"),
-    (["lora", "--model", "tiny-sd", "--flow-shift", "3"], "--flow-shift applies to flow-matching models (Flux.1)"),
+    (["lora", "--model", "tiny-sd", "--flow-shift", "3"], "--flow-shift applies to flow-matching models (Flux.1, SD3)"),
     (["lora", "--model", "tiny-sdxl", "--timestep-sampling", "uniform"], "--timestep-sampling applies to flow-matching models"),
     (["lora", "--model", "tiny-flux", "--flow-shift", "-1"], "--flow-shift must be positive"),
     (["lora", "--model", "tiny-flux", "--min-snr-gamma", "5"], "Flux.1 is trained with flow matching"),
