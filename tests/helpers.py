@@ -21,3 +21,20 @@ def run_cli(*args: str) -> int:
     from tunelab.cli import main
 
     return main([str(a) for a in args])
+
+
+def one_line_error(capsys, code) -> str:
+    """The stderr of a command that must have failed on bad input: exit 2, one line, no traceback."""
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def refuse_model_loading(monkeypatch) -> None:
+    """Any training that gets past its checks fails at loading: a refusal that must come first is seen to."""
+    import tunelab.training.loop  # deferred: as the other helpers, so importing helpers stays light
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded: the check came too late")
+    monkeypatch.setattr(tunelab.training.loop, "load_pipeline", refuse)

@@ -6,8 +6,7 @@ import time
 
 import pytest
 
-import tunelab.training.loop
-from helpers import run_cli
+from helpers import one_line_error, refuse_model_loading, run_cli
 from tunelab.config import parse_weighted_path, read_config_file
 from tunelab.errors import TunelabError
 
@@ -16,16 +15,7 @@ TRAIN = ["train", "lora", "--model", "tiny-sd", "--prompt", "a photo of sks toy"
 
 @pytest.fixture
 def no_model(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded: the option check came too late")
-    monkeypatch.setattr(tunelab.training.loop, "load_pipeline", refuse)
-
-
-def one_line_error(capsys, code) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
+    refuse_model_loading(monkeypatch)
 
 
 def billion_laughs(levels: int = 9) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import run_cli
+from helpers import one_line_error, run_cli
 
 
 def test_a_nan_image_is_an_error_and_no_file_is_written(tmp_path, capsys):
@@ -53,13 +53,6 @@ def tensors_changed(path, change):
         metadata = reader.metadata()
     save_file({key: change(key, tensor) for key, tensor in load_file(str(path)).items()}, str(path), metadata)
     return path
-
-
-def one_line_error(capsys, code) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 GENERATE = ["generate", "--model", "tiny-sd", "--prompt", "a photo of sks toy", "--steps", "1"]
@@ -116,7 +109,7 @@ def test_prompt_weights_are_finite_and_bounded(prompt, message, tmp_path, capsys
 
 
 def test_unbalanced_brackets_render_a_finite_image(tmp_path):
-    for index, prompt in enumerate(["a ((((toy", "a toy))))", "a [[toy", "a (toy] car"]):
+    for index, prompt in enumerate(["a ((((toy", "a toy)) (car] [x"]):
         assert run_cli(*GENERATE[:3], "--prompt", prompt, "--steps", "1", "--out", tmp_path / f"{index}.png") == 0
 
 

@@ -146,13 +146,14 @@ def test_dreambooth_lora_uses_the_same_prior_preservation(tmp_path, subject_imag
 
 
 def test_bad_prior_settings_and_folders(tmp_path, subject_images, capsys):
+    out = tmp_path / "out"  # a folder of its own: tmp_path holds the class-image folder, not tunelab's files
     with pytest.raises(TunelabError, match="--prior-loss-weight must then be > 0"):
-        run(options_for(tmp_path, subject_images, tmp_path / "cache", prior_loss_weight=0))
+        run(options_for(out, subject_images, tmp_path / "cache", prior_loss_weight=0))
     (tmp_path / "no-class-images").mkdir()
     with pytest.raises(TunelabError, match="no images"):
-        run(options_for(tmp_path, subject_images, tmp_path / "cache", class_images=str(tmp_path / "no-class-images")))
+        run(options_for(out, subject_images, tmp_path / "cache", class_images=str(tmp_path / "no-class-images")))
     with pytest.raises(TunelabError, match="needs --class-prompt"):
-        run(options_for(tmp_path, subject_images, tmp_path / "cache", class_prompt=None, class_images=str(subject_images)))
+        run(options_for(out, subject_images, tmp_path / "cache", class_prompt=None, class_images=str(subject_images)))
 
     common = ["train", "dreambooth", "--model", "tiny-sd", "--images", subject_images, "--prompt", PROMPT,
               "--out", tmp_path / "run", "--steps", "1", "--log-with", "none"]

@@ -9,20 +9,12 @@ import shutil
 import pytest
 import torch
 
-import tunelab.training.loop
-from helpers import run_cli
+from helpers import one_line_error, refuse_model_loading, run_cli
 from tunelab.training import checkpoints
 from tunelab.training.checkpoints import complete_checkpoints, save_checkpoint
 from tunelab.training.output_folder import LOCK_FILE
 
 TRAIN = ["train", "lora", "--model", "tiny-sd", "--prompt", "a photo of sks toy", "--log-with", "none", "--rank", "2"]
-
-
-def one_line_error(capsys, code) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +32,7 @@ def copy_of(run, tmp_path):
 
 @pytest.fixture
 def no_model(monkeypatch):
-    """Any run that got past the folder checks fails at loading; a refusal must come first."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded: the folder check came too late")
-    monkeypatch.setattr(tunelab.training.loop, "load_pipeline", refuse)
+    refuse_model_loading(monkeypatch)
 
 
 def test_a_folder_of_someone_elses_files_is_refused_unless_overwrite(tmp_path, subject_images, capsys, no_model):
@@ -163,3 +152,4 @@ def test_a_batch_larger_than_the_dataset_is_refused(tmp_path, subject_images, ca
     err = one_line_error(capsys, run_cli(*TRAIN, "--images", subject_images, "--out", tmp_path / "o", "--steps", "1",
                                          "--batch-size", "9"))
     assert "--batch-size 9 is larger than the 4 training images (repeats included); use --batch-size 4 or less" in err
+    assert not (tmp_path / "o").exists()  # a run that failed before any result leaves no folder it made

@@ -77,6 +77,8 @@ def claimed_output_folder(out: str | Path, resolved: dict, *, overwrite: bool) -
         except BaseException:
             if not _wrote_results(folder, started):
                 _put_back(folder, before)
+                if created and {entry.name for entry in folder.iterdir()} <= _OWN_ENTRIES:
+                    shutil.rmtree(folder, ignore_errors=True)  # nothing of the run is left: no folder either
             raise
         _write_marker(folder, {**marker, "finished_steps": resolved.get("steps")})
 
