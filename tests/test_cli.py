@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from helpers import run_cli
+from tunelab.models.presets import PRESETS
 
 TRAIN = ["train", "lora", "--prompt", "a photo of sks toy", "--steps", "2", "--log-with", "none"]
 
@@ -33,7 +34,7 @@ def test_empty_images_folder(tmp_path, capsys):
 
 def test_unknown_preset_or_missing_model(tmp_path, subject_images, capsys):
     code = run_cli(*TRAIN, "--model", "tiny-sdx", "--images", subject_images, "--out", tmp_path / "o")
-    assert_one_line_error(capsys, code, "model not found: 'tiny-sdx' is not a preset (tiny-flux, tiny-sd, tiny-sdxl, toyworld)")
+    assert_one_line_error(capsys, code, f"model not found: 'tiny-sdx' is not a preset ({', '.join(sorted(PRESETS))})")
     (tmp_path / "folder").mkdir()
     code = run_cli(*TRAIN, "--model", tmp_path / "folder", "--images", subject_images, "--out", tmp_path / "o")
     assert_one_line_error(capsys, code, "not a diffusers model (no model_index.json)")
