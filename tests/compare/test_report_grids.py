@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tunelab.comparison.report_images import comparison_rows, layout, scale_for, write_sample_grids
+from tunelab.comparison.report_images import GRID_SEEDS, comparison_rows, layout, scale_for, write_sample_grids
 from tunelab.comparison.worker import evaluate_experiment
 from tunelab.evaluate.metrics import subject_fidelity
 from tunelab.evaluate.protocol import Evaluation, evaluate_subject, sample_prompt
@@ -139,3 +139,20 @@ def test_the_worker_keeps_a_folder_subjects_prompt_images_for_its_grid(tmp_path)
     assert list(kept.rows) == ["subject"] and kept.rows["subject"][0] == ["a photo of sks toy"] * 2
     assert kept.seeds == [FIRST_SEED, FIRST_SEED + 1] and kept.references == {}
     assert not np.array_equal(*kept.rows["subject"][1])  # two seeds, two images
+
+
+def test_a_grid_shows_the_first_seeds_of_a_large_evaluation(tmp_path):
+    """Precise scores take many seeds; the picture keeps GRID_SEEDS columns of them."""
+    subject, side = SUBJECTS["flag"], WORLDS[1].resolution
+    records = []
+    for name, shade in (("base", 10), ("lora", 200)):
+        evaluation = evaluate_subject(FlatPipeline(shade, side), subject, "ohwx", images_per_prompt=GRID_SEEDS + 4,
+                                      seed=FIRST_SEED, steps=1)
+        records.append({"name": name, "evaluation_images": str(evaluation.save_images(tmp_path / name / "evaluation.npz"))})
+    write_sample_grids(records)
+    lora = records[1]
+    assert lora["sample_seeds"] == list(range(FIRST_SEED, FIRST_SEED + GRID_SEEDS))
+    rows = comparison_rows("lora", Evaluation.load_images(tmp_path / "lora" / "evaluation.npz"),
+                           Evaluation.load_images(tmp_path / "base" / "evaluation.npz"))
+    assert all(len(row.images) == GRID_SEEDS for row in rows)
+    assert Image.open(lora["samples"]).size == layout(rows).size[::-1]

@@ -23,6 +23,7 @@ LABEL_PAD = 6
 TEXT = (40, 40, 40)
 FAINT = (110, 110, 110)
 GROUP_TITLES = {"subject": "subject prompt", "prompts": "asked background / place", "class": "class prompt"}
+GRID_SEEDS = 8  # columns shown; an evaluation may use many more seeds for precise scores
 
 
 @dataclass
@@ -37,10 +38,10 @@ def comparison_rows(name: str, own: Evaluation, base: Evaluation | None) -> list
     rows = []
     for group, (_, images) in own.rows.items():
         if group in own.references:
-            rows.append(GridRow(group, "reference", own.references[group]))
+            rows.append(GridRow(group, "reference", own.references[group][:GRID_SEEDS]))
         elif group == "class" and base is not None and base is not own and "class" in base.rows and base.seeds == own.seeds:
-            rows.append(GridRow(group, "base", base.rows["class"][1]))
-        rows.append(GridRow(group, name, images))
+            rows.append(GridRow(group, "base", base.rows["class"][1][:GRID_SEEDS]))
+        rows.append(GridRow(group, name, images[:GRID_SEEDS]))
     return rows
 
 
@@ -123,4 +124,4 @@ def write_sample_grids(records: list[dict]) -> None:
         rows = comparison_rows(record["name"], own, base)
         record["samples"] = str(save_grid(rows, Path(kept).with_name("samples.png")))
         record["sample_rows"] = [f"{GROUP_TITLES.get(row.group, row.group)}: {row.label}" for row in rows]
-        record["sample_seeds"] = own.seeds
+        record["sample_seeds"] = own.seeds[:GRID_SEEDS]
