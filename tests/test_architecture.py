@@ -26,6 +26,7 @@ LAYERS = [
     {"toyworld"},
     {"evaluate"},
     {"comparison", "bench"},
+    {"sweep"},  # trials as comparison experiments
     {"cli", "ui"},  # cli.py, api.py (the Python API, `import tunelab`), each folder's command.py
 ]
 LAYER_OF = {name: index for index, names in enumerate(LAYERS) for name in names}

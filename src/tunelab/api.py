@@ -41,6 +41,9 @@ from tunelab.generation.session import (
 )
 from tunelab.machine import describe
 from tunelab.methods import METHODS, generation_methods
+from tunelab.sweep.config import SweepConfig, load_sweep_config, sweep_config_from
+from tunelab.sweep.report import summary, write_sweep_reports
+from tunelab.sweep.run import run_sweep
 from tunelab.training.checkpoints import complete_checkpoints
 from tunelab.training.launch import inside_launched_process
 from tunelab.training.loop import TrainingProgress
@@ -253,6 +256,26 @@ def compare(config: CompareConfig | str | Path | dict, *, out: str | Path, rerun
     notes = [f"Model {config.options.model}, subject {config.options.subject}; cost at ${config.options.usd_per_hour}/h.",
              f"Machine: {describe(torch.get_num_threads())}."]
     return write_reports(records, out, title, notes)["html"]
+
+
+def sweep(config: SweepConfig | str | Path | dict, *, out: str | Path, rerun: bool = False, usd_per_hour: float | None = None,
+          parallel: int | None = None, ray: str | None = None, title: str = "tunelab sweep",
+          progress: Callable[[int, int, str], None] | None = None) -> Path:
+    """Run a sweep (a config file, a dict of the same, or a SweepConfig) into `out`: a grid or an Optuna search,
+    each trial a comparison experiment, `parallel` at once (one per GPU by default) or on the Ray cluster at `ray`
+    (`local` starts one here). Returns the HTML report (frontiers and the recommended setting)."""
+    if isinstance(config, dict):
+        config = sweep_config_from(config, "sweep config")
+    elif not isinstance(config, SweepConfig):
+        config = load_sweep_config(config)
+    if usd_per_hour is not None:
+        config = replace(config, shared={**config.shared, "usd_per_hour": usd_per_hour})
+    out = Path(out)
+    records = run_sweep(config, out, rerun=rerun, parallel=parallel, ray_address=ray, progress=progress)
+    options = config.compare.options
+    notes = [f"{config.technique} on model {options.model}, subject {options.subject}; objective {config.objective}; "
+             f"cost at ${options.usd_per_hour}/h.", f"Machine: {describe(torch.get_num_threads())}."]
+    return write_sweep_reports(summary(records, config), out, title, notes)["html"]
 
 
 def demo(*, out: str | Path, subject: str = "bullseye", scale: float = 1.0, rerun: bool = False,

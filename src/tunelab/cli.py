@@ -19,6 +19,8 @@ COMMANDS = {
     "bench": ("benchmarks: `bench speed` times tunelab's training step beside the reference step", "tunelab.bench.command"),
     "compare": ("run techniques side by side on one model and subject: time, memory, size, cost, quality", "tunelab.comparison.command"),
     "evaluate": ("DreamBench's CLIP-I, CLIP-T and DINO of generated images against real ones (local CLIP/DINO models)", "tunelab.evaluate.command"),
+    "sweep": ("search training settings (rank, alpha, learning rate, ...): a grid or Optuna, trials in parallel or on Ray; the "
+              "quality-vs-size and quality-vs-cost frontier", "tunelab.sweep.command"),
     "demo": ("compare the four techniques on a built-in toyworld subject (no download; minutes on a laptop)", "tunelab.comparison.demo"),
     "ui": ("a local web UI: train, generate, LoRA tools and comparisons in the browser", "tunelab.ui.command"),
     "toyworld": ("toyworld, the built-in world: pretrain its base, write a subject's images, score a base", "tunelab.toyworld.command"),

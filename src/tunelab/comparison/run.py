@@ -80,7 +80,7 @@ def check_output_folder(out: Path, config: CompareConfig, rerun: bool = False) -
         raise TunelabError(f"{out} is not empty and holds no comparison; use another --out")
 
 
-def _device() -> str:
+def device_name() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -127,14 +127,16 @@ def experiment_spec(config: CompareConfig, experiment: Experiment | None, out: P
     }
 
 
-def _done(spec: dict) -> bool:
+def is_done(spec: dict) -> bool:
+    """The experiment's result is there, for the same settings."""
     result = Path(spec["result"])
     if not result.is_file():
         return False
     return json.loads(result.read_text()).get("fingerprint") == spec["fingerprint"]
 
 
-def _run_worker(spec: dict) -> None:
+def run_worker(spec: dict, env: dict[str, str] | None = None) -> None:
+    """Train and evaluate one experiment in a process of its own (`env`: its environment, e.g. the GPU it may use)."""
     folder = Path(spec["out"])
     spec_path = folder / "spec.json"
     if spec_path.is_file() and json.loads(spec_path.read_text()) == spec:
@@ -143,7 +145,7 @@ def _run_worker(spec: dict) -> None:
         shutil.rmtree(folder)  # another experiment's leftovers under this name
     folder.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps({**spec, "training": {k: v for k, v in spec["training"].items() if k != "resume"}}, indent=2) + "\n")
-    process = subprocess.Popen([sys.executable, "-m", "tunelab.comparison.worker", json.dumps(spec)])
+    process = subprocess.Popen([sys.executable, "-m", "tunelab.comparison.worker", json.dumps(spec)], env=env)
     try:
         code = process.wait()
     except KeyboardInterrupt:
@@ -161,24 +163,29 @@ def training_data(config: CompareConfig, out: Path) -> Path:
     return write_training_images(subject, out / "data" / subject.name, captions=False)
 
 
+def start_folder(config: CompareConfig, out: Path, rerun: bool = False) -> Path:
+    """Under the folder's lock: refuse mixing, record the settings, write the training data (returns its folder)."""
+    check_output_folder(out, config, rerun)
+    (out / "compare.json").write_text(json.dumps({"settings": json.loads(config.fingerprint()),
+                                                  "config": dataclasses.asdict(config)}, indent=2) + "\n")
+    return training_data(config, out)
+
+
 def run_comparison(config: CompareConfig, out: Path, rerun: bool = False, progress=None) -> list[dict]:
     """Run what is missing, then return every record (base first) with prior drift filled in."""
     check_output_path(out, folder=True)  # not a file, not /
     out.mkdir(parents=True, exist_ok=True)
     with FolderLock(out):
-        check_output_folder(out, config, rerun)
-        (out / "compare.json").write_text(json.dumps({"settings": json.loads(config.fingerprint()),
-                                                      "config": dataclasses.asdict(config)}, indent=2) + "\n")
-        device = _device()
-        data = training_data(config, out)
+        data = start_folder(config, out, rerun)
+        device = device_name()
         specs = [experiment_spec(config, None, out, device, data)]
         specs += [experiment_spec(config, experiment, out, device, data) for experiment in config.experiments]
         records = []
         for index, spec in enumerate(specs):
             if progress:
                 progress(index, len(specs), spec["name"])
-            if not _done(spec):
-                _run_worker(spec)
+            if not is_done(spec):
+                run_worker(spec)
             records.append(json.loads(Path(spec["result"]).read_text()))
         add_precision_study(config, specs, records)
         if progress:

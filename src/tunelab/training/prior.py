@@ -67,7 +67,7 @@ def ensure_class_images(
             generator=torch.Generator().manual_seed(seed + index),
         ).images[0]
         final = folder / CLASS_IMAGE_PATTERN.format(index=index)
-        temporary = final.with_name(f".{final.name}.tmp.png")
+        temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp.png")  # runs filling one cache at once (a sweep)
         image.save(temporary)
         os.replace(temporary, final)  # a killed run never leaves a half-written class image
     return folder
