@@ -10,7 +10,7 @@ from helpers import run_cli
 from tunelab.errors import TunelabError
 from tunelab.models.loading import load_pipeline
 from tunelab.models.sd import StableDiffusionFamily
-from tunelab.toyworld.pretrain import Stopped, pretrain, recipe_for
+from tunelab.toyworld.pretrain import Stopped, build_base, pretrain, pretraining_loss_weights, recipe_for
 
 FEW_STEPS = ["--scenes", "64", "--vae-steps", "2", "--vae-batch", "4", "--steps", "2", "--batch", "4",
              "--eval-every", "2", "--eval-images", "2", "--score-images", "2"]
@@ -98,3 +98,15 @@ def test_a_stopped_run_resumes_to_the_same_weights_as_one_never_stopped(tmp_path
 
 def test_resume_without_a_checkpoint_folder_is_refused(tmp_path):
     assert run_cli("toyworld", "pretrain", "--out", tmp_path / "a", "--resume", *FEW_STEPS) == 2
+
+
+def test_v_prediction_pretraining_caps_each_steps_weight_in_x0_terms_and_keeps_the_pure_noise_step():
+    family = StableDiffusionFamily(build_base(0, 3))
+    alphas = family.noise_scheduler.alphas_cumprod
+    timesteps = torch.tensor([0, 500, 999])
+    weights = pretraining_loss_weights(family, timesteps, 5.0)
+    expected = [min(1.0, 5.0 * (1.0 - alphas[t].item())) for t in timesteps]  # min(1, gamma / (SNR + 1))
+    assert torch.allclose(weights, torch.tensor(expected), atol=1e-6)
+    assert weights[-1] == 1.0 and alphas[999] == 0.0  # zero terminal SNR: pure noise keeps its full weight
+    assert weights[0] < 0.01  # a nearly clean step: the cap
+    assert torch.equal(pretraining_loss_weights(family, timesteps, 0.0), torch.ones(3))

@@ -68,8 +68,11 @@ RECIPES = {
     # Generation 3: generation 2's autoencoder stage as it is (32 px crops of generation-2 scenes: the same
     # autoencoder, bit for bit), then a denoiser on 8x8 latents, where generation 1's UNet learned shapes in
     # 5000 steps and generation 2's 16x16 one had not after 7000 (docs/toyworld.md).
+    # Its loss weights cap each step's weight in x0 terms at 5 (`pretraining_loss_weights`), as generation 1's min-SNR 5
+    # did: uniform v-prediction weights give nearly clean steps SNR + 1 times the weight, and generation 2's run
+    # (uniform) read shapes at chance after 8000 steps while its epsilon / min-SNR-5 pilot was learning them.
     3: Recipe(generation=3, autoencoder_generation=2, vae_steps=4000, vae_batch=32, vae_learning_rate=2e-3, vae_crop=32,
-              steps=6000, warmup_steps=300, min_snr_gamma=0.0),
+              steps=6000, warmup_steps=300, min_snr_gamma=5.0),
 }
 
 
@@ -126,6 +129,18 @@ def build_base(seed: int = 0, generation: int = 1):
             rescale_betas_zero_snr=True, timestep_spacing="trailing", steps_offset=1,  # the pipeline insists on 1; trailing ignores it
         )
     return sd_pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+
+def pretraining_loss_weights(family, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample loss weights (B,). Epsilon: the trainer's min-SNR-gamma. v-prediction: each step's weight in x0
+    terms (SNR + 1) capped at gamma, i.e. min(1, gamma / (SNR + 1)) on the v loss. The usual v-prediction min-SNR,
+    min(SNR, gamma) / (SNR + 1), gives the pure-noise step of a zero-terminal-SNR schedule no weight, and that step
+    is where the caption alone must set the background and the place."""
+    if not gamma or family.prediction_type != "v_prediction":
+        return family.loss_weights(timesteps, gamma)
+    alphas = family.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]  # (B,)
+    snr_plus_one = 1.0 / (1.0 - alphas)  # SNR + 1 = alpha / (1 - alpha) + 1
+    return torch.clamp(gamma / snr_plus_one, max=1.0)
 
 
 def pretraining_scenes(count: int, seed: int, world: World = WORLDS[1]) -> list:
@@ -249,7 +264,7 @@ class Pretraining:
         batch = family.add_noise(self.latents[indices], 0.0, self.generator)
         prediction = family.predict(batch, family.encode_prompts(captions))
         per_sample = ((prediction.float() - batch.target.float()) ** 2).mean(dim=(1, 2, 3))  # (B,)
-        loss = (per_sample * family.loss_weights(batch.timesteps, recipe.min_snr_gamma)).mean()
+        loss = (per_sample * pretraining_loss_weights(family, batch.timesteps, recipe.min_snr_gamma)).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.denoiser_parameters, 1.0)
         self.optimizer.step()
