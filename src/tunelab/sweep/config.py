@@ -10,6 +10,7 @@ space: {rank: [1, 4, 16], alpha: [rank/2, rank]}              # what varies
 search: grid                                                  # or {optuna: {trials: 12, seed: 0}}
 objective: subject_fidelity
 tolerance: 0.02
+base: true                                                    # evaluate the untuned base too
 ```
 """
 
@@ -27,7 +28,7 @@ from tunelab.methods import METHODS
 from tunelab.sweep.space import Axis, grid, parse_space, resolve_relative, trial_name
 from tunelab.training.prepare import run_schemas
 
-SWEEP_KEYS = ("technique", "training", "space", "search", "objective", "tolerance")
+SWEEP_KEYS = ("technique", "training", "space", "search", "objective", "tolerance", "base")
 LOWER_IS_BETTER = {"prior_drift"}  # every other metric: higher is better
 
 
@@ -47,6 +48,7 @@ class SweepConfig:
     search: OptunaSearch | None  # None: the grid
     objective: str
     tolerance: float
+    base: bool = True  # evaluate the untuned base too (prior drift is measured against it)
     where: str = "sweep config"
     compare: CompareConfig = field(init=False)
 
@@ -118,7 +120,10 @@ def sweep_config_from(data: dict[str, Any], where: str) -> SweepConfig:
         raise TunelabError(f"{where}: 'tolerance' must be a number of 0 or more")
     if search is None:
         grid(axes, where)  # a range in a grid is refused here
-    return SweepConfig(data, technique, training, axes, search, objective, float(tolerance), where)
+    base = data.pop("base", True)
+    if not isinstance(base, bool) or (not base and objective in LOWER_IS_BETTER):
+        raise TunelabError(f"{where}: 'base' must be true or false, and true for objective prior_drift (measured against it)")
+    return SweepConfig(data, technique, training, axes, search, objective, float(tolerance), base, where)
 
 
 def load_sweep_config(path: str | Path) -> SweepConfig:

@@ -18,7 +18,8 @@ TRIAL_KEYS = ("name", "train_seconds", "steps", "steps_per_second", "peak_memory
 
 def summary(records: list[dict], config: SweepConfig) -> dict:
     """What sweep.json holds: the base, every trial with its settings, the frontiers and the recommendation."""
-    base, trials = records[0], records[1:]
+    base = records[0] if records and records[0]["name"] == "base" else None
+    trials = [record for record in records if record is not base]
     objective, maximize = config.objective, config.maximize
     chosen = recommended(trials, objective, maximize, config.tolerance)
     return {
@@ -28,7 +29,7 @@ def summary(records: list[dict], config: SweepConfig) -> dict:
         "technique": config.technique,
         "training": config.training,
         "search": "grid" if config.search is None else {"optuna": vars(config.search)},
-        "base": {key: base.get(key) for key in TRIAL_KEYS},
+        "base": None if base is None else {key: base.get(key) for key in TRIAL_KEYS},
         "trials": [{**{key: trial.get(key) for key in TRIAL_KEYS}, "params": trial["params"]} for trial in trials],
         "frontier": {name: [trial["name"] for trial in non_dominated(trials, objective, maximize, key)]
                      for name, (key, _) in FRONTIERS.items()},
@@ -38,6 +39,12 @@ def summary(records: list[dict], config: SweepConfig) -> dict:
             "why": f"the smallest artifact whose {objective} is within {config.tolerance:g} of the best trial's",
         },
     }
+
+
+def base_line(data: dict) -> str:
+    if data["base"] is None:
+        return "The untuned base was not evaluated (base: false)."
+    return f"Base (untuned): {data['objective']} {_number(data['base'].get(data['objective']), '{:.3f}')}."
 
 
 def _number(value, form="{:.4g}") -> str:
@@ -67,8 +74,7 @@ def markdown(data: dict, title: str, notes: list[str]) -> str:
                   f"{chosen['why']}.", ""]
     for name, (_, label) in FRONTIERS.items():
         lines += [f"## Frontier: {data['objective']} against {label}", "", *table([by_name[n] for n in data["frontier"][name]]), ""]
-    lines += ["## Every trial", "", *table(data["trials"]), "",
-              f"Base (untuned): {data['objective']} {_number(data['base'].get(data['objective']), '{:.3f}')}.", ""]
+    lines += ["## Every trial", "", *table(data["trials"]), "", base_line(data), ""]
     return "\n".join(lines)
 
 
@@ -141,8 +147,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child,t
 .rec{{background:#eef8ee;padding:.5em}}</style></head>
 <body><h1>{html.escape(title)}</h1>{notes_html}{recommendation}{sections}
 <h2>Every trial</h2>{table(data["trials"])}
-<p>Base (untuned): {html.escape(data["objective"])} {_number(data["base"].get(data["objective"]), "{:.3f}")}.
-Each trial's folder: experiments/NAME/ (its artifact, result.json, samples.png).</p>
+<p>{html.escape(base_line(data))} Each trial's folder: experiments/NAME/ (its artifact, result.json, samples.png).</p>
 </body></html>
 """
 

@@ -87,7 +87,7 @@ class Trials:
 
 
 def grid_search(config: SweepConfig, trials: Trials) -> None:
-    trials.run(config.comparison(config.grid_trials()), include_base=True)
+    trials.run(config.comparison(config.grid_trials()), include_base=config.base)
 
 
 def distribution(axis) -> optuna.distributions.BaseDistribution:
@@ -111,7 +111,7 @@ def optuna_search(config: SweepConfig, trials: Trials) -> None:
         batch = [study.ask(distributions) for _ in range(min(trials.runner.width, search.trials - told))]
         experiments = {trial.number: config.trial(trial.params) for trial in batch}
         unique = list({experiment["name"]: experiment for experiment in experiments.values()}.values())
-        records = {record["name"]: record for record in trials.run(config.comparison(unique), include_base=told == 0)}
+        records = {record["name"]: record for record in trials.run(config.comparison(unique), include_base=config.base and told == 0)}
         for trial in batch:
             value = records[experiments[trial.number]["name"]].get(config.objective)
             if value is None:
@@ -123,8 +123,8 @@ def optuna_search(config: SweepConfig, trials: Trials) -> None:
 
 def run_sweep(config: SweepConfig, out: Path, *, rerun: bool = False, parallel: int | None = None,
               ray_address: str | None = None, progress: Progress | None = None) -> list[dict]:
-    """Run what is missing; every record (the base first, then each trial once, with its `params`), with cost and
-    prior drift."""
+    """Run what is missing; every record (the base first unless `base: false`, then each trial once, with its
+    `params`), with cost and prior drift."""
     out = out.expanduser().resolve()  # Ray workers start elsewhere
     out.mkdir(parents=True, exist_ok=True)
     runner = make_runner(parallel, ray_address)
@@ -133,10 +133,15 @@ def run_sweep(config: SweepConfig, out: Path, *, rerun: bool = False, parallel: 
             data = start_folder(config.compare, out, rerun)
             trials = Trials(config, out, data, runner, progress or (lambda done, total, name: None))
             (optuna_search if config.search else grid_search)(config, trials)
-            records = [json.loads(Path(spec["result"]).read_text()) for spec in trials.specs.values()]
+            specs = list(trials.specs.values())
+            records = [json.loads(Path(spec["result"]).read_text()) for spec in specs]
             write_sample_grids(records)
-            for record, spec in zip(records[1:], list(trials.specs.values())[1:]):
-                record["params"] = {key: spec["training"][key] for key in config.axes}  # the trial's settings
-            return finish_records(records, config.compare)  # the base first: prior drift is against it
+            for record, spec in zip(records, specs):
+                if spec["name"] != "base":
+                    record["params"] = {key: spec["training"][key] for key in config.axes}  # the trial's settings
+            if not config.base:
+                for record in records:
+                    record.pop("class_preservation", None)  # prior drift is measured against the base
+            return finish_records(records, config.compare)  # the base (when evaluated) first
     finally:
         runner.close()
