@@ -69,7 +69,8 @@ def plan() -> list[tuple[str, list[str], str, int]]:
 
 
 def bench_arguments(args: list[str], tiny: str | None, steps: int) -> list[str]:
-    """The row's `tunelab bench speed` arguments; with a tiny preset, its family and size swapped for the preset."""
+    """The row's `tunelab bench speed` arguments; with a tiny preset, its family, size and rank swapped for the
+    preset's (a real-size rank is wider than a tiny preset's layers)."""
     if tiny is None:
         return [*args, "--steps", str(steps)]
     swapped, skip = [], False
@@ -77,7 +78,7 @@ def bench_arguments(args: list[str], tiny: str | None, steps: int) -> list[str]:
         if skip:
             skip = False
             continue
-        if arg in ("--family", "--resolution", "--attention-backend"):  # (cuDNN attention needs CUDA)
+        if arg in ("--family", "--resolution", "--rank", "--attention-backend"):  # (cuDNN attention needs CUDA)
             skip = True
             continue
         swapped.append(arg)

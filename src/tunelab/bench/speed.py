@@ -70,7 +70,7 @@ class BenchOptions:
     resolution: int | None = option("image side in pixels (default: the model's native size)", default=None)
     steps: int = option("timed steps", default=10)
     warmup_steps: int = option("untimed steps first (caches fill, compilation happens here)", default=2)
-    rank: int | None = option("LoRA rank (default: 32, 16 on Flux, as the reference)", default=None)
+    rank: int | None = option("LoRA rank (default: 32, 16 on Flux, as the reference; 8 on a preset, whose layers are tiny)", default=None)
     reference: bool = option("also time the reference step in this process, for the ratio", default=True)
     reference_cudnn_sdp: bool = option(
         "let the reference use cuDNN attention (--no-reference-cudnn-sdp is its --no-cudnn-sdp, needed for Flux "
@@ -120,10 +120,20 @@ def _load_pipeline(bench: BenchOptions, device: torch.device, dtype: torch.dtype
     return random_pipeline(config_folder(bench.family), device, dtype)
 
 
+def bench_rank(bench: BenchOptions, family_name: str) -> int:
+    """The LoRA rank both sides use: the asked one, else the reference's (32; 16 on Flux); a preset's layers are
+    tiny (tiny-sd's first attention is 16 wide) and refuse a rank above their width, so presets take 8."""
+    if bench.rank:
+        return bench.rank
+    if bench.preset is not None:
+        return 8
+    return 16 if family_name == "flux" else 32
+
+
 def _method(bench: BenchOptions, family_name: str):
     method_type = method_class(bench.method)
     names = {f.name for f in fields(method_type.options_schema)}
-    rank = bench.rank or (16 if family_name == "flux" else 32)
+    rank = bench_rank(bench, family_name)
     values = {key: value for key, value in {**method_type.example_options, "rank": rank, "alpha": float(rank)}.items() if key in names}
     return method_type(method_type.options_schema(**values))
 
@@ -205,7 +215,7 @@ def time_reference(bench: BenchOptions, family_name: str, resolution: int, laten
     case = REFERENCE_CASES.get((family_name, method_class(bench.method).reference_mode))
     if case is None:
         return None
-    rank = bench.rank or (16 if family_name == "flux" else 32)
+    rank = bench_rank(bench, family_name)
     cudnn = torch.backends.cuda.cudnn_sdp_enabled()
     torch.backends.cuda.enable_cudnn_sdp(bench.reference_cudnn_sdp and cudnn)
     try:
