@@ -39,7 +39,9 @@ def test_the_grid_runs_every_trial_and_the_report_shows_the_frontier(swept):
     assert [trial["name"] for trial in trials] == NAMES
     assert [(t["params"]["rank"], t["params"]["alpha"]) for t in trials] == [(1, 0.5), (1, 1.0), (4, 2.0), (4, 4.0), (16, 8.0), (16, 16.0)]
     sizes = [trial["artifact_bytes"] for trial in trials]
-    assert sizes[0] == sizes[1] < sizes[2] == sizes[3] < sizes[4] == sizes[5]  # the file grows with rank, not alpha
+    # the file grows with rank, not alpha (same-rank files differ only by a few metadata bytes: alpha, folder names)
+    assert max(sizes[0:2]) < min(sizes[2:4]) and max(sizes[2:4]) < min(sizes[4:6])
+    assert all(abs(sizes[i] - sizes[i + 1]) < 0.01 * sizes[i] for i in (0, 2, 4))
     for name, key in (("size", "artifact_bytes"), ("cost", "usd")):
         front = set(data["frontier"][name])
         for trial in trials:  # on the frontier exactly when no other trial is as good and as small (cheap), one of them better
