@@ -63,7 +63,8 @@ def test_checked_paths_covers_every_path_field(space):
     assert checked == {"model": "tiny-sd", "images": str(space.root / "photos"), "out": str(space.root / "runs/a"),
                        "lora": [f"{space.root / 'runs/toy.safetensors'}:0.8"], "resume": "latest", "rank": 4}
     for name, value in [("lora", ["../x.safetensors:0.8"]), ("loras", ["escape/x"]), ("file", "/etc/passwd"),
-                        ("class_images", "%2e%2e"), ("resume", "../checkpoints"), ("base", "../m"), ("config", "/run.yaml")]:
+                        ("class_images", "%2e%2e"), ("resume", "../checkpoints"), ("base", "../m"), ("config", "/run.yaml"),
+                        ("masks", "../masks"), ("validation_images", "/etc")]:
         with pytest.raises(TunelabError, match=f"^{name}: "):
             checked_paths(space, {name: value})
 

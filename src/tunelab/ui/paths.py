@@ -8,7 +8,7 @@ from tunelab.methods import METHODS, method_class
 from tunelab.ui.workspace import Workspace
 
 MODEL_FIELDS = {"model", "base", "tuned"}  # a preset, a model in the workspace or under --model-dir
-INPUT_FIELDS = {"images", "class_images", "validation_images", "file", "from_png", "adapters_dir", "config"}  # must exist in the workspace
+INPUT_FIELDS = {"images", "class_images", "validation_images", "masks", "file", "from_png", "adapters_dir", "config"}  # must exist in the workspace
 OUTPUT_FIELDS = {"out", "class_cache"}  # written inside the workspace
 # FILE[:WEIGHT] / FILE[:TOKEN] lists: each technique's generation flag, and the LoRA tools' inputs
 WEIGHTED_FIELDS = {flag.field for flag in (method_class(name).generate_flag for name in METHODS) if flag} | {"loras"}
