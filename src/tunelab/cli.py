@@ -23,7 +23,7 @@ COMMANDS = {
               "quality-vs-size and quality-vs-cost frontier", "tunelab.sweep.command"),
     "demo": ("compare the four techniques on a built-in toyworld subject (no download; minutes on a laptop)", "tunelab.comparison.demo"),
     "ui": ("a local web UI: train, generate, LoRA tools and comparisons in the browser", "tunelab.ui.command"),
-    "toyworld": ("toyworld, the built-in world: pretrain its base, write a subject's images, score a base", "tunelab.toyworld.command"),
+    "toyworld": ("toyworld, the built-in world: pretrain its base, write a subject's images, score a base", "tunelab.evaluate.toyworld_command"),
 }
 
 

@@ -12,6 +12,7 @@ distinct caption goes through it once per run (`CaptionCache`).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Literal
 
@@ -60,15 +61,17 @@ def flow_matching_batch(latents: torch.Tensor, noise: torch.Tensor, sigmas: torc
     return NoisyBatch(noisy=noisy, timesteps=sigmas.to(latents) * TIMESTEP_SCALE, target=noise - latents)
 
 
-class FlowMatchingNoise:
+class FlowMatchingNoise(ABC):
     """`add_noise` for a family that says how unshifted sigmas are drawn (`draw_sigmas`) and by how much
-    they are shifted (`shift_for`)."""
+    they are shifted (`shift_for`); a family mixing it in without both cannot be made."""
 
+    @abstractmethod
     def draw_sigmas(self, latents: torch.Tensor, generator: Generators) -> torch.Tensor:
-        raise NotImplementedError
+        """Unshifted sigma in (0, 1) per sample: (B,)."""
 
+    @abstractmethod
     def shift_for(self, latents: torch.Tensor) -> float:
-        raise NotImplementedError
+        """The shift for latents of this size (fixed for SD3, resolution-dependent for Flux)."""
 
     def sample_sigmas(self, latents: torch.Tensor, generator: Generators) -> torch.Tensor:
         """sigma in (0, 1) per sample: (B,)."""

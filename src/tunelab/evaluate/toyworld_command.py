@@ -1,4 +1,5 @@
-"""`tunelab toyworld ...`: pretrain the base, write a subject's renders, score a base on held-out captions."""
+"""`tunelab toyworld ...`: pretrain the base, write a subject's renders, score a base. It lives above toyworld/, beside the
+scoring it calls (evaluate/), so the toyworld folder imports nothing above it."""
 
 from __future__ import annotations
 
