@@ -100,6 +100,12 @@ def files(tmp_path_factory):
               metadata=load_file_metadata(folder / "flux-peft.safetensors"))
     made["flux peft broken"] = (folder / "flux-peft-broken.safetensors", no_a.removesuffix(".lora_A.weight"))
     made["sdxl"], made["flux"] = folder / "sdxl.safetensors", folder / "flux.safetensors"
+    flux = load_file(made["flux"])  # without the single blocks' linear1, which diffusers splits at Flux.1's widths
+    save_file({key: value for key, value in flux.items() if "single_blocks" not in key}, folder / "flux-double.safetensors")
+    made["flux double"] = folder / "flux-double.safetensors"
+    for file_format in ("kohya", "peft"):
+        written_lora("tiny-sd3", file_format, folder / f"sd3-{file_format}.safetensors")
+        made[f"sd3 {file_format}"] = folder / f"sd3-{file_format}.safetensors"
     for algorithm in ("loha", "dora"):
         written_lora("tiny-sd", "kohya", folder / f"{algorithm}.safetensors", algorithm)
         made[algorithm] = folder / f"{algorithm}.safetensors"
@@ -129,7 +135,8 @@ def load_file_metadata(path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("case,preset", [("partner", "tiny-sd"), ("foreign", "tiny-sd"), ("shape", "tiny-sd"), ("peft broken", "tiny-sd"),
-                                         ("sdxl", "tiny-sdxl"), ("flux", "tiny-flux"), ("flux peft broken", "tiny-flux"),
+                                         ("sdxl", "tiny-sdxl"), ("flux", "tiny-flux"), ("flux double", "tiny-flux"),
+                                         ("flux peft broken", "tiny-flux"), ("sd3 kohya", "tiny-sd3"), ("sd3 peft", "tiny-sd3"),
                                          ("loha", "tiny-sd"), ("dora", "tiny-sd")])
 def test_the_diffusers_column_is_what_diffusers_really_applies(files, checked, case, preset):
     assert predicted(checked(case, preset), "diffusers") == diffusers_applied(preset, path_of(files[case]))
@@ -167,6 +174,15 @@ def test_loha_and_dora_files(checked):
     assert rows(loha, "A1111", "skipped") == rows(loha, "ComfyUI", "skipped") == set()
     dora = checked("dora")
     assert rows(dora, "diffusers", "wrong") == {row["name"] for row in dora["modules"]}  # loaded without dora_scale
+
+
+def test_diffusers_reads_no_kohya_sd3_file_and_kohya_flux_only_at_flux1_widths(checked):
+    sd3 = checked("sd3 kohya", "tiny-sd3")
+    assert rows(sd3, "diffusers", "skipped") == {row["name"] for row in sd3["modules"]}  # silently loads nothing
+    assert all("--format peft" in row["diffusers"]["reason"] for row in sd3["modules"])
+    assert rows(checked("sd3 peft", "tiny-sd3"), "diffusers", "skipped") == set()
+    assert rows(checked("flux double", "tiny-flux"), "diffusers", "skipped") == set()
+    assert rows(checked("flux", "tiny-flux"), "diffusers", "applies") == set()  # linear1 at tiny widths: refused
 
 
 def test_families_and_exit_statuses(files, checked, tmp_path, capsys):

@@ -44,6 +44,7 @@ class FusedLayout:
     # kohya modules whose output halves diffusers swaps where they are a final norm's (shift, scale) modulation
     swapped_halves: frozenset[str] = frozenset()
     top_modules: dict[str, str] = field(default_factory=dict)  # kohya module outside the blocks -> diffusers path
+    diffusers_reads: bool = True  # diffusers' load_lora_weights converts this layout (0.42: Flux's, not SD3's)
     kohya_name: re.Pattern = field(init=False, compare=False)
     diffusers_path: re.Pattern = field(init=False, compare=False)
 

@@ -41,4 +41,5 @@ SD3 = FusedLayout(
     swapped_halves=frozenset(_kohya(SD3_BLOCK_MODULES[name]) for name in SD3_LAST_BLOCK_SWAPPED)
     | frozenset(_kohya(SD3_FIXED_MODULES[name]) for name in SD3_SWAPPED_MODULES),
     top_modules={_kohya(original): diffusers for diffusers, original in SD3_FIXED_MODULES.items()},
+    diffusers_reads=False,  # its SD3 loader keeps only keys under transformer. / text_encoder(_2). (tests/lora/test_lora_check.py)
 )

@@ -15,7 +15,8 @@ Each tool's rules are written here from reading its loader (none of their code i
   a change of another shape is "SHAPE MISMATCH ... not merged" and skipped.
 - diffusers (loaders/lora_conversion_utils.py, then PEFT): a kohya file is converted whole or
   refused (a missing partner, parts it does not know, LoHa/LoKr); kohya Flux files are split at
-  Flux.1's own widths, and a DoRA's dora_scale is dropped (a plain LoRA is loaded). Names the
+  Flux.1's own widths, and a DoRA's dora_scale is dropped (a plain LoRA is loaded). The SD3 loader converts
+  no kohya file: it keeps the keys under its components' names, so a kohya module loads nothing, silently. Names the
   model lacks are "unexpected keys", skipped; a lora_A or lora_B
   missing still gets a layer, with that factor never loaded (measured: left on the meta device, or
   the whole file refused on a transformer model); a shape that does not fit refuses the file.
@@ -182,6 +183,8 @@ def _comfyui(module: FileModule, names: ModelNames, by_name: dict[str, FileModul
 
 def _diffusers_refusal(modules: list[FileModule], names: ModelNames) -> str:
     """Why diffusers' load_lora_weights refuses the whole file, or ''."""
+    if not names.diffusers_reads_kohya:  # its kohya modules are filtered out unread: they neither load nor refuse
+        modules = [module for module in modules if not module.kohya_style]
     kohya = any(module.kohya_style for module in modules)
     for module in modules:
         layers = _layers(module, names)
@@ -204,6 +207,9 @@ def _diffusers_refusal(modules: list[FileModule], names: ModelNames) -> str:
 
 
 def _diffusers(module: FileModule, names: ModelNames, by_name: dict[str, FileModule]) -> Verdict:
+    if module.kohya_style and not names.diffusers_reads_kohya:
+        return Verdict(SKIPPED, f"diffusers reads no kohya-layout {names.kohya_layout.title} file: it loads nothing of it, "
+                                "silently (write the file with --format peft, or `tunelab lora convert --to peft`)")
     layers = _layers(module, names)
     if not layers:
         return Verdict(SKIPPED, "unexpected keys: no layer of this name (diffusers warns and loads the rest)")

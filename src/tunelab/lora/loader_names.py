@@ -92,10 +92,15 @@ class ModelNames:
     original: dict[str, list[str]] = field(default_factory=dict)  # kohya name in SGM blocks (SDXL) -> layers
     fused: dict[str, list[str]] = field(default_factory=dict)  # kohya transformer name -> the layers it fuses, in order
     peft: dict[str, str] = field(default_factory=dict)  # PEFT file name ("unet.a.b", "text_encoder.text_model...") -> layer
+    kohya_layout: object = None  # the family's kohya transformer layout (formats/kohya_fused.py), None on UNet models
 
     @property
     def unet_model(self) -> bool:
         return self.family.denoiser_name == "unet"
+
+    @property
+    def diffusers_reads_kohya(self) -> bool:
+        return self.kohya_layout is None or self.kohya_layout.diffusers_reads
 
     def kohya_layers(self, name: str) -> list[str] | None:
         return self.kohya.get(name) or self.original.get(name) or self.fused.get(name)
@@ -107,6 +112,8 @@ def model_names(pipeline) -> ModelNames:
     names = ModelNames(family, {key: tuple(module.weight.shape) for key, module in modules.items()})
     prefixes = kohya_prefixes(split_component(key)[0] for key in modules)
     layout = transformer_layout(family.base_model_version)
+    if not names.unet_model:
+        names.kohya_layout = layout
     fused_parts: dict[str, dict[int, str]] = {}
     for key in modules:
         component, path = split_component(key)
