@@ -4,6 +4,7 @@ validating), --validation-split, --keep-best, and options refused before any mod
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,24 +29,46 @@ def points(out: Path) -> list[dict]:
     return json.loads((out / "validation.json").read_text())["points"]
 
 
-def test_validation_loss_is_the_same_in_a_resumed_run_and_validating_changes_no_weight(tmp_path, subject_images):
-    validated = dict(RUN, validate_every=2, validation_images=str(subject_images), keep_best="validation_loss")
+VALIDATED = dict(RUN, validate_every=2, keep_best="validation_loss")
+
+
+@pytest.fixture(scope="module")
+def validated_runs(tmp_path_factory, subject_images):
+    """A straight validated run, and a copy of the same run stopped at step 2 (each test resumes its own copy)."""
+    tmp_path = tmp_path_factory.mktemp("validated")
+    options = dict(VALIDATED, validation_images=str(subject_images))
+    straight = tunelab.train("lora", images=subject_images, out=tmp_path / "straight", **options)
+    stopped = tunelab.train("lora", images=subject_images, out=tmp_path / "stopped",
+                            on_progress=lambda p: p.step == 2 and p.request_stop(), **options)
+    assert stopped.stopped and [p["step"] for p in points(tmp_path / "stopped")] == [2]
+    return straight, tmp_path / "stopped", options
+
+
+def test_validation_loss_is_the_same_in_a_resumed_run_and_validating_changes_no_weight(tmp_path, subject_images,
+                                                                                      validated_runs):
+    straight, stopped, validated = validated_runs
     plain = load_file(tunelab.train("lora", images=subject_images, out=tmp_path / "plain", **RUN).artifact)
-    straight = tunelab.train("lora", images=subject_images, out=tmp_path / "straight", **validated)
     assert all(torch.equal(plain[key], value) for key, value in load_file(straight.artifact).items())
 
-    out = tmp_path / "resumed"
-    stopped = tunelab.train("lora", images=subject_images, out=out, on_progress=lambda p: p.step == 2 and p.request_stop(),
-                            **validated)
-    assert stopped.stopped and [p["step"] for p in points(out)] == [2]
+    out = shutil.copytree(stopped, tmp_path / "resumed")
     tunelab.train("lora", images=subject_images, out=out, resume="latest", **validated)
-    assert points(out) == points(tmp_path / "straight")  # every point, bit for bit (JSON keeps a float's every bit)
+    assert points(out) == points(straight.artifact.parent)  # every point, bit for bit (JSON keeps a float's every bit)
     losses = [p["validation_loss"] for p in points(out)]
     assert [p["step"] for p in points(out)] == [2, 4] and losses[0] != losses[1]  # the weights changed; the draws did not
     best = json.loads((out / "best" / "best.json").read_text())
     assert best["value"] == min(losses) and best["step"] == [2, 4][losses.index(min(losses))]
     checkpoint = load_file(out / "checkpoints" / f"step-{best['step']:07d}" / "lora.safetensors")
     assert all(torch.equal(checkpoint[key], value) for key, value in load_file(out / "best" / "lora.safetensors").items())
+
+
+def test_a_resume_may_validate_at_another_frequency_and_trains_the_same_weights(tmp_path, subject_images, validated_runs):
+    straight, stopped, validated = validated_runs
+    out = shutil.copytree(stopped, tmp_path / "resumed")
+    resumed = tunelab.train("lora", images=subject_images, out=out, resume="latest", **dict(validated, validate_every=1))
+    expected = load_file(straight.artifact)
+    assert all(torch.equal(expected[key], value) for key, value in load_file(resumed.artifact).items())
+    assert [p["step"] for p in points(out)] == [2, 3, 4]  # validated at the new frequency from the resume on
+    assert [points(out)[i] for i in (0, 2)] == points(straight.artifact.parent)  # the same draws, the same weights
 
 
 def test_validation_split_holds_images_out_of_training_by_the_validation_seed(subject_images):

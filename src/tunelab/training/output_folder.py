@@ -32,7 +32,7 @@ from typing import Iterator
 from tunelab.errors import TunelabError
 from tunelab.output_path import check_output_path
 from tunelab.training.checkpoints import CHECKPOINT_PREFIX, STEP_FILE, checkpoint_dir, complete_checkpoints, resolve_resume
-from tunelab.training.output import RUN_RECORD, check_output_folder
+from tunelab.training.output import CHANGEABLE_ON_RESUME, RUN_RECORD, check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +40,6 @@ LOCK_FILE = ".tunelab.lock"
 MARKER_FILE = ".tunelab-run"
 SETTINGS_FILE = "settings.json"  # in each checkpoint: the resolved configuration of the run that wrote it
 RECORDS = (RUN_RECORD, "config.yaml")  # what starting a run writes; put back if it fails before any result
-# Settings a resumed run may change: how long it runs and what it writes on the way, not what it computes.
-CHANGEABLE_ON_RESUME = frozenset({
-    "steps", "resume", "overwrite", "out", "sample_every", "sample_prompts", "sample_steps", "checkpoint_every",
-    "keep_last", "log_with", "num_workers", "max_nonfinite_steps", "class_cache",
-})
 _TEMPORARY_FILE = re.compile(r"^\..+\.tmp-\d+$")  # formats/safetensors_io.py's atomic-write names
 _OWN_ENTRIES = {LOCK_FILE, MARKER_FILE}
 
