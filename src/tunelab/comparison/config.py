@@ -16,12 +16,14 @@ from tunelab.evaluate.dreambench_protocol import Embedders
 from tunelab.evaluate.embedders import clip_folder, dino_folder
 from tunelab.evaluate.protocol import METRICS
 from tunelab.evaluate.sampling import GUIDANCE, STEPS
-from tunelab.methods import METHODS
+from tunelab.methods import METHODS, method_class
 from tunelab.toyworld.subjects import SUBJECTS
 from tunelab.training.prepare import run_schemas
 
 # Training options the bench sets itself, the same for every experiment.
 SET_BY_COMPARE = ("model", "images", "out", "prompt", "resume", "overwrite", "num_processes", "log_with")
+# The subject settings an experiment may give itself (its own subject: e.g. two LoRAs of two concepts, composed).
+SUBJECT_KEYS = ("subject", "prompt", "class_word", "identifier")
 
 
 @dataclass
@@ -58,19 +60,45 @@ UNSET_NOT_FINGERPRINTED = ("clip", "dino", "prompt_set", "class_word", "identifi
 
 
 @dataclass
+class CompositionOptions:
+    loras: list[str] = option("the two LoRA experiments to compose, each trained on its own subject")
+    rank: int | None = option("rank of the SVD merge (default: the larger of the two LoRAs' ranks)", default=None)
+
+
+@dataclass
 class Experiment:
     name: str
     technique: str
     training: dict[str, Any] = field(default_factory=dict)  # `tunelab train <technique>` options, checked
+    subject: dict[str, Any] = field(default_factory=dict)  # its own subject settings (SUBJECT_KEYS), if any
 
     def fingerprint(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        record = dataclasses.asdict(self)
+        if not self.subject:
+            del record["subject"]  # experiments on the shared subject keep the fingerprints they had
+        return json.dumps(record, sort_keys=True)
 
 
 @dataclass
 class CompareConfig:
     options: CompareOptions
     experiments: list[Experiment]
+    composition: CompositionOptions | None = None
+
+    def options_for(self, experiment: Experiment | None) -> CompareOptions:
+        """The settings an experiment runs with: the shared ones, its own subject settings in place of the
+        shared subject's (a subject of its own brings its own prompt, class word and identifier, never the shared ones)."""
+        if experiment is None or not experiment.subject:
+            return self.options
+        return dataclasses.replace(self.options, **{key: experiment.subject.get(key) for key in SUBJECT_KEYS})
+
+    def subject_options(self) -> list[CompareOptions]:
+        """One per distinct subject the experiments learn, the shared subject first (each gets its own base)."""
+        found = {json.dumps([getattr(self.options, key) for key in SUBJECT_KEYS]): self.options}
+        for experiment in self.experiments:
+            options = self.options_for(experiment)
+            found.setdefault(json.dumps([getattr(options, key) for key in SUBJECT_KEYS]), options)
+        return list(found.values())
 
     def fingerprint(self) -> str:
         """What makes results comparable: the shared settings (experiments may be added or changed one by one)."""
@@ -96,11 +124,24 @@ def _experiment(entry: Any, index: int, where: str) -> Experiment:
     if technique not in METHODS:
         raise TunelabError(f"{where}: experiment {name!r}: unknown technique {technique!r}{closest(str(technique), METHODS)} "
                            f"(techniques: {', '.join(METHODS)})")
+    subject = _own_subject(entry, name, where)
     for key in entry:
         if str(key).replace("-", "_") in SET_BY_COMPARE:
             raise TunelabError(f"{where}: experiment {name!r}: {key!r} is set by the comparison for every experiment")
     training = checked_values(run_schemas(technique), entry, f"{where}, experiment {name!r}")
-    return Experiment(name, technique, training)
+    return Experiment(name, technique, training, subject)
+
+
+def _own_subject(entry: dict, name: str, where: str) -> dict[str, Any]:
+    """An experiment's own `subject:` and, for a folder subject, its `prompt`, `class_word`, `identifier`
+    (taken out of `entry`); those three without a subject of its own are the comparison's to set."""
+    given = {str(key).replace("-", "_"): entry.pop(key) for key in list(entry) if str(key).replace("-", "_") in SUBJECT_KEYS}
+    if not given:
+        return {}
+    if "subject" not in given:
+        raise TunelabError(f"{where}: experiment {name!r}: {next(iter(given))!r} belongs with a 'subject' of the "
+                           "experiment's own; the comparison sets it for the shared subject")
+    return checked_values([CompareOptions], given, f"{where}, experiment {name!r}")
 
 
 def _check_subject(options: CompareOptions, where: str) -> None:
@@ -142,6 +183,7 @@ def compare_config_from(data: dict[str, Any], where: str) -> CompareConfig:
     entries = data.pop("experiments", None)
     if not entries or not isinstance(entries, list):
         raise TunelabError(f"{where}: 'experiments' must be a non-empty list of experiments")
+    composition = data.pop("composition", None)
     options = CompareOptions(**checked_values([CompareOptions], data, where))
     unknown = [metric for metric in options.metrics if metric not in METRICS]
     if unknown:
@@ -156,4 +198,55 @@ def compare_config_from(data: dict[str, Any], where: str) -> CompareConfig:
     if options.precision_study is not None and options.precision_study not in names:
         raise TunelabError(f"{where}: precision_study names no experiment: {options.precision_study!r}"
                            f"{closest(options.precision_study, names)} (experiments: {', '.join(names)})")
-    return CompareConfig(options, experiments)
+    config = CompareConfig(options, experiments)
+    for experiment in experiments:
+        if experiment.subject:
+            own = config.options_for(experiment)
+            _check_subject(own, f"{where}, experiment {experiment.name!r}")
+            _check_embedders(own, f"{where}, experiment {experiment.name!r}")
+    reserved = [name for name in names if name in base_names(config)]
+    if reserved:
+        raise TunelabError(f"{where}: experiment name {reserved[0]!r} is the name of a base evaluation; choose another")
+    config.composition = _composition(composition, config, where) if composition is not None else None
+    return config
+
+
+def subject_label(options: CompareOptions) -> str:
+    """A toyworld subject's name, or a subject folder's name."""
+    return options.subject if options.subject in SUBJECTS else Path(options.subject).expanduser().name
+
+
+def base_names(config: CompareConfig) -> list[str]:
+    """The untuned base's evaluation on each subject: 'base' on the shared one, 'base-LABEL' on another."""
+    names = ["base"]
+    for options in config.subject_options()[1:]:
+        name = f"base-{subject_label(options)}"
+        while name in names:  # two folders of one name
+            name += "-2"
+        names.append(name)
+    return names
+
+
+def _composition(value: Any, config: CompareConfig, where: str) -> CompositionOptions:
+    """Two LoRA experiments of this comparison, each on a subject of its own."""
+    if not isinstance(value, dict):
+        raise TunelabError(f"{where}: 'composition' must be a mapping, e.g. {{loras: [lora_a, lora_b]}}")
+    composition = CompositionOptions(**checked_values([CompositionOptions], value, f"{where}, composition"))
+    if len(composition.loras) != 2 or len(set(composition.loras)) != 2:
+        raise TunelabError(f"{where}: composition: 'loras' names two different experiments, got {composition.loras}")
+    if composition.rank is not None and composition.rank < 1:
+        raise TunelabError(f"{where}: composition: 'rank' must be at least 1, got {composition.rank}")
+    experiments = {experiment.name: experiment for experiment in config.experiments}
+    for name in composition.loras:
+        if name not in experiments:
+            raise TunelabError(f"{where}: composition names no experiment: {name!r}{closest(name, experiments)} "
+                               f"(experiments: {', '.join(experiments)})")
+        experiment = experiments[name]
+        refusal = method_class(experiment.technique).composition_refusal(experiment.training)
+        if refusal:
+            raise TunelabError(f"{where}: composition: experiment {name!r} cannot be composed: {refusal}")
+    first, second = (config.options_for(experiments[name]).subject for name in composition.loras)
+    if first == second:
+        raise TunelabError(f"{where}: composition: {composition.loras[0]!r} and {composition.loras[1]!r} learn the same "
+                           f"subject ({first}); give one of them a 'subject:' of its own")
+    return composition

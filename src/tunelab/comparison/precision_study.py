@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from tunelab.comparison.worker import artifact_bytes, main
+from tunelab.comparison.worker import artifact_bytes, evaluation_session, main, run_module
 from tunelab.errors import TunelabError
 from tunelab.evaluate.dreambench import mean_matched_cosine
 from tunelab.evaluate.dreambench_protocol import Embedders
 from tunelab.evaluate.sampling import sample_images
 from tunelab.formats.stored_precision import stored_in_precision
-from tunelab.generation.session import GenerateOptions, prepare
 from tunelab.methods import method_class
 from tunelab.precision import PRECISIONS
 
@@ -62,7 +60,7 @@ def add_precision_study(config, specs: list[dict], records: list[dict]) -> None:
     result = Path(spec["result"])
     if not (result.is_file() and json.loads(result.read_text()).get("fingerprint") == spec["fingerprint"]):
         Path(spec["out"]).mkdir(parents=True, exist_ok=True)
-        code = subprocess.run([sys.executable, "-m", "tunelab.comparison.precision_study", json.dumps(spec)]).returncode
+        code = run_module("tunelab.comparison.precision_study", spec)
         if code != 0 or not result.is_file():
             raise TunelabError(f"the precision study of {name!r} failed (exit {code}); its output is in {spec['out']}")
     records[index]["precision_study"] = json.loads(result.read_text())
@@ -84,8 +82,7 @@ def embedding_distance(embed, images: list[np.ndarray], reference: list[np.ndarr
 
 def _images_with(spec: dict, artifact: Path) -> list[np.ndarray]:
     attach = method_class(spec["technique"]).generate_options(artifact, spec["identifier"])
-    session = prepare(GenerateOptions(**{"model": spec["model"], "prompt": "", "out": "", "sampler": "dpm++_2m",
-                                         "device": spec["device"], **attach}))
+    session = evaluation_session(spec, attach)
     evaluation = spec["evaluation"]
     seeds = [evaluation["seed"] + index for index in range(evaluation["images_per_prompt"])]
     images = sample_images(session.pipeline, [spec["prompt"]] * len(seeds), seeds, steps=evaluation["sample_steps"],

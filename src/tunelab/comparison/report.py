@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from pathlib import Path
@@ -10,9 +9,12 @@ from pathlib import Path
 from tunelab.evaluate.dreambench import EMBEDDING_METRICS
 
 from tunelab.comparison.label_placement import Box, place_labels
+from tunelab.comparison.report_composition import composition_html, composition_markdown
+from tunelab.comparison.report_images import inline_png
 from tunelab.comparison.report_precision import precision_html, precision_markdown
 
 COLUMNS = (  # (key, heading, format)
+    ("subject", "subject", "{}"),
     ("technique", "technique", "{}"),
     ("train_seconds", "train s", "{:.1f}"),
     ("steps_per_second", "steps/s", "{:.2f}"),
@@ -29,7 +31,7 @@ COLUMNS = (  # (key, heading, format)
     ("dino", "DINO", "{:.3f}"),
 )
 OPTIONAL_COLUMNS = EMBEDDING_METRICS  # DreamBench's, measured only with clip/dino: shown when some record has them
-PUBLIC_KEYS = ("name", "technique", "train_seconds", "steps", "steps_per_second", "peak_memory_mb", "trainable_params",
+PUBLIC_KEYS = ("name", "subject", "technique", "train_seconds", "steps", "steps_per_second", "peak_memory_mb", "trainable_params",
                "artifact", "artifact_bytes", "usd", "subject_fidelity", "prompt_fidelity", "prior_drift",
                "class_preservation", "diversity", "samples", "sample_prompts", "sample_rows", "sample_seeds", "loss_curve")
 
@@ -45,13 +47,16 @@ def _cell(record: dict, key: str, form: str) -> str:
 
 
 def public_records(records: list[dict]) -> list[dict]:
-    extra = (*EMBEDDING_METRICS, "embedding_details", "precision_study")
+    extra = (*EMBEDDING_METRICS, "embedding_details", "precision_study", "composition_study")
     return [{key: record.get(key) for key in (*PUBLIC_KEYS, *extra)} for record in records]
 
 
 def shown_columns(records: list[dict]) -> list[tuple[str, str, str]]:
+    """DreamBench's columns when measured; the subject's when experiments learn different subjects."""
+    several_subjects = len({Path(str(record.get("subject"))).name for record in records}) > 1
     return [column for column in COLUMNS
-            if column[0] not in OPTIONAL_COLUMNS or any(record.get(column[0]) is not None for record in records)]
+            if (column[0] not in OPTIONAL_COLUMNS or any(record.get(column[0]) is not None for record in records))
+            and (column[0] != "subject" or several_subjects)]
 
 
 def backbone_notes(records: list[dict]) -> list[str]:
@@ -71,7 +76,8 @@ def markdown(records: list[dict], title: str, notes: list[str]) -> str:
              "|---" * (len(columns) + 1) + "|"]
     for record in records:
         lines.append(f"| {record['name']} | " + " | ".join(_cell(record, k, f) for k, _, f in columns) + " |")
-    lines += ["", f"Sample grids: `experiments/NAME/samples.png`. {GRID_LAYOUT}", "", *precision_markdown(records)]
+    lines += ["", f"Sample grids: `experiments/NAME/samples.png`. {GRID_LAYOUT}", "", *precision_markdown(records),
+              *composition_markdown(records)]
     return "\n".join(lines)
 
 
@@ -142,8 +148,7 @@ def _prompt_list(prompts: str | list[str]) -> str:
 def _inline_png(path: str | None) -> str:
     if not path or not Path(path).is_file():
         return "<p>no samples</p>"
-    encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<img alt="samples" src="data:image/png;base64,{encoded}" style="image-rendering: pixelated">'
+    return inline_png(path, "samples")
 
 
 def html_report(records: list[dict], title: str, notes: list[str]) -> str:
@@ -173,6 +178,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child,t
 <h2>Results</h2><table><tr><th>experiment</th>{head}</tr>{rows}</table>
 <h2>Quality against cost</h2>{_scatter_svg(records)}
 {precision_html(records)}
+{composition_html(records)}
 <h2>Loss curves</h2>{curves}
 <h2>Samples</h2><p>{html.escape(GRID_LAYOUT)}</p>{grids}
 </body></html>

@@ -8,6 +8,8 @@ renderer (a folder of images) has no references: its grid is the technique's row
 
 from __future__ import annotations
 
+import base64
+import html
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,16 +114,31 @@ def save_grid(rows: list[GridRow], path: Path) -> Path:
 
 
 def write_sample_grids(records: list[dict]) -> None:
-    """Each record's samples.png from the images its evaluation kept (records[0] is the base); records made
-    before evaluations kept their images keep the grid they have."""
-    base_images = records[0].get("evaluation_images") if records else None
-    base = Evaluation.load_images(Path(base_images)) if base_images and Path(base_images).is_file() else None
+    """Each record's samples.png from the images its evaluation kept, beside those of the base on its subject (the
+    record its `base` names; records[0] for records that name none); records made before evaluations kept their
+    images keep the grid they have."""
+    loaded: dict[str, Evaluation] = {}
+
+    def evaluation(path: str | None) -> Evaluation | None:
+        if not path or not Path(path).is_file():
+            return None
+        if path not in loaded:
+            loaded[path] = Evaluation.load_images(Path(path))
+        return loaded[path]
+
+    by_name = {record["name"]: record for record in records}
     for record in records:
-        kept = record.get("evaluation_images")
-        if not kept or not Path(kept).is_file():
+        own = evaluation(record.get("evaluation_images"))
+        if own is None:
             continue
-        own = base if kept == base_images else Evaluation.load_images(Path(kept))
+        base = evaluation(by_name.get(record.get("base"), records[0]).get("evaluation_images"))
         rows = comparison_rows(record["name"], own, base)
-        record["samples"] = str(save_grid(rows, Path(kept).with_name("samples.png")))
+        record["samples"] = str(save_grid(rows, Path(record["evaluation_images"]).with_name("samples.png")))
         record["sample_rows"] = [f"{GROUP_TITLES.get(row.group, row.group)}: {row.label}" for row in rows]
         record["sample_seeds"] = own.seeds[:GRID_SEEDS]
+
+
+def inline_png(path: str, alt: str) -> str:
+    """An <img> holding the PNG itself (the report is one self-contained file), drawn without smoothing."""
+    encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}" style="image-rendering: pixelated">'

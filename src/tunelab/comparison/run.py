@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from tunelab.comparison.config import CompareConfig, Experiment
+from tunelab.comparison.composition_study import add_composition_study
+from tunelab.comparison.config import SUBJECT_KEYS, CompareConfig, CompareOptions, Experiment, base_names
 from tunelab.comparison.precision_study import add_precision_study
 from tunelab.comparison.report_images import write_sample_grids
 from tunelab.errors import TunelabError
@@ -84,10 +85,9 @@ def device_name() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def dreambench_settings(config: CompareConfig, identifier: str | None) -> dict:
+def dreambench_settings(options: CompareOptions, identifier: str | None) -> dict:
     """What the worker needs for DreamBench's metrics (nothing without clip/dino): the embedders' folders, the prompt
     set and how its prompts name the subject ('sks dog')."""
-    options = config.options
     if not (options.clip or options.dino):
         return {}
     subject = SUBJECTS.get(options.subject)
@@ -98,10 +98,17 @@ def dreambench_settings(config: CompareConfig, identifier: str | None) -> dict:
                            "subject_noun": f"{identifier or options.identifier or 'sks'} {class_word}"}}
 
 
-def experiment_spec(config: CompareConfig, experiment: Experiment | None, out: Path, device: str, data: Path) -> dict:
-    """What the worker needs to train and evaluate one experiment (None: the untuned base)."""
-    options = config.options
-    name = experiment.name if experiment else "base"
+def experiment_spec(config: CompareConfig, experiment: Experiment | None, out: Path, device: str, data: Path,
+                    base_subject: CompareOptions | None = None) -> dict:
+    """What the worker needs to train and evaluate one experiment (None: the untuned base, on `base_subject` when
+    given, else on the shared subject). `data`: the shared subject's training images (a subject of an
+    experiment's own has its folder beside them)."""
+    options = base_subject or config.options_for(experiment)
+    subjects = config.subject_options()
+    base = base_names(config)[subjects.index(options)]
+    if options is not config.options:
+        data = training_folder(options, out)
+    name = experiment.name if experiment else base
     folder = out / "experiments" / name
     subject = SUBJECTS.get(options.subject)
     training = dict(experiment.training) if experiment else {}
@@ -113,9 +120,10 @@ def experiment_spec(config: CompareConfig, experiment: Experiment | None, out: P
     return {
         "name": name,
         "technique": experiment.technique if experiment else "base",
-        "fingerprint": experiment.fingerprint() if experiment else "base",
+        "fingerprint": experiment.fingerprint() if experiment else base_fingerprint(options, config),
         "model": options.model,
         "subject": options.subject,
+        "base": base,
         "identifier": identifier,
         "training": training,
         "out": str(folder),
@@ -123,7 +131,7 @@ def experiment_spec(config: CompareConfig, experiment: Experiment | None, out: P
         "device": device,
         "evaluation": {"images_per_prompt": options.images_per_prompt, "seed": options.seed,
                        "sample_steps": options.sample_steps, "guidance": options.guidance,
-                       **dreambench_settings(config, identifier)},
+                       **dreambench_settings(options, identifier)},
     }
 
 
@@ -156,19 +164,29 @@ def run_worker(spec: dict, env: dict[str, str] | None = None) -> None:
         raise TunelabError(f"experiment {spec['name']!r} failed (exit {code}); its output is in {folder}")
 
 
-def training_data(config: CompareConfig, out: Path) -> Path:
-    subject = SUBJECTS.get(config.options.subject)
-    if subject is None:
-        return Path(config.options.subject).expanduser().resolve()
-    return write_training_images(subject, out / "data" / subject.name, captions=False)
+def base_fingerprint(options: CompareOptions, config: CompareConfig) -> str:
+    """The base on the shared subject is 'base', as ever; on another subject, it depends on that subject's settings."""
+    if options is config.options:
+        return "base"
+    return json.dumps({"base": {key: getattr(options, key) for key in SUBJECT_KEYS}}, sort_keys=True)
+
+
+def training_folder(options: CompareOptions, out: Path) -> Path:
+    """Where a subject's training images are: a toyworld subject's renders under OUT/data, or the folder itself."""
+    subject = SUBJECTS.get(options.subject)
+    return out / "data" / subject.name if subject else Path(options.subject).expanduser().resolve()
 
 
 def start_folder(config: CompareConfig, out: Path, rerun: bool = False) -> Path:
-    """Under the folder's lock: refuse mixing, record the settings, write the training data (returns its folder)."""
+    """Under the folder's lock: refuse mixing, record the settings, write each toyworld subject's training renders
+    (returns the shared subject's training folder)."""
     check_output_folder(out, config, rerun)
     (out / "compare.json").write_text(json.dumps({"settings": json.loads(config.fingerprint()),
                                                   "config": dataclasses.asdict(config)}, indent=2) + "\n")
-    return training_data(config, out)
+    for options in config.subject_options():
+        if options.subject in SUBJECTS:
+            write_training_images(SUBJECTS[options.subject], training_folder(options, out), captions=False)
+    return training_folder(config.options, out)
 
 
 def run_comparison(config: CompareConfig, out: Path, rerun: bool = False, progress=None) -> list[dict]:
@@ -178,7 +196,7 @@ def run_comparison(config: CompareConfig, out: Path, rerun: bool = False, progre
     with FolderLock(out):
         data = start_folder(config, out, rerun)
         device = device_name()
-        specs = [experiment_spec(config, None, out, device, data)]
+        specs = [experiment_spec(config, None, out, device, data, subject) for subject in config.subject_options()]
         specs += [experiment_spec(config, experiment, out, device, data) for experiment in config.experiments]
         records = []
         for index, spec in enumerate(specs):
@@ -186,8 +204,9 @@ def run_comparison(config: CompareConfig, out: Path, rerun: bool = False, progre
                 progress(index, len(specs), spec["name"])
             if not is_done(spec):
                 run_worker(spec)
-            records.append(json.loads(Path(spec["result"]).read_text()))
+            records.append(json.loads(Path(spec["result"]).read_text()) | {"subject": spec["subject"], "base": spec["base"]})
         add_precision_study(config, specs, records)
+        add_composition_study(config, specs, records)
         if progress:
             progress(len(specs), len(specs), "report")
         write_sample_grids(records)
@@ -195,13 +214,18 @@ def run_comparison(config: CompareConfig, out: Path, rerun: bool = False, progre
 
 
 def finish_records(records: list[dict], config: CompareConfig) -> list[dict]:
-    """Cost, prior drift against the base, and only the metrics asked for."""
-    base = records[0]
+    """Cost, prior drift against the base (on the record's subject), and only the metrics asked for."""
     for record in records:
+        base = base_record(record, records)
         record["usd"] = round(record["train_seconds"] / 3600 * config.options.usd_per_hour, 6)
-        if "class_preservation" in record:
+        if "class_preservation" in record and "class_preservation" in base:
             record["prior_drift"] = round(base["class_preservation"] - record["class_preservation"], 4)
         for metric in METRICS:
             if metric not in config.options.metrics or metric not in record:
                 record[metric] = None
     return records
+
+
+def base_record(record: dict, records: list[dict]) -> dict:
+    """The base evaluation on the record's subject (records made without one name none: the first record)."""
+    return next((other for other in records if other["name"] == record.get("base")), records[0])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -76,11 +77,20 @@ def train_experiment(spec: dict) -> dict:
 def evaluate_experiment(spec: dict, artifact: str | None) -> dict:
     """Scores and evaluation images of the model with the experiment's artifact attached (the base without one).
     The images are kept for the report's grids (comparison/report_images.py), which set each beside the base's."""
-    evaluation = spec["evaluation"]
     attach = method_class(spec["technique"]).generate_options(Path(artifact), spec["identifier"]) if artifact else {}
-    generate_options = GenerateOptions(**{"model": spec["model"], "prompt": "", "out": "", "sampler": "dpm++_2m",
-                                          "device": spec["device"], **attach})
-    session = prepare(generate_options)
+    return evaluate_session(evaluation_session(spec, attach), spec)
+
+
+def evaluation_session(spec: dict, attach: dict):
+    """The spec's model, loaded for evaluation images, with these generate options' artifacts attached (`attach`:
+    a technique's `generate_options`, or several joined: `--lora A --lora B`)."""
+    return prepare(GenerateOptions(**{"model": spec["model"], "prompt": "", "out": "", "sampler": "dpm++_2m",
+                                      "device": spec["device"], **attach}))
+
+
+def evaluate_session(session, spec: dict) -> dict:
+    """The evaluation of `evaluate_experiment` on a prepared session; its images go to the spec's `out`."""
+    evaluation = spec["evaluation"]
     sampling = (evaluation["images_per_prompt"], evaluation["seed"], evaluation["sample_steps"], evaluation["guidance"])
     if "dreambench" in evaluation:  # CLIP/DINO given: DreamBench's metrics, for any subject
         dreambench = evaluation["dreambench"]
@@ -105,6 +115,11 @@ def run_spec(spec: dict) -> dict:
         result |= train_experiment(spec)
     result |= evaluate_experiment(spec, result["artifact"])
     return result
+
+
+def run_module(module: str, spec: dict) -> int:
+    """`python -m MODULE SPEC_JSON` in a process of its own (a study after the experiments); its exit status."""
+    return subprocess.run([sys.executable, "-m", module, json.dumps(spec)]).returncode
 
 
 def main(argv: list[str], run=run_spec) -> int:

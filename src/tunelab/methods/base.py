@@ -117,6 +117,12 @@ class Method(ABC):
         return {cls.generate_flag.field: [str(artifact)]}
 
     @classmethod
+    def composition_refusal(cls, training: dict) -> str | None:
+        """Why an artifact trained with these options cannot be stacked with another by `lora/combining` (the
+        comparison's composition study); None when it can. Only plain LoRA files can."""
+        return f"{cls.title} artifacts are not LoRA files"
+
+    @classmethod
     def parse_spec(cls, spec: str) -> tuple[Path, Any]:
         """One value of the generate flag -> (file, its weight, strength or token)."""
         return parse_weighted_path(spec)

@@ -279,6 +279,11 @@ class LoraMethod(Method):
         return loras
 
     @classmethod
+    def composition_refusal(cls, training: dict) -> str | None:
+        algorithm = training.get("algorithm", "lora")
+        return None if algorithm == "lora" else f"{algorithm_title(algorithm)} files cannot be stacked (plain LoRA only)"
+
+    @classmethod
     def attach(cls, pipeline, specs, adapters_dir=None):
         return specs, attach_loras(pipeline, specs)
 
