@@ -25,6 +25,7 @@ LAYERS = [
     {"training", "generation"},
     {"toyworld"},
     {"evaluate"},
+    {"hyper"},  # the weight predictor's pretraining (toyworld subjects, scored) and `tunelab personalize`
     {"comparison", "bench"},
     {"sweep"},  # trials as comparison experiments
     {"cli", "ui"},  # cli.py, api.py (the Python API, `import tunelab`), each folder's command.py

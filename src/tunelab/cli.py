@@ -24,6 +24,9 @@ COMMANDS = {
     "demo": ("compare the four techniques on a built-in toyworld subject (no download; minutes on a laptop)", "tunelab.comparison.demo"),
     "ui": ("a local web UI: train, generate, LoRA tools and comparisons in the browser", "tunelab.ui.command"),
     "toyworld": ("toyworld, the built-in world: pretrain its base, write a subject's images, score a base", "tunelab.evaluate.toyworld_command"),
+    "hyper": ("pretrain a weight predictor (HyperDreamBooth style) on procedural toyworld subjects", "tunelab.hyper.command"),
+    "personalize": ("a subject's LoRA predicted from one or a few images in one forward pass, optionally refined",
+                    "tunelab.hyper.personalize_command"),
 }
 
 

@@ -36,6 +36,9 @@ BACKGROUND_COLOURS = ("black", "gray", "white", "blue")
 SHAPES = ("circle", "square", "triangle", "cross")
 POSITIONS = ("left", "right", "top", "bottom", "center")
 PATTERNS = ("solid", "rings", "quadrants", "bands")
+# More two-colour patterns, for procedural subjects (tunelab hyper pretrain). Kept out of PATTERNS, which the
+# autoencoder's pretraining draws from, so that recipe's data stays as it was.
+LATER_PATTERNS = ("halves", "diagonal", "dot", "stripes")
 ATTRIBUTES = ("shape", "colour", "background", "size", "position")  # what a caption asks for and a reading tells
 
 HELD_OUT = (  # (shape, colour, background) never shown in pretraining; a base's scores are measured on them
@@ -115,7 +118,7 @@ class Look:
 
     shape: str
     colours: tuple[str, ...]  # one colour = solid
-    pattern: str = "solid"  # one of PATTERNS
+    pattern: str = "solid"  # one of PATTERNS or LATER_PATTERNS
 
     def labels(self, box_size: int) -> np.ndarray:
         """(S, S) int: index into `colours` per pixel, -1 outside the shape."""
@@ -129,6 +132,14 @@ class Look:
             index = ((u < 0.5) ^ (v < 0.5)).astype(int)
         elif self.pattern == "bands":
             index = (v >= 0.55).astype(int)
+        elif self.pattern == "halves":  # left / right
+            index = (u >= 0.5).astype(int)
+        elif self.pattern == "diagonal":  # upper-left / lower-right triangles
+            index = (u + v >= 1.0).astype(int)
+        elif self.pattern == "dot":
+            index = ((u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25**2).astype(int)
+        elif self.pattern == "stripes":  # three vertical stripes
+            index = (np.floor(u * 3) % 2).astype(int)
         else:
             raise ValueError(f"unknown pattern {self.pattern!r}")
         return np.where(shape_mask(self.shape, box_size), index, -1)

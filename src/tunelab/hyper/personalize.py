@@ -1,0 +1,103 @@
+"""`tunelab personalize`: a subject's LoRA predicted from one or a few images, optionally refined, written as an
+ordinary kohya LoRA file (diffusers, A1111 and ComfyUI load it)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from tunelab.data.images import IMAGE_EXTENSIONS, load_image
+from tunelab.errors import TunelabError
+from tunelab.formats.kohya_lora import kohya_metadata
+from tunelab.formats.lora_io import read_lora, write_lora
+from tunelab.hyper.refine import refine
+from tunelab.hyper.scoring import predict_lora
+from tunelab.lora.weight_predictor import load_predictor
+
+SHIPPED = Path(__file__).resolve().parent.parent / "toyworld" / "hypernet" / "predictor.safetensors"
+
+
+@dataclass
+class Personalized:
+    path: Path
+    predict_seconds: float
+    total_seconds: float
+
+
+def predictor_path(hypernet: str) -> Path:
+    """A predictor file, or `toyworld` for the shipped one."""
+    if hypernet == "toyworld":
+        if not SHIPPED.is_file():
+            raise TunelabError("this tunelab ships no toyworld weight predictor yet; make one with `tunelab hyper pretrain`")
+        return SHIPPED
+    path = Path(hypernet)
+    if not path.is_file():
+        raise TunelabError(f"weight predictor not found: {path}")
+    return path
+
+
+def image_paths(given: list[str]) -> list[Path]:
+    """Image files and the images in given folders, in order."""
+    paths = []
+    for item in map(Path, given):
+        if item.is_dir():
+            paths += sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise TunelabError(f"no such image or folder: {item}")
+    if not paths:
+        raise TunelabError(f"no images in {', '.join(given)}")
+    return paths
+
+
+def square_pixels(path: Path, resolution: int) -> np.ndarray:
+    """An image centre-cropped to a square and resized to the predictor's resolution: (res, res, 3) uint8."""
+    image = load_image(path)
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    if side != resolution:  # toyworld's pixels are hard-edged: keep them so when only the scale differs
+        square = square.resize((resolution, resolution), Image.NEAREST if side % resolution == 0 else Image.BICUBIC)
+    return np.asarray(square)
+
+
+def personalize(hypernet: str, images: list[str], out: Path, *, refine_steps: int = 0, model: str | None = None,
+                prompt: str | None = None, class_prompt: str | None = None, seed: int = 0,
+                log: Callable[[str], None] = print) -> Personalized:
+    started = time.perf_counter()
+    if refine_steps < 0:
+        raise TunelabError(f"--refine-steps must be 0 or more, got {refine_steps}")
+    if refine_steps and not prompt:
+        raise TunelabError("--refine-steps needs --prompt, the subject's prompt with the predictor's token (e.g. \"a sks circle\")")
+    out = Path(out)
+    if out.suffix.lower() != ".safetensors":
+        raise TunelabError(f"--out is a .safetensors file, got {out}")
+    paths = image_paths(images)
+    predictor, basis, facts = load_predictor(predictor_path(hypernet))
+    pixels = [square_pixels(path, facts["resolution"]) for path in paths]
+    lora, predict_seconds = predict_lora(predictor, basis, pixels)
+    log(f"predicted a rank-{basis.rank} LoRA of {basis.layers} layers from {len(pixels)} image(s) in {predict_seconds:.3f} s")
+    metadata = {"tunelab_method": "predicted", "tunelab_predictor_token": facts["token"],
+                "ss_base_model_version": facts["base_model_version"]}
+    if refine_steps:
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(scratch) / "images"
+            folder.mkdir()
+            for index, path in enumerate(paths):
+                Image.fromarray(square_pixels(path, facts["resolution"])).save(folder / f"{index:04d}.png")
+            refined = refine(lora, model or facts["base_model"], folder, Path(scratch) / "run", prompt, refine_steps,
+                             class_prompt=class_prompt, seed=seed)
+            lora = read_lora(refined)[0]
+        metadata["tunelab_refine_steps"] = str(refine_steps)
+        log(f"refined it with {refine_steps} LoRA steps")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_lora(lora, out, "kohya", kohya_metadata(lora, facts["base_model_version"], metadata, {}))
+    return Personalized(out, predict_seconds, time.perf_counter() - started)
