@@ -28,7 +28,7 @@ from tunelab.toyworld.world import LATER_PATTERNS, PATTERNS, SHAPES, Look
 
 TINY_RUN = ["--subjects", "4", "--rank", "4", "--renders", "3", "--core-steps", "3", "--core-batch", "2",
             "--regression-steps", "3", "--diffusion-steps", "2", "--channels", "4", "--hidden", "16", "--eval-images", "1",
-            "--class-images", "2", "--score-subjects", "2"]
+            "--class-images", "2", "--score-subjects", "2", "--sample-steps", "2"]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from tunelab.toyworld.world import WORLD, render
 from tunelab.training.prior import CLASS_IMAGE_PATTERN, ensure_class_images
 from tunelab.training.step import diffusion_losses
 
-CLASS_SAMPLE_STEPS = 20
 
 
 @dataclass
@@ -52,15 +51,15 @@ def encode_renders(family, images: list[np.ndarray], seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def prepare_data(family, subjects: list[Subject], renders: int, class_folder: Path, class_images: int, seed: int,
-                 world=WORLD) -> SubjectData:
+def prepare_data(family, subjects: list[Subject], renders: int, class_folder: Path, class_images: int, sample_steps: int,
+                 seed: int, world=WORLD) -> SubjectData:
     images = [[render(scene) for scene in subject.scenes(renders, seed=0, world=world)] for subject in subjects]
     latents = torch.stack([encode_renders(family, subject_images, seed) for subject_images in images])  # (S, R, C, h, w)
     class_latents = {}
     resolution = world.resolution
     for word in sorted({subject.class_word for subject in subjects}):
         folder = ensure_class_images(family.pipeline, class_folder / word, f"a {word}", class_images, resolution,
-                                     CLASS_SAMPLE_STEPS, seed, show_progress=False)
+                                     sample_steps, seed, show_progress=False)
         pictures = [np.asarray(Image.open(folder / CLASS_IMAGE_PATTERN.format(index=i)).convert("RGB"))
                     for i in range(class_images)]
         class_latents[word] = encode_renders(family, pictures, seed)

@@ -52,6 +52,7 @@ class HyperRecipe:
     hidden: int = option("the predictor's feature and decoder width", default=512)
     class_images: int = option("the base's class images per shape (prior preservation)", default=16)
     eval_images: int = option("images per subject when scoring", default=8)
+    sample_steps: int = option("sampling steps of the class images and of the scoring images", default=20)
     score_subjects: int = option("held-out subjects scored for the model card (at most 16)", default=16)
     checkpoint_every: int = option("steps between checkpoints", default=200)
 
@@ -75,7 +76,8 @@ def pretrain(model: str, out: Path, recipe: HyperRecipe, log: Callable[[str], No
         getattr(pipeline, name).requires_grad_(False)
     subjects = training_subjects(recipe.subjects, recipe.seed)
     log(f"preparing {len(subjects)} subjects ({recipe.renders} renders each) and the base's class images")
-    data = prepare_data(family, subjects, recipe.renders, out / "class_images", recipe.class_images, recipe.seed)
+    data = prepare_data(family, subjects, recipe.renders, out / "class_images", recipe.class_images,
+                        recipe.sample_steps, recipe.seed)
     basis = basis_for(family, recipe.rank, recipe.seed)
     modules = attention_modules(family)
     pipeline.unet.train()
@@ -134,8 +136,10 @@ def pretrain(model: str, out: Path, recipe: HyperRecipe, log: Callable[[str], No
         "base_model": str(model), "base_model_version": family.base_model_version, "targets": "attention"})
     log("scoring predicted LoRAs on the held-out subjects")
     seeds = list(range(1000, 1000 + recipe.eval_images))
-    held_out = score_predictions(pipeline, predictor, basis, held_out_subjects()[:recipe.score_subjects], seeds)
-    seen = score_predictions(pipeline, predictor, basis, subjects[:min(8, recipe.score_subjects)], seeds)
+    held_out = score_predictions(pipeline, predictor, basis, held_out_subjects()[:recipe.score_subjects], seeds,
+                                  recipe.sample_steps)
+    seen = score_predictions(pipeline, predictor, basis, subjects[:min(8, recipe.score_subjects)], seeds,
+                              recipe.sample_steps)
     facts = {"model": str(model), "recipe": asdict(recipe), "subjects": [s.name for s in subjects],
              "held_out": held_out, "seen": seen, "machine": describe(torch.get_num_threads()),
              "train_seconds": trained_seconds, "total_seconds": time.perf_counter() - started,

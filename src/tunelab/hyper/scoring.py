@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from tunelab.evaluate.metrics import subject_fidelity
-from tunelab.evaluate.sampling import sample_images
+from tunelab.evaluate.sampling import STEPS, sample_images
 from tunelab.formats.lora_set import LoraSet
 from tunelab.lora.fixed_basis import FixedBasis
 from tunelab.lora.merging import applied
@@ -32,20 +32,20 @@ def training_renders(subject: Subject, world=WORLD) -> list[np.ndarray]:
     return [render(scene) for scene in subject.scenes(TRAINING_RENDERS, seed=0, world=world)]
 
 
-def fidelity_of(pipeline, lora: LoraSet | None, subject: Subject, seeds: list[int]) -> float:
+def fidelity_of(pipeline, lora: LoraSet | None, subject: Subject, seeds: list[int], steps: int = STEPS) -> float:
     """Subject fidelity of images made with the subject's prompt, the LoRA merged in (None: the base)."""
     loras = [(lora, 1.0)] if lora else []
     with applied(adaptable_modules(pipeline), loras):
-        images = sample_images(pipeline, [subject.prompt] * len(seeds), seeds)
+        images = sample_images(pipeline, [subject.prompt] * len(seeds), seeds, steps=steps)
     return subject_fidelity(images, subject)
 
 
 def score_predictions(pipeline, predictor: WeightPredictor, basis: FixedBasis, subjects: list[Subject],
-                      seeds: list[int]) -> list[dict]:
+                      seeds: list[int], steps: int = STEPS) -> list[dict]:
     """Per subject: the base's fidelity, the predicted LoRA's, and the prediction's seconds."""
     rows = []
     for subject in subjects:
         lora, seconds = predict_lora(predictor, basis, training_renders(subject))
-        rows.append({"subject": subject.name, "base": fidelity_of(pipeline, None, subject, seeds),
-                     "predicted": fidelity_of(pipeline, lora, subject, seeds), "predict_seconds": seconds})
+        rows.append({"subject": subject.name, "base": fidelity_of(pipeline, None, subject, seeds, steps),
+                     "predicted": fidelity_of(pipeline, lora, subject, seeds, steps), "predict_seconds": seconds})
     return rows
