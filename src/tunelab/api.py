@@ -253,7 +253,9 @@ def compare(config: CompareConfig | str | Path | dict, *, out: str | Path, rerun
         config = replace(config, options=replace(config.options, usd_per_hour=usd_per_hour))
     out = Path(out)
     records = run_comparison(config, out, rerun=rerun, progress=progress or (lambda done, total, name: None))
-    notes = [f"Model {config.options.model}, subject {config.options.subject}; cost at ${config.options.usd_per_hour}/h.",
+    subjects = [options.subject for options in config.subject_options()]
+    notes = [f"Model {config.options.model}, subject{'s' * (len(subjects) > 1)} {', '.join(subjects)}; "
+             f"cost at ${config.options.usd_per_hour}/h.",
              f"Machine: {describe(torch.get_num_threads())}."]
     return write_reports(records, out, title, notes)["html"]
 
