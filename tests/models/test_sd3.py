@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import tunelab
 import tunelab.models.presets
 from helpers import run_cli
 from tunelab.formats.lora_io import read_lora
@@ -305,3 +306,19 @@ def test_tunelab_reads_the_dreambooth_single_file_back_and_picks_shipped_configs
                  "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias": transformer.transformer_blocks[0].norm1_context.linear.bias,
                  f"model.diffusion_model.joint_blocks.{last}.x_block.mlp.fc1.weight": transformer.transformer_blocks[last].ff.net[0].proj.weight}
         assert sd3_config_dirs(state, CONFIGS_DIR, "x") == (CONFIGS_DIR / variant, CONFIGS_DIR / "sd35_medium"), variant
+
+
+def test_training_samples_read_the_runs_t5_length(tmp_path, subject_images, monkeypatch):
+    """The sample images show the model as training conditions it: T5 reads --t5-max-length tokens there too."""
+    lengths = []
+    encode_t5 = StableDiffusion3Pipeline._get_t5_prompt_embeds
+
+    def recording(self, *args, max_sequence_length=256, **kwargs):
+        lengths.append(max_sequence_length)
+        return encode_t5(self, *args, max_sequence_length=max_sequence_length, **kwargs)
+
+    monkeypatch.setattr(StableDiffusion3Pipeline, "_get_t5_prompt_embeds", recording)
+    result = tunelab.train("lora", model="tiny-sd3", images=subject_images, prompt=PROMPT, out=tmp_path / "run", steps=1,
+                           rank=2, log_with="none", sample_every=1, sample_steps=1, t5_max_length=16)
+    assert (tmp_path / "run" / "samples" / "step-0000001-0.png").is_file() and result.artifact.is_file()
+    assert lengths and set(lengths) == {16}  # the prompt's and the negative's encodings (16 < the tiny tokenizer's 64)

@@ -231,7 +231,7 @@ def text_inputs(session: Session, options) -> dict:
     zero_negative = _zero_negative(family, options)
     if not options.prompt_weighting:
         if not family.prompt_weighting:
-            return {"prompt": session.prompt_text, **_plain_negative(family, options), "max_sequence_length": family.max_sequence_length}
+            return {"prompt": session.prompt_text, **_plain_negative(family, options), **family.pipeline_text_options()}
         # the pipeline itself: None gives its own empty-negative handling, "" has it encode the empty text
         negative = options.negative_prompt or (None if zero_negative or options.empty_negative == "model" else "")
         return {"prompt": session.prompt_text, "negative_prompt": negative}
@@ -277,11 +277,11 @@ def _plain_text_inputs(session: Session, plan: PromptPlan, options) -> dict:
         raise TunelabError(f"AND and prompt weights (text :0.5) are not supported on {family.title} models "
                            "(there: prompt editing [from:to:when] and alternation [a|b])")
     if not plan.changes:
-        return PromptInputs(prompt=session.prompt_text, **_plain_negative(family, options), max_sequence_length=family.max_sequence_length)
+        return PromptInputs(prompt=session.prompt_text, **_plain_negative(family, options), **family.pipeline_text_options())
     encoded = encode_plain_texts(family, plan.texts())
     negative, positives = plan.at(1)
     embeds, pooled = encoded[positives[0][0]]
-    inputs = PromptInputs(prompt_embeds=embeds, pooled_prompt_embeds=pooled, max_sequence_length=family.max_sequence_length)
+    inputs = PromptInputs(prompt_embeds=embeds, pooled_prompt_embeds=pooled, **family.pipeline_text_options())
     if family.negative_prompt:
         inputs.update(negative_prompt_embeds=encoded[negative][0], negative_pooled_prompt_embeds=encoded[negative][1])
     inputs.per_step = StepConditioning(plan, encoded)

@@ -75,6 +75,7 @@ class ModelFamily(Protocol):
     def predict(self, batch: NoisyBatch, conditioning: dict[str, torch.Tensor]) -> torch.Tensor: ...
     def loss_weights(self, timesteps: torch.Tensor, min_snr_gamma: float | None) -> torch.Tensor: ...
     def enable_gradient_checkpointing(self) -> None: ...
+    def pipeline_text_options(self) -> dict[str, Any]: ...  # what its pipeline takes to read a prompt as training does
 
 
 # diffusers pipeline class -> the family that trains and samples it; the one list of families.
@@ -165,6 +166,11 @@ class VaeLatentsMixin:
     def tokenizer_for(self, text_encoder_name: str):
         """The tokenizer that feeds a text encoder (text_encoder <- tokenizer, text_encoder_2 <- tokenizer_2)."""
         return getattr(self.pipeline, text_encoder_name.replace("text_encoder", "tokenizer"))
+
+    def pipeline_text_options(self) -> dict[str, Any]:
+        """Arguments the diffusers pipeline takes beside the prompt to encode it as training does (none here; T5's
+        length where there is a T5); training samples and generation pass them."""
+        return {}
 
     def drop_text_encoder(self, name: str) -> None:
         """Take an optional text encoder and its tokenizer off the pipeline (their memory is freed)."""

@@ -69,6 +69,9 @@ class FluxFamily(FlowMatchingNoise, VaeLatentsMixin):
     def max_sequence_length(self) -> int:
         return min(MAX_T5_TOKENS, self.pipeline.tokenizer_2.model_max_length)
 
+    def pipeline_text_options(self) -> dict[str, int]:
+        return {"max_sequence_length": self.max_sequence_length}  # the pipeline's own default is not the run's
+
     def enable_gradient_checkpointing(self) -> None:
         self.pipeline.transformer.enable_gradient_checkpointing()
         self.pipeline.text_encoder.gradient_checkpointing_enable()

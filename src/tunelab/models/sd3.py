@@ -128,6 +128,9 @@ class StableDiffusion3Family(FlowMatchingNoise, VaeLatentsMixin):
             return self.t5_max_length
         return min(self.t5_max_length, self.pipeline.tokenizer_3.model_max_length)
 
+    def pipeline_text_options(self) -> dict[str, int]:
+        return {"max_sequence_length": self.max_sequence_length}  # the pipeline's own default is not the run's
+
     def enable_gradient_checkpointing(self) -> None:
         self.pipeline.transformer.enable_gradient_checkpointing()
         for name in self.trainable_text_encoder_names:

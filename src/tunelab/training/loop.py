@@ -129,6 +129,7 @@ def write_samples(accelerator, family, method, options: TrainOptions, out_dir: P
                     height=resolution,
                     width=resolution,
                     callback_on_step_end=stop.pipeline_callback,
+                    **family.pipeline_text_options(),  # T5's length as the run trains (--t5-max-length)
                 ).images[0]
             if stop.requested:
                 return written  # an interrupted sample is not worth saving
