@@ -3,6 +3,7 @@ and experiments on subjects of their own (each with its own base)."""
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,8 +12,10 @@ import yaml
 import tunelab
 from helpers import one_line_error, run_cli
 from tunelab.comparison import composition_study, run, worker
-from tunelab.evaluate.protocol import Evaluation
+from tunelab.comparison.report import markdown
+from tunelab.evaluate.protocol import Evaluation, evaluate_subject
 from tunelab.formats.lora_io import read_lora_file
+from tunelab.toyworld.subjects import SUBJECTS
 
 MODEL = "tiny-sd"  # random weights: the study's plumbing and equalities, not what a LoRA learns (docs/compare.md has that)
 EVALUATION = {"images_per_prompt": 2, "sample_steps": 2, "guidance": 5.0, "seed": 1000}
@@ -119,15 +122,38 @@ def test_together_is_both_files_attached_and_concat_is_exact(composed):
     ],
 )
 def test_bad_composition_or_subject_is_one_line(tmp_path, capsys, changes, message):
-    changes = {key: value for key, value in changes.items()}
+    """A None in `changes` leaves that key out."""
     config = write_config(tmp_path / "c.yaml", **changes)
     data = yaml.safe_load(config.read_text())
-    for experiment in data["experiments"]:
-        for key in [key for key, value in experiment.items() if value is None]:
-            del experiment[key]
-    if data.get("composition") is None:
-        data.pop("composition", None)
-    config.write_text(yaml.safe_dump(data))
+    data["experiments"] = [{key: value for key, value in entry.items() if value is not None} for entry in data["experiments"]]
+    config.write_text(yaml.safe_dump({key: value for key, value in data.items() if value is not None}))
     err = one_line_error(capsys, run_cli("compare", config, "--out", tmp_path / "out"))
     assert message in err
     assert not (tmp_path / "out").exists()
+
+
+def test_with_clip_and_dino_each_concept_has_a_row_per_embedding_metric():
+    """A study measured with clip/dino (constructed here: the measuring is the experiments' own evaluation)."""
+    scores = {"clip_i": 0.71, "dino": 0.42}
+    concept = {"experiment": "dog", "subject": "photos/dog", "prompt": "a photo of sks dog", "base": {"clip_i": 0.5},
+               "variants": {variant: scores for variant in ("alone", "together", "concat", "svd")}, "grid": None}
+    study = {"loras": ["dog", "cat"], "concepts": [concept],
+             "files": [{"variant": "svd", "file": "svd.safetensors", "rank": 4, "bytes": 1000}]}
+    report = markdown([{"name": "dog", "technique": "lora", "composition_study": study}], "t", [])
+    assert "| dog (dog) | CLIP-I | 0.500 | 0.710 | 0.710 | 0.710 | 0.710 |" in report
+    assert "| dog (dog) | DINO | n/a | 0.420 | 0.420 | 0.420 | 0.420 |" in report
+    assert "| svd | svd.safetensors | 4 | 1,000 |" in report
+
+
+def test_a_subject_only_evaluation_is_the_full_one_s_subject_row():
+    """The study measures each variant on the subject prompt alone: the same images and score as the full evaluation."""
+    def pipeline(prompt, generator, num_inference_steps, guidance_scale, output_type):  # a colour from seed and prompt
+        images = [np.full((32, 32, 3), [200, g.initial_seed() % 256, 7 * len(p)], np.float32) / 255 for p, g in zip(prompt, generator)]
+        return SimpleNamespace(images=np.stack(images))  # (b, H, W, 3)
+
+    full = evaluate_subject(pipeline, SUBJECTS["checker"], "zwx", images_per_prompt=3, steps=1)
+    alone = evaluate_subject(pipeline, SUBJECTS["checker"], "zwx", images_per_prompt=3, steps=1, subject_only=True)
+    assert list(alone.rows) == ["subject"] and list(alone.scores) == ["subject_fidelity"] and len(full.rows) == 3
+    assert alone.scores["subject_fidelity"] == full.scores["subject_fidelity"]
+    assert np.array_equal(np.stack(alone.rows["subject"][1]), np.stack(full.rows["subject"][1]))
+    assert np.array_equal(np.stack(alone.references["subject"]), np.stack(full.references["subject"]))

@@ -147,7 +147,7 @@ def run_study(spec: dict) -> dict:
         session = evaluation_session(concepts[0]["spec"], options)  # one model load per variant, both concepts on it
         for concept in concepts:
             name = concept["experiment"]
-            evaluated = evaluate_session(session, {**concept["spec"], "out": str(folder / variant / name)})
+            evaluated = evaluate_session(session, {**concept["spec"], "out": str(folder / variant / name)}, subject_only=True)
             scores[name][variant], images[name][variant] = fidelity(evaluated), evaluated["evaluation_images"]
         session.detach()
     results = []

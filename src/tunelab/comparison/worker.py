@@ -88,8 +88,9 @@ def evaluation_session(spec: dict, attach: dict):
                                       "device": spec["device"], **attach}))
 
 
-def evaluate_session(session, spec: dict) -> dict:
-    """The evaluation of `evaluate_experiment` on a prepared session; its images go to the spec's `out`."""
+def evaluate_session(session, spec: dict, subject_only: bool = False) -> dict:
+    """The evaluation of `evaluate_experiment` on a prepared session; its images go to the spec's `out`.
+    `subject_only`: on a toyworld subject, its subject prompt and fidelity alone."""
     evaluation = spec["evaluation"]
     sampling = (evaluation["images_per_prompt"], evaluation["seed"], evaluation["sample_steps"], evaluation["guidance"])
     if "dreambench" in evaluation:  # CLIP/DINO given: DreamBench's metrics, for any subject
@@ -98,7 +99,8 @@ def evaluate_session(session, spec: dict) -> dict:
                                          training_images(spec["training"]["images"]),
                                          Embedders(dreambench["clip"], dreambench["dino"]), *sampling)
     elif spec["subject"] in SUBJECTS:
-        result = evaluate_subject(session.pipeline, SUBJECTS[spec["subject"]], spec["identifier"], *sampling)
+        result = evaluate_subject(session.pipeline, SUBJECTS[spec["subject"]], spec["identifier"], *sampling,
+                                  subject_only=subject_only)
     else:  # a folder subject: no renderer, no quality metrics; its prompt's images still show what was learned
         result = sample_prompt(session.pipeline, spec["training"]["prompt"], *sampling)
     kept = result.save_images(Path(spec["out"]) / "evaluation.npz")

@@ -61,8 +61,9 @@ class Evaluation:
 
 
 def evaluate_subject(pipeline, subject: Subject, identifier: str, images_per_prompt: int = 8, seed: int = 1000,
-                     steps: int = STEPS, guidance: float = GUIDANCE) -> Evaluation:
-    """`identifier` names the subject in prompts: its token, or a textual-inversion token."""
+                     steps: int = STEPS, guidance: float = GUIDANCE, subject_only: bool = False) -> Evaluation:
+    """`identifier` names the subject in prompts: its token, or a textual-inversion token. `subject_only`: the subject
+    prompt's images and subject fidelity alone (a third of the sampling; the same images and score)."""
     seeds = [seed + index for index in range(images_per_prompt)]
     noun = f"{identifier} {subject.class_word}"
 
@@ -70,25 +71,22 @@ def evaluate_subject(pipeline, subject: Subject, identifier: str, images_per_pro
         return sample_images(pipeline, prompts, seeds, steps=steps, guidance=guidance)
 
     subject_prompts = [f"a {noun}"] * images_per_prompt
-    varied = prompt_variations(noun, images_per_prompt)
-    class_prompts = [subject.class_prompt] * images_per_prompt
-    subject_images, varied_images, class_images = images(subject_prompts), images([p for p, _ in varied]), images(class_prompts)
-    scores = {
-        "subject_fidelity": subject_fidelity(subject_images, subject),
-        "prompt_fidelity": prompt_fidelity(varied_images, [asked for _, asked in varied]),
-        "class_preservation": class_preservation(class_images, subject),
-        "diversity": diversity(subject_images),
-    }
-    rows = {
-        "subject": (subject_prompts, subject_images),
-        "prompts": ([p for p, _ in varied], varied_images),
-        "class": (class_prompts, class_images),
-    }
+    subject_images = images(subject_prompts)
     world = world_of_resolution(subject_images[0].shape[1])
-    references = {
-        "subject": [subject_as_asked(subject, {}, one_seed, world) for one_seed in seeds],
-        "prompts": [subject_as_asked(subject, asked, one_seed, world) for (_, asked), one_seed in zip(varied, seeds)],
-    }
+    scores = {"subject_fidelity": subject_fidelity(subject_images, subject)}
+    rows = {"subject": (subject_prompts, subject_images)}
+    references = {"subject": [subject_as_asked(subject, {}, one_seed, world) for one_seed in seeds]}
+    if not subject_only:
+        varied = prompt_variations(noun, images_per_prompt)
+        class_prompts = [subject.class_prompt] * images_per_prompt
+        varied_images, class_images = images([p for p, _ in varied]), images(class_prompts)
+        scores |= {
+            "prompt_fidelity": prompt_fidelity(varied_images, [asked for _, asked in varied]),
+            "class_preservation": class_preservation(class_images, subject),
+            "diversity": diversity(subject_images),
+        }
+        rows |= {"prompts": ([p for p, _ in varied], varied_images), "class": (class_prompts, class_images)}
+        references["prompts"] = [subject_as_asked(subject, asked, one_seed, world) for (_, asked), one_seed in zip(varied, seeds)]
     return Evaluation({name: round(value, 4) for name, value in scores.items()}, rows, seeds, references)
 
 
