@@ -27,7 +27,6 @@ from tunelab.lora.tools import CombineOptions, LorasInput, combine
 from tunelab.methods import method_class
 
 VARIANTS = ("alone", "together", "concat", "svd")
-MERGES = ("concat", "svd")  # the variants that are one merged file
 FIDELITY = ("subject_fidelity", "clip_i", "dino")  # a concept's fidelity: toyworld's, or DreamBench's with clip/dino
 
 
