@@ -8,6 +8,8 @@ parameters, so tests and examples train and sample in seconds on a CPU. `tiny-sd
 
 from __future__ import annotations
 
+import hashlib
+
 from pathlib import Path
 from typing import Callable
 
@@ -293,6 +295,8 @@ PRESETS: dict[str, Callable[..., object]] = {
     "tiny-sd3": build_tiny_sd3,
     "toyworld": load_toyworld,
 }
+# Presets loaded from shipped weights rather than built from a seed: what names them is their weights.
+PRESET_WEIGHTS = {"toyworld": TOYWORLD_BASE}
 # The diffusers pipeline class each preset builds, known without building it.
 PRESET_PIPELINES = {
     "tiny-sd": "StableDiffusionPipeline",
@@ -301,6 +305,18 @@ PRESET_PIPELINES = {
     "tiny-sd3": "StableDiffusion3Pipeline",
     "toyworld": "StableDiffusionPipeline",
 }
+
+
+def preset_identity(name: str, seed: int) -> str:
+    """What names a preset's weights for caches: its seed, or a digest of the shipped weights (a new base
+    installed under the same preset name must not reuse the old one's class images)."""
+    folder = PRESET_WEIGHTS.get(name)
+    if folder is None:
+        return f"preset:{name}:seed={seed}"
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.safetensors")):
+        digest.update(path.read_bytes())
+    return f"preset:{name}:weights={digest.hexdigest()[:16]}"
 
 
 def build_preset(name: str, seed: int = 0):

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tunelab.errors import TunelabError
-from tunelab.models.presets import PRESETS
+from tunelab.models.presets import PRESETS, preset_identity
 from tunelab.training.stopping import TrainingInterrupted
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def default_cache_root() -> Path:
 def model_identity(reference: str, seed: int) -> str:
     """What names a base model for the cache: a preset and its seed, or a file/folder and its mtime."""
     if reference in PRESETS:
-        return f"preset:{reference}:seed={seed}"
+        return preset_identity(reference, seed)
     path = Path(reference).expanduser().resolve()
     marker = path / "model_index.json" if path.is_dir() else path
     return f"path:{path}:mtime={marker.stat().st_mtime_ns if marker.exists() else 0}"
