@@ -12,7 +12,7 @@ from PIL import Image
 
 from helpers import one_line_error, run_cli
 from tunelab.formats.lora_io import read_lora
-from tunelab.hyper.batches import attention_modules, basis_for
+from tunelab.hyper.batches import adapted_modules, basis_for
 from tunelab.hyper.refine import LoraFromStart
 from tunelab.hyper.scoring import predict_lora, training_renders
 from tunelab.hyper.stages import run_stage
@@ -68,7 +68,8 @@ def test_subjects_are_new_and_the_held_out_ones_stay_apart():
 def test_each_batch_item_goes_through_its_own_subjects_lora():
     pipeline = build_preset("tiny-sd")
     family = family_for(pipeline)
-    basis, modules = basis_for(family, 4, seed=0), attention_modules(family)
+    groups = ("attention", "feedforward")
+    basis, modules = basis_for(family, 4, seed=0, groups=groups), adapted_modules(family, groups)
     cores = torch.randn(2, basis.layers, 4, 4, generator=torch.Generator().manual_seed(1)) * 0.5  # (S, L, r, r)
     noisy = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(2))
     text = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(3))

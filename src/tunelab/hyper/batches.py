@@ -32,16 +32,16 @@ class SubjectData:
     prompts: dict[str, torch.Tensor]  # prompt -> (T, D) text encoding
 
 
-def attention_modules(family) -> dict[str, torch.nn.Module]:
-    """The denoiser's attention projections (key -> Linear): the layers a predicted LoRA adapts."""
-    suffixes = family.lora_targets[family.denoiser_name]["attention"]
+def adapted_modules(family, groups: tuple[str, ...] = ("attention",)) -> dict[str, torch.nn.Module]:
+    """The denoiser's Linear layers in the family's LoRA target groups (key -> Linear): what a predicted LoRA adapts."""
+    suffixes = [suffix for group in groups for suffix in family.lora_targets[family.denoiser_name][group]]
     return {key: module for key, module in adaptable_modules(family.pipeline).items()
             if key.startswith(family.denoiser_name + ".") and isinstance(module, torch.nn.Linear)
             and any(key.endswith("." + suffix) for suffix in suffixes)}
 
 
-def basis_for(family, rank: int, seed: int) -> FixedBasis:
-    modules = attention_modules(family)
+def basis_for(family, rank: int, seed: int, groups: tuple[str, ...] = ("attention",)) -> FixedBasis:
+    modules = adapted_modules(family, groups)
     return FixedBasis.random({key: tuple(module.weight.shape) for key, module in modules.items()}, rank, seed)
 
 

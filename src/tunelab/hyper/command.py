@@ -28,6 +28,6 @@ def run(args: argparse.Namespace) -> None:
     recipe = HyperRecipe(**{field.name: getattr(args, field.name) for field in dataclasses.fields(HyperRecipe)})
     for field in dataclasses.fields(HyperRecipe):
         value = getattr(recipe, field.name)
-        if value <= 0 and field.name != "seed":
+        if isinstance(value, (int, float)) and value <= 0 and field.name != "seed":
             raise TunelabError(f"{flag_name(field.name)} must be positive, got {value}")
     pretrain(args.model, args.out, recipe, log=lambda line: print(line, flush=True))

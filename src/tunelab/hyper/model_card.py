@@ -24,7 +24,7 @@ def write_card(folder: Path, facts: dict) -> Path:
 Predicts a subject's LoRA from one or a few images in one forward pass: `tunelab personalize --hypernet
 predictor.safetensors --images DIR --out lora.safetensors`. The LoRA answers to the prompt "a sks <shape>".
 
-- Base model: `{facts['model']}`; the LoRA adapts the denoiser's attention projections in fixed random orthonormal
+- Base model: `{facts['model']}`; the LoRA adapts the denoiser's {recipe['targets']} layers in fixed random orthonormal
   bases of rank {recipe['rank']} (a {recipe['rank']}x{recipe['rank']} core per layer is what is predicted).
 - Predictor: a small convolutional image encoder (features averaged over the images) and an MLP decoder to the
   cores; {facts['parameters']:,} parameters, {facts['file_bytes'] / 1e6:.1f} MB in fp16 with its bases.

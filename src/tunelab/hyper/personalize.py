@@ -69,6 +69,12 @@ def square_pixels(path: Path, resolution: int) -> np.ndarray:
     return np.asarray(square)
 
 
+def target_groups(facts: dict) -> tuple[str, ...]:
+    """The LoRA target groups a predictor adapts (the first files named one group as a string)."""
+    targets = facts.get("targets", "attention")
+    return (targets,) if isinstance(targets, str) else tuple(targets)
+
+
 def personalize(hypernet: str, images: list[str], out: Path, *, refine_steps: int = 0, model: str | None = None,
                 prompt: str | None = None, class_prompt: str | None = None, seed: int = 0,
                 log: Callable[[str], None] = print) -> Personalized:
@@ -94,7 +100,7 @@ def personalize(hypernet: str, images: list[str], out: Path, *, refine_steps: in
             for index, path in enumerate(paths):
                 Image.fromarray(square_pixels(path, facts["resolution"])).save(folder / f"{index:04d}.png")
             refined = refine(lora, model or facts["base_model"], folder, Path(scratch) / "run", prompt, refine_steps,
-                             class_prompt=class_prompt, seed=seed)
+                             class_prompt=class_prompt, seed=seed, targets=target_groups(facts))
             lora = read_lora(refined)[0]
         metadata["tunelab_refine_steps"] = str(refine_steps)
         log(f"refined it with {refine_steps} LoRA steps")

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.config import option
+from tunelab.errors import TunelabError
 from tunelab.formats.safetensors_io import save_tensors
-from tunelab.hyper.batches import attention_modules, basis_for, batch_loss, draw_batch, prepare_data
+from tunelab.hyper.batches import adapted_modules, basis_for, batch_loss, draw_batch, prepare_data
 from tunelab.hyper.model_card import write_card
 from tunelab.hyper.scoring import score_predictions
 from tunelab.hyper.stages import run_stage
@@ -40,6 +41,7 @@ class HyperRecipe:
     subjects: int = option("procedural subjects to pretrain on", default=96)
     seed: int = option("seed of everything drawn", default=0)
     rank: int = option("rank of the fixed bases (each core is rank x rank)", default=8)
+    targets: str = option("the denoiser's layer groups the LoRA adapts, comma-separated: attention, feedforward", default="attention")
     renders: int = option("renders of each subject", default=8)
     core_steps: int = option("stage 1: steps of the subjects' LoRAs", default=1500)
     core_batch: int = option("stage 1 and 3: subjects per batch (each with one class image)", default=8)
@@ -55,6 +57,14 @@ class HyperRecipe:
     sample_steps: int = option("sampling steps of the class images and of the scoring images", default=20)
     score_subjects: int = option("held-out subjects scored for the model card (at most 16)", default=16)
     checkpoint_every: int = option("steps between checkpoints", default=200)
+
+
+def target_groups(targets: str) -> tuple[str, ...]:
+    groups = tuple(part.strip() for part in targets.split(",") if part.strip())
+    unknown = [group for group in groups if group not in ("attention", "feedforward")]
+    if unknown or not groups:
+        raise TunelabError(f"--targets takes attention and/or feedforward, got {targets!r}")
+    return groups
 
 
 def reference_images(data, chosen: list[int], rng: random.Random) -> torch.Tensor:
@@ -78,8 +88,9 @@ def pretrain(model: str, out: Path, recipe: HyperRecipe, log: Callable[[str], No
     log(f"preparing {len(subjects)} subjects ({recipe.renders} renders each) and the base's class images")
     data = prepare_data(family, subjects, recipe.renders, out / "class_images", recipe.class_images,
                         recipe.sample_steps, recipe.seed)
-    basis = basis_for(family, recipe.rank, recipe.seed)
-    modules = attention_modules(family)
+    groups = target_groups(recipe.targets)
+    basis = basis_for(family, recipe.rank, recipe.seed, groups)
+    modules = adapted_modules(family, groups)
     pipeline.unet.train()
     count, batch = len(subjects), min(recipe.core_batch, len(subjects))
 
@@ -133,7 +144,7 @@ def pretrain(model: str, out: Path, recipe: HyperRecipe, log: Callable[[str], No
     predictor.eval()
     path = save_predictor(out / PREDICTOR_FILE, predictor, basis, {
         "token": TOKEN, "resolution": pipeline.unet.config.sample_size * pipeline.vae_scale_factor,
-        "base_model": str(model), "base_model_version": family.base_model_version, "targets": "attention"})
+        "base_model": str(model), "base_model_version": family.base_model_version, "targets": list(groups)})
     log("scoring predicted LoRAs on the held-out subjects")
     seeds = list(range(1000, 1000 + recipe.eval_images))
     held_out = score_predictions(pipeline, predictor, basis, held_out_subjects()[:recipe.score_subjects], seeds,

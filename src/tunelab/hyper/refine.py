@@ -38,8 +38,8 @@ class LoraFromStart(LoraMethod):
                         continue
                     key = f"{name}.{from_file_path(name, path)}"
                     start = self.start.get(key)
-                    if start is None:
-                        raise TunelabError(f"the starting LoRA has no weights for layer {key}")
+                    if start is None:  # a layer the prediction leaves alone (a convolution) starts as a fresh LoRA: zero
+                        continue
                     layer.lora_A[ADAPTER_NAME].weight.copy_(start.down)  # (r, in)
                     layer.lora_B[ADAPTER_NAME].weight.copy_(start.up * (start.scale / layer.scaling[ADAPTER_NAME]))  # (out, r)
                     adapted.add(key)
