@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--subjects", type=int, default=8)
     parser.add_argument("--images", type=int, default=16, help="images per subject and arm")
+    parser.add_argument("--refine-lr", type=float, default=5e-3, help="learning rate of the refinement (default: the demo LoRA's)")
     arguments = parser.parse_args()
     torch.set_num_threads(1)
     out = arguments.out
@@ -91,8 +92,9 @@ def main() -> None:
             def refined_arm():
                 made = personalize(str(arguments.predictor), [str(folder)], work / "refined.safetensors", model=arguments.model,
                                    refine_steps=steps // 10, prompt=subject.prompt, class_prompt=subject.class_prompt,
-                                   log=lambda line: None)
-                return {"fidelity": score(made.path), "seconds": made.total_seconds, "steps": steps // 10}
+                                   learning_rate=arguments.refine_lr, log=lambda line: None)
+                return {"fidelity": score(made.path), "seconds": made.total_seconds, "steps": steps // 10,
+                        "learning_rate": arguments.refine_lr}
 
             row["predicted"] = measured(work / "predicted.json", predicted_arm)
             row["refined"] = measured(work / "refined.json", refined_arm)

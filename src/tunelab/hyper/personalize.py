@@ -17,7 +17,7 @@ from tunelab.data.images import IMAGE_EXTENSIONS, load_image
 from tunelab.errors import TunelabError
 from tunelab.formats.kohya_lora import kohya_metadata
 from tunelab.formats.lora_io import read_lora, write_lora
-from tunelab.hyper.refine import refine
+from tunelab.hyper.refine import REFINE_LEARNING_RATE, refine
 from tunelab.hyper.scoring import predict_lora
 from tunelab.lora.weight_predictor import load_predictor
 
@@ -77,7 +77,7 @@ def target_groups(facts: dict) -> tuple[str, ...]:
 
 def personalize(hypernet: str, images: list[str], out: Path, *, refine_steps: int = 0, model: str | None = None,
                 prompt: str | None = None, class_prompt: str | None = None, seed: int = 0,
-                log: Callable[[str], None] = print) -> Personalized:
+                learning_rate: float = REFINE_LEARNING_RATE, log: Callable[[str], None] = print) -> Personalized:
     started = time.perf_counter()
     if refine_steps < 0:
         raise TunelabError(f"--refine-steps must be 0 or more, got {refine_steps}")
@@ -100,7 +100,8 @@ def personalize(hypernet: str, images: list[str], out: Path, *, refine_steps: in
             for index, path in enumerate(paths):
                 Image.fromarray(square_pixels(path, facts["resolution"])).save(folder / f"{index:04d}.png")
             refined = refine(lora, model or facts["base_model"], folder, Path(scratch) / "run", prompt, refine_steps,
-                             class_prompt=class_prompt, seed=seed, targets=target_groups(facts))
+                             class_prompt=class_prompt, seed=seed, targets=target_groups(facts),
+                             learning_rate=learning_rate)
             lora = read_lora(refined)[0]
         metadata["tunelab_refine_steps"] = str(refine_steps)
         log(f"refined it with {refine_steps} LoRA steps")

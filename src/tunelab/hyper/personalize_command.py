@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from tunelab.hyper.personalize import personalize
+from tunelab.hyper.refine import REFINE_LEARNING_RATE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,11 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="base model for refining (default: the predictor's own)")
     parser.add_argument("--prompt", help="the subject's prompt for refining, with the predictor's token: \"a sks circle\"")
     parser.add_argument("--class-prompt", help="refine with prior preservation on this class prompt (\"a circle\")")
+    parser.add_argument("--learning-rate", type=float, default=REFINE_LEARNING_RATE,
+                        help=f"learning rate of the refinement (default {REFINE_LEARNING_RATE}, the demo LoRA's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the refinement")
 
 
 def run(args: argparse.Namespace) -> None:
     result = personalize(args.hypernet, args.images, args.out, refine_steps=args.refine_steps, model=args.model,
                          prompt=args.prompt, class_prompt=args.class_prompt, seed=args.seed,
+                         learning_rate=args.learning_rate,
                          log=lambda line: print(line, flush=True))
     print(f"wrote {result.path} in {result.total_seconds:.1f} s (prediction {result.predict_seconds:.3f} s)")
