@@ -23,6 +23,7 @@ from tunelab import api
 from tunelab.comparison.demo_settings import demo_config
 from tunelab.formats.lora_io import read_lora
 from tunelab.hyper.personalize import personalize
+from tunelab.hyper.refine import REFINE_LEARNING_RATE
 from tunelab.hyper.scoring import fidelity_of, training_renders
 from tunelab.hyper.subjects import held_out_subjects
 from tunelab.machine import describe
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--subjects", type=int, default=8)
     parser.add_argument("--images", type=int, default=16, help="images per subject and arm")
-    parser.add_argument("--refine-lr", type=float, default=5e-3, help="learning rate of the refinement (default: the demo LoRA's)")
+    parser.add_argument("--refine-lr", type=float, default=REFINE_LEARNING_RATE, help="learning rate of the refinement (default: personalize's)")
     arguments = parser.parse_args()
     torch.set_num_threads(1)
     out = arguments.out

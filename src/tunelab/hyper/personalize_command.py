@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", help="the subject's prompt for refining, with the predictor's token: \"a sks circle\"")
     parser.add_argument("--class-prompt", help="refine with prior preservation on this class prompt (\"a circle\")")
     parser.add_argument("--learning-rate", type=float, default=REFINE_LEARNING_RATE,
-                        help=f"learning rate of the refinement (default {REFINE_LEARNING_RATE}, the demo LoRA's)")
+                        help=f"learning rate of the refinement (default {REFINE_LEARNING_RATE})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the refinement")
 
 
