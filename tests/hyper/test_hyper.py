@@ -17,11 +17,13 @@ from tunelab.hyper.refine import LoraFromStart
 from tunelab.hyper.scoring import predict_lora, training_renders
 from tunelab.hyper.stages import run_stage
 from tunelab.hyper.subjects import all_subjects, held_out_subjects, training_subjects
-from tunelab.lora.merging import applied
+from tunelab.lora.merging import applied, check_fits
+from tunelab.lora.modules import adaptable_modules
 from tunelab.lora.per_sample import per_sample_loras
 from tunelab.lora.weight_predictor import load_predictor
 from tunelab.methods.lora import LoraOptions
 from tunelab.models.family import family_for
+from tunelab.models.loading import load_pipeline
 from tunelab.models.presets import build_preset
 from tunelab.toyworld.subjects import SUBJECTS
 from tunelab.toyworld.world import LATER_PATTERNS, PATTERNS, SHAPES, Look
@@ -141,6 +143,15 @@ def test_the_predicted_lora_is_a_kohya_file_diffusers_loads_as_tunelab_generate_
     generated = np.asarray(Image.open(tmp_path / "generated.png")).astype(int)
     assert np.abs(generated - np.asarray(image).astype(int)).max() <= 1
     assert not np.array_equal(np.asarray(without), np.asarray(image))
+
+
+def test_the_shipped_predictor_fits_the_toyworld_base(held_out_images, tmp_path):
+    out = tmp_path / "shipped.safetensors"
+    assert run_cli("personalize", "--hypernet", "toyworld", "--images", held_out_images, "--out", out) == 0
+    lora, metadata = read_lora(out)
+    modules = adaptable_modules(load_pipeline("toyworld"))
+    check_fits(lora, {key: tuple(module.weight.shape) for key, module in modules.items()}, str(out))
+    assert metadata["tunelab_predictor_token"] == "sks" and len(lora) == 100  # attention and feed-forward Linears
 
 
 def test_refinement_starts_at_the_prediction_and_moves_away_from_it(predictor_run, held_out_images, tmp_path):
