@@ -1,4 +1,4 @@
-"""The shipped base follows held-out captions: a small sample of what its model card reports on 96 images."""
+"""The shipped base follows held-out captions: a small sample of what its model card reports on 480 images."""
 
 import json
 from pathlib import Path
@@ -21,10 +21,17 @@ def scores():
     return measure_base(pipeline, count=SAMPLE, seed=0)
 
 
+# Strict: each passes the day a base that draws it ships.
+SHORT_OF_THE_BAR = {
+    1: {"position": "the generation-1 base ignores position words half the time (card: 0.55; issue 15)"},
+    3: {"shape": "the generation-3 base draws many small objects as blobs (card: 0.78 on 480 images; issue 15)",
+        "position": "the generation-3 base follows position words just under the bar (card: 0.898; this sample 0.875)"},
+}
+
+
 def marks(attribute):
-    if attribute == "position" and WORLD.generation == 1:  # strict: passes the day a base that follows it ships
-        return pytest.mark.xfail(strict=True, reason="the generation-1 base ignores position words half the time (card: 0.55; issue 15)")
-    return ()
+    reason = SHORT_OF_THE_BAR.get(WORLD.generation, {}).get(attribute)
+    return pytest.mark.xfail(strict=True, reason=reason) if reason else ()
 
 
 @pytest.mark.parametrize("attribute", [pytest.param(a, marks=marks(a)) for a in ATTRIBUTES])

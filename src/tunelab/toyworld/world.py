@@ -80,7 +80,7 @@ GENERATION_2 = World(2, 64, {"small": (6, 8), "large": (11, 14)}, "anchored", ji
 GENERATION_3 = World(3, 32, {"small": (4, 7), "large": (9, 10)}, "anchored", jitter=0.06,
                      keep={"size": 0.6, "colour": 0.8, "position": 0.7, "background": 0.6})
 WORLDS = {world.generation: world for world in (GENERATION_1, GENERATION_2, GENERATION_3)}
-WORLD = GENERATION_1  # the generation the shipped base was pretrained on (tests/toyworld checks the two agree)
+WORLD = GENERATION_3  # the generation the shipped base was pretrained on (tests/toyworld checks the two agree)
 
 
 def world_of_resolution(resolution: int) -> World:
