@@ -2,7 +2,7 @@
 the only list of techniques, and imports stand at the top of modules.
 
 The layers, bottom to top (README, "Architecture"): each module may import its own layer and the ones
-below, never one above. Each folder's `command.py` is the command line's, the top layer.
+below, never one above. The sub-commands live in `commands/`, the command line's own top layer.
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ LAYERS = [
     {"hyper"},  # the weight predictor's pretraining (toyworld subjects, scored) and `tunelab personalize`
     {"comparison", "bench"},
     {"sweep"},  # trials as comparison experiments
-    {"cli", "ui"},  # cli.py, api.py (the Python API, `import tunelab`), each folder's command.py
+    {"cli", "ui", "commands"},  # cli.py, api.py (the Python API, `import tunelab`), the sub-commands
 ]
 LAYER_OF = {name: index for index, names in enumerate(LAYERS) for name in names}
-COMMAND_MODULES = {"command", "demo"}  # a folder's sub-command modules: `add_arguments(parser)` and `run(args)`
 # The workplace's reference training step, kept as it was copied (its header names the original and its
 # changes), so its imports stay where the original has them.
 COPIED_AS_IS = {"bench/reference_step.py"}
@@ -48,8 +47,6 @@ def layer(module: str) -> int:
         return LAYER_OF["cli"]  # the command line and the Python API on top of everything
     if len(parts) == 2 and not (SOURCE / parts[1]).is_dir():
         return LAYER_OF["tunelab"]
-    if parts[-1] in COMMAND_MODULES:
-        return LAYER_OF["cli"]
     return LAYER_OF[parts[1]]
 
 

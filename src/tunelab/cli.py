@@ -13,20 +13,20 @@ from tunelab.process import quiet_libraries, run_guarded
 
 # Sub-command -> (help, module with `add_arguments(parser)` and `run(args)`); modules load only when used.
 COMMANDS = {
-    "train": ("train a technique on a folder of images (`tunelab train --help` lists the techniques)", "tunelab.training.command"),
-    "generate": ("generate images, with LoRAs, embeddings and hypernetworks", "tunelab.generation.command"),
-    "lora": ("LoRA tools: extract, merge, combine, resize, convert, info, precision-report", "tunelab.lora.command"),
-    "bench": ("benchmarks: `bench speed` times tunelab's training step beside the reference step", "tunelab.bench.command"),
-    "compare": ("run techniques side by side on one model and subject: time, memory, size, cost, quality", "tunelab.comparison.command"),
-    "evaluate": ("DreamBench's CLIP-I, CLIP-T and DINO of generated images against real ones (local CLIP/DINO models)", "tunelab.evaluate.command"),
+    "train": ("train a technique on a folder of images (`tunelab train --help` lists the techniques)", "tunelab.commands.train"),
+    "generate": ("generate images, with LoRAs, embeddings and hypernetworks", "tunelab.commands.generate"),
+    "lora": ("LoRA tools: extract, merge, combine, resize, convert, info, precision-report", "tunelab.commands.lora"),
+    "bench": ("benchmarks: `bench speed` times tunelab's training step beside the reference step", "tunelab.commands.bench"),
+    "compare": ("run techniques side by side on one model and subject: time, memory, size, cost, quality", "tunelab.commands.compare"),
+    "evaluate": ("DreamBench's CLIP-I, CLIP-T and DINO of generated images against real ones (local CLIP/DINO models)", "tunelab.commands.evaluate"),
     "sweep": ("search training settings (rank, alpha, learning rate, ...): a grid or Optuna, trials in parallel or on Ray; the "
-              "quality-vs-size and quality-vs-cost frontier", "tunelab.sweep.command"),
-    "demo": ("compare the four techniques on a built-in toyworld subject (no download; minutes on a laptop)", "tunelab.comparison.demo"),
-    "ui": ("a local web UI: train, generate, LoRA tools and comparisons in the browser", "tunelab.ui.command"),
-    "toyworld": ("toyworld, the built-in world: pretrain its base, write a subject's images, score a base", "tunelab.evaluate.toyworld_command"),
-    "hyper": ("pretrain a weight predictor (HyperDreamBooth style) on procedural toyworld subjects", "tunelab.hyper.command"),
+              "quality-vs-size and quality-vs-cost frontier", "tunelab.commands.sweep"),
+    "demo": ("compare the four techniques on a built-in toyworld subject (no download; minutes on a laptop)", "tunelab.commands.demo"),
+    "ui": ("a local web UI: train, generate, LoRA tools and comparisons in the browser", "tunelab.commands.ui"),
+    "toyworld": ("toyworld, the built-in world: pretrain its base, write a subject's images, score a base", "tunelab.commands.toyworld"),
+    "hyper": ("pretrain a weight predictor (HyperDreamBooth style) on procedural toyworld subjects", "tunelab.commands.hyper"),
     "personalize": ("a subject's LoRA predicted from one or a few images in one forward pass, optionally refined",
-                    "tunelab.hyper.personalize_command"),
+                    "tunelab.commands.personalize"),
 }
 
 

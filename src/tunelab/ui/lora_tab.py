@@ -12,7 +12,7 @@ import gradio as gr
 
 from tunelab.config import resolve
 from tunelab.errors import TunelabError
-from tunelab.lora.command import TOOLS
+from tunelab.lora.tool_table import TOOLS
 from tunelab.ui.forms import build_form, components, read_form
 from tunelab.ui.paths import checked_paths
 from tunelab.ui.train_tab import error_text

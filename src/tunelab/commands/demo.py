@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tunelab import api
-from tunelab.comparison.command import add_common_arguments, progress_bar
+from tunelab.commands.compare import add_common_arguments, progress_bar
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
