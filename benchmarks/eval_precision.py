@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tunelab.comparison.run import prior_drift
 from tunelab.comparison.worker import evaluate_experiment
 
 METRICS = ("subject_fidelity", "prompt_fidelity", "prior_drift", "diversity")
@@ -32,7 +33,7 @@ def evaluate_all(specs: list[tuple[dict, str | None]], seed: int, images_per_pro
         scores[spec["name"]] = evaluate_experiment(spec, artifact)
     base = scores[specs[0][0]["name"]]
     for record in scores.values():
-        record["prior_drift"] = base["class_preservation"] - record["class_preservation"]
+        record["prior_drift"] = prior_drift(base, record)
     return scores
 
 

@@ -213,13 +213,18 @@ def run_comparison(config: CompareConfig, out: Path, rerun: bool = False, progre
         return finish_records(records, config)
 
 
+def prior_drift(base: dict, record: dict) -> float:
+    """How much less often the tuned model's class images still look like the class than the base's."""
+    return base["class_preservation"] - record["class_preservation"]
+
+
 def finish_records(records: list[dict], config: CompareConfig) -> list[dict]:
     """Cost, prior drift against the base (on the record's subject), and only the metrics asked for."""
     for record in records:
         base = base_record(record, records)
         record["usd"] = round(record["train_seconds"] / 3600 * config.options.usd_per_hour, 6)
         if "class_preservation" in record and "class_preservation" in base:
-            record["prior_drift"] = round(base["class_preservation"] - record["class_preservation"], 4)
+            record["prior_drift"] = round(prior_drift(base, record), 4)
         for metric in METRICS:
             if metric not in config.options.metrics or metric not in record:
                 record[metric] = None

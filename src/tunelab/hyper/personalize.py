@@ -97,8 +97,8 @@ def personalize(hypernet: str, images: list[str], out: Path, *, refine_steps: in
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch) / "images"
             folder.mkdir()
-            for index, path in enumerate(paths):
-                Image.fromarray(square_pixels(path, facts["resolution"])).save(folder / f"{index:04d}.png")
+            for index, image in enumerate(pixels):  # the images the prediction saw, as the refinement's data
+                Image.fromarray(image).save(folder / f"{index:04d}.png")
             refined = refine(lora, model or facts["base_model"], folder, Path(scratch) / "run", prompt, refine_steps,
                              class_prompt=class_prompt, seed=seed, targets=target_groups(facts),
                              learning_rate=learning_rate)

@@ -9,7 +9,6 @@ parameters, so tests and examples train and sample in seconds on a CPU. `tiny-sd
 from __future__ import annotations
 
 import hashlib
-
 from pathlib import Path
 from typing import Callable
 
