@@ -82,6 +82,6 @@ def measure_autoencoder(vae, world: World, count: int = 48, seed: int = 0) -> di
     exact = [all(getattr(reading, name) == value for name, value in asked_attributes(scene).items()) for scene, reading in zip(scenes, readings)]
     scores = {"readback_accuracy": round(float(np.mean(exact)), 3)}
     for subject in SUBJECTS.values():
-        renders = [render(scene) for scene in subject.scenes(count // 2, seed=seed + 1, world=world)]
+        renders = subject.renders(count // 2, seed=seed + 1, world=world)
         scores[f"{subject.name}_fidelity"] = round(subject_fidelity(reconstruct(renders), subject), 3)
     return scores

@@ -17,10 +17,9 @@ from tunelab.lora.modules import adaptable_modules
 from tunelab.lora.per_sample import per_sample_loras
 from tunelab.toyworld.pretrain import to_pixels
 from tunelab.toyworld.subjects import Subject
-from tunelab.toyworld.world import WORLD, render
+from tunelab.toyworld.world import WORLD
 from tunelab.training.prior import CLASS_IMAGE_PATTERN, ensure_class_images
 from tunelab.training.step import diffusion_losses
-
 
 
 @dataclass
@@ -53,7 +52,7 @@ def encode_renders(family, images: list[np.ndarray], seed: int) -> torch.Tensor:
 @torch.no_grad()
 def prepare_data(family, subjects: list[Subject], renders: int, class_folder: Path, class_images: int, sample_steps: int,
                  seed: int, world=WORLD) -> SubjectData:
-    images = [[render(scene) for scene in subject.scenes(renders, seed=0, world=world)] for subject in subjects]
+    images = [subject.renders(renders, seed=0, world=world) for subject in subjects]
     latents = torch.stack([encode_renders(family, subject_images, seed) for subject_images in images])  # (S, R, C, h, w)
     class_latents = {}
     resolution = world.resolution

@@ -15,7 +15,7 @@ from tunelab.lora.merging import applied
 from tunelab.lora.modules import adaptable_modules
 from tunelab.lora.weight_predictor import WeightPredictor, image_batch
 from tunelab.toyworld.subjects import TRAINING_RENDERS, Subject
-from tunelab.toyworld.world import WORLD, render
+from tunelab.toyworld.world import WORLD
 
 
 @torch.no_grad()
@@ -29,7 +29,7 @@ def predict_lora(predictor: WeightPredictor, basis: FixedBasis, images: list[np.
 
 def training_renders(subject: Subject, world=WORLD) -> list[np.ndarray]:
     """The images a user would give: the subject's training renders (the demo's, `tunelab toyworld subject`'s)."""
-    return [render(scene) for scene in subject.scenes(TRAINING_RENDERS, seed=0, world=world)]
+    return subject.renders(TRAINING_RENDERS, seed=0, world=world)
 
 
 def fidelity_of(pipeline, lora: LoraSet | None, subject: Subject, seeds: list[int], steps: int = STEPS) -> float:

@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from tunelab.errors import TunelabError
@@ -40,6 +41,10 @@ class Subject:
         backgrounds = [BACKGROUND_COLOURS[(index + seed) % len(BACKGROUND_COLOURS)] for index in range(count)]
         return [place(rng, self.look, background, world=world) for background in backgrounds]
 
+    def renders(self, count: int, seed: int, world: World = WORLD) -> list[np.ndarray]:
+        """The scenes of `scenes(count, seed)` drawn: (H, W, 3) uint8 each; seed 0 gives the training renders."""
+        return [render(scene) for scene in self.scenes(count, seed, world)]
+
 
 SUBJECTS = {
     subject.name: subject
@@ -62,8 +67,8 @@ def write_training_images(subject: Subject, folder: Path, count: int = TRAINING_
                           world: World = WORLD) -> Path:
     """The subject's training renders as PNGs, with caption files ("a sks circle") unless captions=False."""
     folder.mkdir(parents=True, exist_ok=True)
-    for index, scene in enumerate(subject.scenes(count, seed=0, world=world)):
-        Image.fromarray(render(scene)).save(folder / f"{subject.name}_{index}.png")
+    for index, pixels in enumerate(subject.renders(count, seed=0, world=world)):
+        Image.fromarray(pixels).save(folder / f"{subject.name}_{index}.png")
         if captions:
             (folder / f"{subject.name}_{index}.txt").write_text(subject.prompt + "\n")
     return folder
