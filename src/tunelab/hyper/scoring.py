@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
-import torch
 
 from tunelab.evaluate.metrics import subject_fidelity
 from tunelab.evaluate.sampling import STEPS, sample_images
@@ -13,18 +10,9 @@ from tunelab.formats.lora_set import LoraSet
 from tunelab.lora.fixed_basis import FixedBasis
 from tunelab.lora.merging import applied
 from tunelab.lora.modules import adaptable_modules
-from tunelab.lora.weight_predictor import WeightPredictor, image_batch
+from tunelab.lora.weight_predictor import WeightPredictor, predict_lora
 from tunelab.toyworld.subjects import TRAINING_RENDERS, Subject
 from tunelab.toyworld.world import WORLD
-
-
-@torch.no_grad()
-def predict_lora(predictor: WeightPredictor, basis: FixedBasis, images: list[np.ndarray]) -> tuple[LoraSet, float]:
-    """One subject's LoRA from its images in one forward pass: (the LoRA, seconds it took)."""
-    started = time.perf_counter()
-    cores = predictor(image_batch(images))[0]  # (L, r, r)
-    lora = basis.lora_set(cores)
-    return lora, time.perf_counter() - started
 
 
 def training_renders(subject: Subject, world=WORLD) -> list[np.ndarray]:

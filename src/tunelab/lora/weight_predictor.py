@@ -7,6 +7,7 @@ encoder and decoder do at a much larger scale.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from tunelab.errors import TunelabError
+from tunelab.formats.lora_set import LoraSet
 from tunelab.formats.weight_predictor import read_predictor_file, write_predictor_file
 from tunelab.lora.fixed_basis import FixedBasis
 
@@ -57,6 +59,15 @@ class WeightPredictor(nn.Module):
 def image_batch(images: list[np.ndarray]) -> torch.Tensor:
     """uint8 (H, W, 3) images of one subject -> (1, N, 3, H, W) in [-1, 1]."""
     return (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0).unsqueeze(0)
+
+
+@torch.no_grad()
+def predict_lora(predictor: WeightPredictor, basis: FixedBasis, images: list[np.ndarray]) -> tuple[LoraSet, float]:
+    """One subject's LoRA from its images in one forward pass: (the LoRA, seconds it took)."""
+    started = time.perf_counter()
+    cores = predictor(image_batch(images))[0]  # (L, r, r)
+    lora = basis.lora_set(cores)
+    return lora, time.perf_counter() - started
 
 
 def save_predictor(path: Path, predictor: WeightPredictor, basis: FixedBasis, facts: dict, dtype=torch.float16) -> Path:
