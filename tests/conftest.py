@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import run_cli, write_subject_images
+from helpers import run_cli, write_subject_images, write_untrained_predictor
 
 # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning
 # threads slow them down a hundredfold; one thread also keeps CPU results reproducible. Child
@@ -44,3 +44,17 @@ def trained_lora(tmp_path_factory, subject_images) -> Path:
     )
     assert code == 0
     return out / "lora.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_predictor(tmp_path_factory) -> Path:
+    """An untrained but valid weight predictor for tiny-sd (helpers.write_untrained_predictor)."""
+    return write_untrained_predictor(tmp_path_factory.mktemp("predictor") / "predictor.safetensors")
+
+
+@pytest.fixture(scope="session")
+def predicted_lora_tiny_options(tiny_sd_predictor) -> dict:
+    """The predicted-LoRA technique's example options on the tiny presets (the contract matrix reads a fixture
+    `<technique>_tiny_options` where a technique's example names a file made for another model): the tiny
+    predictor, and a prompt with its token."""
+    return {"hypernet": str(tiny_sd_predictor), "prompt": "a photo of sks toy"}

@@ -38,3 +38,25 @@ def refuse_model_loading(monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded: the check came too late")
     monkeypatch.setattr(tunelab.training.loop, "load_pipeline", refuse)
+
+
+def write_untrained_predictor(path: Path, preset: str = "tiny-sd", rank: int = 4) -> Path:
+    """A valid weight-predictor file for a tiny preset, untrained: its fixed bases fit the preset's attention layers
+    (as `tunelab hyper pretrain` makes them) and its last layer is random instead of zero, so the LoRAs it predicts
+    differ from image to image and change the model. Made in a fraction of a second, for tests of the technique."""
+    import torch  # deferred: as the other helpers, so importing helpers stays light
+
+    from tunelab.hyper.batches import basis_for
+    from tunelab.lora.weight_predictor import PredictorShape, WeightPredictor, save_predictor
+    from tunelab.models.family import family_for
+    from tunelab.models.presets import build_preset
+
+    family = family_for(build_preset(preset))
+    basis = basis_for(family, rank, seed=0)
+    torch.manual_seed(0)
+    predictor = WeightPredictor(PredictorShape(basis.layers, rank, channels=4, hidden=16))
+    torch.nn.init.normal_(predictor.decoder[-1].weight, std=0.5)
+    pipeline = family.pipeline
+    facts = {"token": "sks", "resolution": pipeline.unet.config.sample_size * pipeline.vae_scale_factor,
+             "base_model": preset, "base_model_version": family.base_model_version, "targets": ["attention"]}
+    return save_predictor(path, predictor, basis, facts, dtype=torch.float32)

@@ -1,7 +1,9 @@
 """Every registered technique keeps the same contract on every tiny family it supports.
 
 The matrix is the registry x the tiny presets: a new technique joins it by registering (and
-declaring `example_options` if it has required options), with no edit here.
+declaring `example_options` if it has required options), with no edit here. Where its example names a file
+made for another model (a weight predictor), tests/conftest.py gives the tiny models' as a fixture
+`<technique>_tiny_options`, which replaces the example's values.
 Cases: one step trains and saves an artifact that reads back into generation; attaching it changes
 the model and detaching restores the base exactly; resuming from a checkpoint is bit-identical;
 a family the technique does not support is refused before any model loads.
@@ -40,9 +42,23 @@ UNSUPPORTED = [(name, preset) for name in METHODS for preset in TINY_PRESETS
                if family_name(preset) not in method_class(name).families]
 
 
-def run_values(name: str, preset: str, images: Path, out: Path, **extra) -> dict:
+@pytest.fixture(scope="module")
+def examples(request):
+    """technique -> its example options on the tiny presets: `example_options`, with `<technique>_tiny_options`'s
+    values where tests/conftest.py has that fixture."""
+    def of(name: str) -> dict:
+        try:
+            tiny = request.getfixturevalue(f"{name}_tiny_options")
+        except pytest.FixtureLookupError:
+            tiny = {}
+        return {**method_class(name).example_options, **tiny}
+
+    return of
+
+
+def run_values(name: str, preset: str, images: Path, out: Path, examples, **extra) -> dict:
     return {"model": preset, "images": str(images), "out": str(out), "prompt": PROMPT, "steps": 2,
-            "learning_rate": 1e-2, "log_with": "none", "checkpoint_every": 1, **method_class(name).example_options, **extra}
+            "learning_rate": 1e-2, "log_with": "none", "checkpoint_every": 1, **examples(name), **extra}
 
 
 def train_run(name: str, values: dict) -> Path:
@@ -74,14 +90,14 @@ def denoised_latents(pipeline, family, prompt: str) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, subject_images):
+def trained(tmp_path_factory, subject_images, examples):
     """(technique, preset) -> the artifact of a 2-step run with a checkpoint at every step, trained once."""
     runs = {}
 
     def artifact(name: str, preset: str) -> Path:
         if (name, preset) not in runs:
             out = tmp_path_factory.mktemp(f"{name}-{preset}")
-            runs[name, preset] = (train_run(name, run_values(name, preset, subject_images, out)), out)
+            runs[name, preset] = (train_run(name, run_values(name, preset, subject_images, out, examples)), out)
         return runs[name, preset]
 
     return artifact
@@ -147,20 +163,20 @@ def _tensor_order(tensor: torch.Tensor) -> tuple:
 
 
 @pytest.mark.parametrize("name,preset", SUPPORTED)
-def test_resuming_from_a_checkpoint_is_bit_identical(name, preset, trained, subject_images, tmp_path):
+def test_resuming_from_a_checkpoint_is_bit_identical(name, preset, trained, subject_images, examples, tmp_path):
     artifact, out = trained(name, preset)
     checkpoint = next(out.rglob("step-0000001"))
-    resumed = train_run(name, run_values(name, preset, subject_images, tmp_path / "resumed", resume=str(checkpoint)))
+    resumed = train_run(name, run_values(name, preset, subject_images, tmp_path / "resumed", examples, resume=str(checkpoint)))
     straight, again = tensors(artifact), tensors(resumed)
     assert straight and set(straight) == set(again)
     assert all(torch.equal(straight[key], again[key]) for key in straight)
 
 
 @pytest.mark.parametrize("name,preset", UNSUPPORTED)
-def test_an_unsupported_family_is_refused_before_loading(name, preset, subject_images, tmp_path, monkeypatch):
+def test_an_unsupported_family_is_refused_before_loading(name, preset, subject_images, examples, tmp_path, monkeypatch):
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded before the technique was refused")
 
     monkeypatch.setattr(tunelab.models.loading, "load_pipeline", no_loading)
     with pytest.raises(TunelabError, match=re.escape(f"{method_class(name).title} is not supported on")):
-        prepare_run(name, run_values(name, preset, subject_images, tmp_path / "out"))
+        prepare_run(name, run_values(name, preset, subject_images, tmp_path / "out", examples))

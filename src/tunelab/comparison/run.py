@@ -27,6 +27,7 @@ from tunelab.comparison.report_images import write_sample_grids
 from tunelab.errors import TunelabError
 from tunelab.evaluate.dreambench_prompts import prompt_set_for_class
 from tunelab.evaluate.protocol import METRICS
+from tunelab.methods import method_class
 from tunelab.output_path import check_output_path
 from tunelab.toyworld.subjects import SUBJECTS, write_training_images
 from tunelab.training.stopping import TrainingInterrupted
@@ -112,8 +113,10 @@ def experiment_spec(config: CompareConfig, experiment: Experiment | None, out: P
     folder = out / "experiments" / name
     subject = SUBJECTS.get(options.subject)
     training = dict(experiment.training) if experiment else {}
-    # The identifier in prompts: a textual-inversion token when the experiment learns one, else the subject's.
-    identifier = training.get("token") or (subject.token if subject else None)
+    # The identifier in prompts: the one the technique fixes (a textual-inversion token, a weight predictor's
+    # token), else the subject's.
+    fixed = method_class(experiment.technique).prompt_identifier(training) if experiment else None
+    identifier = fixed or (subject.token if subject else None)
     prompt = f"a {identifier} {subject.class_word}" if subject else options.prompt
     training |= {"model": options.model, "images": str(data), "out": str(folder), "prompt": prompt,
                  "overwrite": True, "log_with": "tensorboard"}

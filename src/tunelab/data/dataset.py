@@ -48,6 +48,7 @@ class ImageCaptionDataset(Dataset):
         self._pixels: list[np.ndarray] = []  # each (H', W', 3) uint8, covering its target size; (H', W', 4) with a mask
         self._targets: list[tuple[int, int]] = []
         self._captions: list[str] = []
+        self.items: list[ImageItem] = []  # the usable images, as given
         self._sample_to_image: list[int] = []  # one entry per repeat
         for item in items:
             try:
@@ -65,6 +66,7 @@ class ImageCaptionDataset(Dataset):
             self._pixels.append(pixels)
             self._targets.append(target)
             self._captions.append(item.caption)
+            self.items.append(item)
             self._sample_to_image += [len(self._pixels) - 1] * item.repeats
 
         if not self._pixels:

@@ -3,25 +3,21 @@ ordinary kohya LoRA file (diffusers, A1111 and ComfyUI load it)."""
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 from PIL import Image
 
-from tunelab.data.images import IMAGE_EXTENSIONS, load_image
+from tunelab.data.images import IMAGE_EXTENSIONS
 from tunelab.errors import TunelabError
 from tunelab.formats.kohya_lora import kohya_metadata
 from tunelab.formats.lora_io import read_lora, write_lora
-from tunelab.hyper.refine import REFINE_LEARNING_RATE, refine
-from tunelab.hyper.scoring import predict_lora
-from tunelab.lora.weight_predictor import load_predictor
-
-SHIPPED = Path(__file__).resolve().parent.parent / "toyworld" / "hypernet" / "predictor.safetensors"
+from tunelab.hyper.refine import refine
+from tunelab.lora.weight_predictor import load_predictor, predict_lora
+from tunelab.methods.predicted_lora import REFINE_LEARNING_RATE, predictor_path, square_pixels, target_groups
 
 
 @dataclass
@@ -29,18 +25,6 @@ class Personalized:
     path: Path
     predict_seconds: float
     total_seconds: float
-
-
-def predictor_path(hypernet: str) -> Path:
-    """A predictor file, or `toyworld` for the shipped one."""
-    if hypernet == "toyworld":
-        if not SHIPPED.is_file():
-            raise TunelabError("this tunelab ships no toyworld weight predictor yet; make one with `tunelab hyper pretrain`")
-        return SHIPPED
-    path = Path(hypernet)
-    if not path.is_file():
-        raise TunelabError(f"weight predictor not found: {path}")
-    return path
 
 
 def image_paths(given: list[str]) -> list[Path]:
@@ -56,23 +40,6 @@ def image_paths(given: list[str]) -> list[Path]:
     if not paths:
         raise TunelabError(f"no images in {', '.join(given)}")
     return paths
-
-
-def square_pixels(path: Path, resolution: int) -> np.ndarray:
-    """An image centre-cropped to a square and resized to the predictor's resolution: (res, res, 3) uint8."""
-    image = load_image(path)
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    square = image.crop((left, top, left + side, top + side))
-    if side != resolution:  # toyworld's pixels are hard-edged: keep them so when only the scale differs
-        square = square.resize((resolution, resolution), Image.NEAREST if side % resolution == 0 else Image.BICUBIC)
-    return np.asarray(square)
-
-
-def target_groups(facts: dict) -> tuple[str, ...]:
-    """The LoRA target groups a predictor adapts (the first files named one group as a string)."""
-    targets = facts.get("targets", "attention")
-    return (targets,) if isinstance(targets, str) else tuple(targets)
 
 
 def personalize(hypernet: str, images: list[str], out: Path, *, refine_steps: int = 0, model: str | None = None,

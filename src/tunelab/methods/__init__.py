@@ -13,6 +13,7 @@ METHODS = {
     "dreambooth": "tunelab.methods.dreambooth:DreamBoothMethod",
     "textual_inversion": "tunelab.methods.textual_inversion:TextualInversionMethod",
     "hypernetwork": "tunelab.methods.hypernetwork:HypernetworkMethod",
+    "predicted_lora": "tunelab.methods.predicted_lora:PredictedLoraMethod",  # its LoRA files attach with LoRA's flag
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from tunelab.config import option, parse_weighted_path
+from tunelab.data.folder import ImageItem
 from tunelab.errors import TunelabError
 
 
@@ -55,12 +56,16 @@ class Method(ABC):
     default_learning_rate: ClassVar[float]  # used when --learning-rate is not given
     families: ClassVar[frozenset[str]]  # model families it makes sense on; others are refused before loading
     artifact_name: ClassVar[str]  # what `save` writes in the output folder
-    # --- how its artifact is used when generating (None: the artifact is a whole model, passed as --model)
+    # --- how its artifact is used when generating (None: no flag of its own: the artifact is a whole model, passed as
+    # --model, or a file another technique's flag loads, as a predicted LoRA is loaded with --lora)
     generate_flag: ClassVar[GenerateFlag | None] = None
     # The reference training step `bench speed` times it against ("lora" or "full"; None: no reference)
     reference_mode: ClassVar[str | None] = None
     # Options a run needs when the user gives none (its required ones); the bench and the tests use them.
     example_options: ClassVar[dict[str, Any]] = {}
+    # The fewest optimizer steps a run may ask for (0: the technique's artifact is made before training, as a
+    # predicted LoRA is, and the steps refine it).
+    min_steps: ClassVar[int] = 1
 
     def __init__(self, options: Any) -> None:
         self.options = options
@@ -77,6 +82,10 @@ class Method(ABC):
     def text_encoder_lr(self) -> float | None:
         """A separate learning rate for trained text encoders (None: the run's)."""
         return None
+
+    def see_training_images(self, items: list[ImageItem]) -> None:
+        """Before `setup`: the images (and captions) the run trains on, less any held out for validation. Most
+        techniques learn from them only through the steps; one that starts from them (a weight predictor) keeps them."""
 
     @abstractmethod
     def setup(self, family) -> None:
@@ -111,6 +120,12 @@ class Method(ABC):
         """Write the artifact (via formats/) and return its path."""
 
     # --- generation
+    @classmethod
+    def prompt_identifier(cls, training: dict[str, Any]) -> str | None:
+        """The word a run with these options must name its subject with in prompts, where the technique fixes it
+        (Textual Inversion: its token); None: the subject's own identifier ("sks")."""
+        return None
+
     @classmethod
     def generate_options(cls, artifact: Path, identifier: str | None) -> dict:
         """`tunelab generate` options that load this artifact on its base model (the comparison bench uses them)."""

@@ -208,6 +208,10 @@ class TextualInversionMethod(Method):
 
     # --- generation
     @classmethod
+    def prompt_identifier(cls, training: dict) -> str | None:
+        return training.get("token")
+
+    @classmethod
     def generate_options(cls, artifact: Path, identifier: str | None) -> dict:
         return {cls.generate_flag.field: [f"{artifact}:{identifier}"]}
 

@@ -90,6 +90,7 @@ def build_training_data(options: TrainOptions, method, family, resolution: int, 
     masks = masks_from_folder(options.masks) if options.masks else masks_from_alpha if options.alpha_mask else None
     prompt = options.prompt if options.prompt is not None else method.default_prompt
     instance = dataset_from(options.images, prompt, masks, held_out_paths(options, prompt))  # less --validation-split's
+    method.see_training_images(instance.items)  # before class images are made: a refusal here costs no sampling
     if options.class_prompt is None:
         return instance, collate
     class_folder = options.class_images
@@ -185,7 +186,7 @@ def train(options: TrainOptions, method, resolved_config: dict, family_options: 
     """Train `method` with `options`; returns the artifact's path (None on the processes that do not write it).
     `on_progress`, if given, is called after every optimizer step (main process); `validation_metrics` are
     scores a layer above measures at each validation (evaluate/validation_scores.py)."""
-    validate_train_options(options)
+    validate_train_options(options, method.min_steps)
     metric_directions(options, validation_metrics or [])  # --keep-best names one of them, before loading
     try:
         with StopRequest() as stop, claimed_output_folder(options.out, resolved_config, overwrite=options.overwrite):

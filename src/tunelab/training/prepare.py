@@ -37,10 +37,10 @@ def run_schemas(method_name: str) -> list[type]:
     return [TrainOptions, method_class(method_name).options_schema, *option_groups()]
 
 
-def validate_train_options(options: TrainOptions) -> None:
-    """Values no run can use, whatever the model."""
-    if options.steps < 1:
-        raise TunelabError(f"--steps must be at least 1, got {options.steps}")
+def validate_train_options(options: TrainOptions, min_steps: int = 1) -> None:
+    """Values no run can use, whatever the model; `min_steps`: the technique's fewest (`Method.min_steps`)."""
+    if options.steps < min_steps:
+        raise TunelabError(f"--steps must be at least {min_steps}, got {options.steps}")
     if options.batch_size < 1 or options.gradient_accumulation < 1:
         raise TunelabError("--batch-size and --gradient-accumulation must be at least 1")
     if options.resolution is not None and (options.resolution < 8 or options.resolution % 8):
@@ -98,7 +98,7 @@ def prepare_run(method_name: str, values: dict, config_path=None) -> Run:
     options, method_options, *family_instances = resolve(run_schemas(method_name), values, config_path)
     if options.learning_rate is None:
         options = replace(options, learning_rate=run_learning_rate(options, method_type))  # recorded as used
-    validate_train_options(options)
+    validate_train_options(options, method_type.min_steps)
     family_options = dict(zip(option_groups(), family_instances))
     method = method_type(method_options)
     check_model_fits(method_type, options.model, family_options, options)
