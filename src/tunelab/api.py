@@ -281,12 +281,15 @@ def sweep(config: SweepConfig | str | Path | dict, *, out: str | Path, rerun: bo
 
 
 def demo(*, out: str | Path, subject: str = "bullseye", scale: float = 1.0, rerun: bool = False,
-         usd_per_hour: float | None = None, progress: Callable[[int, int, str], None] | None = None) -> Path:
-    """`tunelab demo`: the four techniques on a built-in toyworld subject; returns the HTML report."""
+         usd_per_hour: float | None = None, progress: Callable[[int, int, str], None] | None = None,
+         with_hyper: bool = False) -> Path:
+    """`tunelab demo`: the four techniques on a built-in toyworld subject (`with_hyper`: and the shipped weight
+    predictor's LoRA, predicted and refined); returns the HTML report."""
     if not 0 < scale <= 10:
         raise TunelabError(f"--scale must be in (0, 10], got {scale}")
-    return compare(demo_config(subject, scale), out=out, rerun=rerun, usd_per_hour=usd_per_hour, progress=progress,
-                   title=f"tunelab demo: four techniques learn the toyworld {subject}")
+    learners = "four techniques and a predicted LoRA" if with_hyper else "four techniques"
+    return compare(demo_config(subject, scale, with_hyper), out=out, rerun=rerun, usd_per_hour=usd_per_hour,
+                   progress=progress, title=f"tunelab demo: {learners} learn the toyworld {subject}")
 
 
 def evaluate(*, images: str | Path, reference: str | Path, prompt: str | None = None, clip: str | Path | None = None,
