@@ -8,6 +8,7 @@ import torch
 from safetensors import safe_open
 
 from helpers import one_line_error, refuse_model_loading, run_cli
+import tunelab.training.loop
 from tunelab.formats.lora_io import read_lora
 from tunelab.formats.lora_set import LoraSet
 
@@ -63,6 +64,17 @@ def test_the_steps_start_from_the_prediction(subject_images, tiny_sd_predictor, 
 def test_runs_it_cannot_learn_are_refused(arguments, message, subject_images, tiny_sd_predictor, tmp_path, capsys):
     code, _ = train_predicted(subject_images, tiny_sd_predictor, tmp_path / "run", "--steps", "0", *arguments)
     assert message in one_line_error(capsys, code)
+
+
+def test_captions_without_the_token_are_refused_before_class_images_are_made(subject_images, tiny_sd_predictor, tmp_path,
+                                                                             capsys, monkeypatch):
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("class images were made before the captions were checked")
+
+    monkeypatch.setattr(tunelab.training.loop, "ensure_class_images", no_sampling)
+    code, _ = train_predicted(subject_images, tiny_sd_predictor, tmp_path / "run", "--steps", "1", "--prompt", "a red toy",
+                              "--class-prompt", "a toy", "--class-cache", tmp_path / "cache")
+    assert "every caption must name it" in one_line_error(capsys, code)
 
 
 def test_a_missing_predictor_is_refused_before_the_model_loads(subject_images, tmp_path, capsys, monkeypatch):
