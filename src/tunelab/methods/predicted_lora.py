@@ -145,7 +145,8 @@ class PredictedLoraMethod(LoraFromStart):
 
     def setup(self, family) -> None:
         if not self.images:
-            raise TunelabError(f"{self.title} predicts from the run's training images; none were given")
+            raise TunelabError(f"{self.title} predicts its LoRA from a run's training images, and this one has none "
+                               "(`tunelab bench speed` times its refine steps as --method lora)")
         pixels = [square_pixels(path, self.facts["resolution"]) for path in self.images]
         self.start, self.predict_seconds = predict_lora(self.predictor, self.basis, pixels)
         shapes = {key: tuple(module.weight.shape) for key, module in adaptable_modules(family.pipeline).items()}
