@@ -19,3 +19,9 @@ def test_a_shipped_preset_is_named_by_its_weights(tmp_path, monkeypatch):
     assert model_identity("toyworld", 7) == first  # the seed does not change pretrained weights
     weights.write_bytes(b"second base")
     assert model_identity("toyworld", 0) != first
+
+
+def test_a_seeded_preset_is_named_by_what_its_builders_build(monkeypatch):
+    first = model_identity("tiny-sd", 0)
+    monkeypatch.setattr(presets, "TINY_BUILD", presets.TINY_BUILD + 1)
+    assert model_identity("tiny-sd", 0) != first

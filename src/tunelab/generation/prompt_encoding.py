@@ -77,15 +77,21 @@ def prompt_windows(pipeline, tokenizer, prompt: str, comma_backtrack: int = COMM
     return windows
 
 
+# Below this fraction of the vectors' mean magnitude, a window's mean is rounding noise, not a value to divide by.
+MEAN_NOISE = 1e-4
+
+
 def apply_weights(hidden: torch.Tensor, weights: torch.Tensor, restore_mean: bool = True) -> torch.Tensor:
     """Scale each token's vector by its weight; then keep the window's overall mean (A1111)."""
     original_mean = hidden.mean()
     weighted = hidden * weights.to(hidden.dtype)[None, :, None]  # (1, 77, D)
     if not restore_mean:
         return weighted
-    restored = weighted * (original_mean / weighted.mean())  # (1, 77, D)
-    if not torch.isfinite(restored).all():
-        # The weighted window's mean is (near) zero on this model: A1111's division gives NaN/inf here.
+    weighted_mean = weighted.mean()
+    restored = weighted * (original_mean / weighted_mean)  # (1, 77, D)
+    if not torch.isfinite(restored).all() or weighted_mean.abs() <= MEAN_NOISE * hidden.abs().mean():
+        # The weighted window's mean is (about) zero on this model (an encoder whose final norm has no bias gives
+        # zero-mean vectors): A1111's division gives NaN/inf, or rounding noise picks the scale and even the sign.
         raise TunelabError("the prompt's weights cancel out on this model (A1111's mean restoration divides by "
                            "about zero); change the weights, or use --no-prompt-weighting")
     return restored

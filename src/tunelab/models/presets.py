@@ -66,6 +66,21 @@ def tiny_clip(model_class, tokenizer, hidden_size: int, positions: int = 77, **e
     )
 
 
+def final_norm(encoder) -> torch.nn.LayerNorm:
+    """A CLIP text encoder's last LayerNorm (with or without the projection head)."""
+    return next(module for name, module in encoder.named_modules() if name.endswith("final_layer_norm"))
+
+
+def preset_clip(model_class, tokenizer, hidden_size: int, **extra):
+    """`tiny_clip` as the presets ship it: its final norm's bias drawn (seeded by the caller), as a trained
+    encoder's is. A fresh LayerNorm's zero bias makes every output vector zero-mean, and A1111's prompt-weight
+    mean restoration would then divide rounding noise by rounding noise."""
+    encoder = tiny_clip(model_class, tokenizer, hidden_size, **extra)
+    with torch.no_grad():
+        final_norm(encoder).bias.normal_(mean=0.1, std=0.1)  # (hidden_size,)
+    return encoder
+
+
 def sd_pipeline(**components):
     """A Stable Diffusion pipeline of these components, without the NSFW checker (never needed here)."""
     return StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -90,7 +105,7 @@ def build_tiny_sd(seed: int = 0):
     torch.manual_seed(seed + 1)
     vae = _tiny_vae()
     torch.manual_seed(seed + 2)
-    text_encoder = tiny_clip(CLIPTextModel, tokenizer, hidden_size=32)
+    text_encoder = preset_clip(CLIPTextModel, tokenizer, hidden_size=32)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -133,9 +148,9 @@ def build_tiny_sdxl(seed: int = 0):
     torch.manual_seed(seed + 1)
     vae = _tiny_vae(scaling_factor=0.13025)
     torch.manual_seed(seed + 2)
-    text_encoder = tiny_clip(CLIPTextModel, tokenizer, hidden_size=32)
+    text_encoder = preset_clip(CLIPTextModel, tokenizer, hidden_size=32)
     torch.manual_seed(seed + 3)
-    text_encoder_2 = tiny_clip(CLIPTextModelWithProjection, tokenizer_2, hidden_size=48, projection_dim=pooled_dim)
+    text_encoder_2 = preset_clip(CLIPTextModelWithProjection, tokenizer_2, hidden_size=48, projection_dim=pooled_dim)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -183,7 +198,7 @@ def build_tiny_flux(seed: int = 0):
     torch.manual_seed(seed + 1)
     vae = _tiny_vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
     torch.manual_seed(seed + 2)
-    text_encoder = tiny_clip(CLIPTextModel, tokenizer, hidden_size=32)
+    text_encoder = preset_clip(CLIPTextModel, tokenizer, hidden_size=32)
     torch.manual_seed(seed + 3)
     text_encoder_2 = tiny_t5(tokenizer_2, width=32)
     scheduler = FlowMatchEulerDiscreteScheduler(
@@ -252,11 +267,11 @@ def build_tiny_sd3(seed: int = 0, medium: bool = False):
     torch.manual_seed(seed + 1)
     vae = _tiny_vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5305)
     torch.manual_seed(seed + 2)
-    text_encoder = tiny_clip(CLIPTextModelWithProjection, tokenizer, hidden_size=clip_l, projection_dim=clip_l)
+    text_encoder = preset_clip(CLIPTextModelWithProjection, tokenizer, hidden_size=clip_l, projection_dim=clip_l)
     with torch.no_grad():
         text_encoder.text_projection.weight.copy_(torch.eye(clip_l))
     torch.manual_seed(seed + 3)
-    text_encoder_2 = tiny_clip(CLIPTextModelWithProjection, tokenizer_2, hidden_size=clip_g, projection_dim=clip_g)
+    text_encoder_2 = preset_clip(CLIPTextModelWithProjection, tokenizer_2, hidden_size=clip_g, projection_dim=clip_g)
     torch.manual_seed(seed + 4)
     text_encoder_3 = tiny_t5(tokenizer_3, width=t5)
     pipeline = StableDiffusion3Pipeline(
@@ -294,6 +309,9 @@ PRESETS: dict[str, Callable[..., object]] = {
     "tiny-sd3": build_tiny_sd3,
     "toyworld": load_toyworld,
 }
+# Raised when the seeded builders change what they build (2: CLIP encoders' final norms get a bias), so caches
+# keyed by a preset's identity (class images) are not reused across builds.
+TINY_BUILD = 2
 # Presets loaded from shipped weights rather than built from a seed: what names them is their weights.
 PRESET_WEIGHTS = {"toyworld": TOYWORLD_BASE}
 # The diffusers pipeline class each preset builds, known without building it.
@@ -311,7 +329,7 @@ def preset_identity(name: str, seed: int) -> str:
     installed under the same preset name must not reuse the old one's class images)."""
     folder = PRESET_WEIGHTS.get(name)
     if folder is None:
-        return f"preset:{name}:seed={seed}"
+        return f"preset:{name}:build={TINY_BUILD}:seed={seed}"
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*.safetensors")):
         digest.update(path.read_bytes())
