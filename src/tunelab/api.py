@@ -20,6 +20,7 @@ from tunelab.comparison.config import CompareConfig, compare_config_from, load_c
 from tunelab.comparison.demo_settings import demo_config
 from tunelab.comparison.report import write_reports
 from tunelab.comparison.run import run_comparison
+from tunelab.comparison.runner import available_cores
 from tunelab.config import checked_values, closest, resolve
 from tunelab.errors import Interrupted, TunelabError
 from tunelab.evaluate.dreambench import embedding_scores
@@ -245,19 +246,27 @@ def _comparison(config: CompareConfig | str | Path | dict) -> CompareConfig:
 
 def compare(config: CompareConfig | str | Path | dict, *, out: str | Path, rerun: bool = False,
             usd_per_hour: float | None = None, title: str = "tunelab compare",
-            progress: Callable[[int, int, str], None] | None = None) -> Path:
+            progress: Callable[[int, int, str], None] | None = None, parallel: int | None = None) -> Path:
     """Run a comparison (a config file, a dict of the same, or a CompareConfig) into `out`; returns the
-    HTML report. `progress(done, total, name)` follows the experiments."""
+    HTML report. `progress(done, total, name)` follows the experiments; `parallel` of them run at once (default:
+    one per GPU, one at a time on the CPU), each on its share of the cores."""
     config = _comparison(config)
     if usd_per_hour is not None:
         config = replace(config, options=replace(config.options, usd_per_hour=usd_per_hour))
     out = Path(out)
-    records = run_comparison(config, out, rerun=rerun, progress=progress or (lambda done, total, name: None))
+    records = run_comparison(config, out, rerun=rerun, progress=progress or (lambda done, total, name: None),
+                             parallel=parallel)
+    threads = max(record.get("torch_threads") or 0 for record in records) or torch.get_num_threads()
     subjects = [options.subject for options in config.subject_options()]
     notes = [f"Model {config.options.model}, subject{'s' * (len(subjects) > 1)} {', '.join(subjects)}; "
              f"cost at ${config.options.usd_per_hour}/h.",
-             f"Machine: {describe(torch.get_num_threads())}."]
+             f"Machine: {describe(threads)}{side_by_side(parallel)}."]
     return write_reports(records, out, title, notes)["html"]
+
+
+def side_by_side(parallel: int | None) -> str:
+    """The report's word on experiments that ran at once (their times are each on its share of the cores)."""
+    return f"; up to {parallel} experiments at once, each on its share of the cores" if parallel and parallel > 1 else ""
 
 
 def sweep(config: SweepConfig | str | Path | dict, *, out: str | Path, rerun: bool = False, usd_per_hour: float | None = None,
@@ -282,13 +291,16 @@ def sweep(config: SweepConfig | str | Path | dict, *, out: str | Path, rerun: bo
 
 def demo(*, out: str | Path, subject: str = "bullseye", scale: float = 1.0, rerun: bool = False,
          usd_per_hour: float | None = None, progress: Callable[[int, int, str], None] | None = None,
-         with_hyper: bool = False) -> Path:
+         with_hyper: bool = False, parallel: int | None = None) -> Path:
     """`tunelab demo`: the four techniques on a built-in toyworld subject (`with_hyper`: and the shipped weight
     predictor's LoRA, predicted and refined); returns the HTML report."""
     if not 0 < scale <= 10:
         raise TunelabError(f"--scale must be in (0, 10], got {scale}")
     learners = "four techniques and a predicted LoRA" if with_hyper else "four techniques"
-    return compare(demo_config(subject, scale, with_hyper), out=out, rerun=rerun, usd_per_hour=usd_per_hour,
+    # The toyworld base is small: by default one experiment per core (a tiny model gains little from more threads).
+    if parallel is None and not torch.cuda.is_available():
+        parallel = available_cores()
+    return compare(demo_config(subject, scale, with_hyper), out=out, rerun=rerun, usd_per_hour=usd_per_hour, parallel=parallel,
                    progress=progress, title=f"tunelab demo: {learners} learn the toyworld {subject}")
 
 

@@ -5,6 +5,7 @@ import json
 import yaml
 
 from helpers import run_cli
+from tunelab.comparison.runner import available_cores
 
 
 def test_compare_writes_its_three_reports_and_prices_the_run(tmp_path, capsys):
@@ -12,16 +13,20 @@ def test_compare_writes_its_three_reports_and_prices_the_run(tmp_path, capsys):
               "metrics": ["subject_fidelity", "diversity"],
               "experiments": [{"name": "quick-lora", "technique": "lora", "steps": 2, "rank": 2}]}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    assert run_cli("compare", tmp_path / "c.yaml", "--out", tmp_path / "out", "--usd-per-hour", "3.6") == 0
+    assert run_cli("compare", tmp_path / "c.yaml", "--out", tmp_path / "out", "--usd-per-hour", "3.6", "--parallel", "2") == 0
     assert f"wrote {tmp_path / 'out' / 'report.html'}" in capsys.readouterr().out
     records = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["name"] for r in records] == ["base", "quick-lora"]
+    # --parallel 2: the two ran side by side, each on half the cores (not each on all of them).
+    runs = [json.loads((tmp_path / "out" / "experiments" / name / "result.json").read_text()) for name in ("base", "quick-lora")]
+    assert max(run["started_at"] for run in runs) < min(run["ended_at"] for run in runs)
+    assert [run["torch_threads"] for run in runs] == [max(1, available_cores() // 2)] * 2
     lora = records[1]
     assert lora["usd"] == round(lora["train_seconds"] / 1000, 6)  # 3.6 USD per hour = 0.001 per second
     assert lora["prompt_fidelity"] is None and lora["prior_drift"] is None  # not asked for
     assert lora["subject_fidelity"] is not None and (tmp_path / "out" / "experiments" / "quick-lora" / "lora.safetensors").is_file()
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "| quick-lora | lora |" in report and "Machine: " in report
+    assert "| quick-lora | lora |" in report and "Machine: " in report and "up to 2 experiments at once" in report
     # Its sample grid: references and the base's class images over its own, one column per evaluation seed.
     assert lora["sample_seeds"] == [1000, 1001] and lora["sample_rows"][-2:] == ["class prompt: base", "class prompt: quick-lora"]
     assert lora["sample_rows"][0] == "subject prompt: reference" and len(lora["sample_rows"]) == 6

@@ -11,7 +11,7 @@ import yaml
 
 import tunelab
 from helpers import one_line_error, run_cli
-from tunelab.comparison import composition_study, run, worker
+from tunelab.comparison import composition_study, runner, worker
 from tunelab.comparison.report import markdown
 from tunelab.evaluate.protocol import Evaluation, evaluate_subject
 from tunelab.formats.lora_io import read_lora_file
@@ -42,7 +42,7 @@ def composed(tmp_path_factory):
     and the study run in this process (a process each is too slow here; test_compare_command runs them as processes)."""
     folder = tmp_path_factory.mktemp("composition")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(run, "run_worker", in_this_process)
+        patch.setattr(runner, "run_worker", in_this_process)
         patch.setattr(composition_study, "run_module",
                       lambda module, spec: worker.main([json.dumps(spec)], run=composition_study.run_study))
         assert run_cli("compare", write_config(folder / "c.yaml"), "--out", folder / "out") == 0

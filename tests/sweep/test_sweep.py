@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from helpers import run_cli
 from tunelab import api
+from tunelab.comparison import runner
 from tunelab.errors import TunelabError
 from tunelab.sweep import run as sweep_run
 from tunelab.sweep.config import sweep_config_from
@@ -62,7 +63,7 @@ def test_a_rerun_reuses_every_finished_trial(swept, monkeypatch):
     results = sorted((swept / "out" / "experiments").glob("*/result.json"))
     assert len(results) == 6
     before = {path: path.stat().st_mtime_ns for path in results}
-    monkeypatch.setattr(sweep_run, "run_worker", lambda *a, **k: pytest.fail("a finished trial ran again"))
+    monkeypatch.setattr(runner, "run_worker", lambda *a, **k: pytest.fail("a finished trial ran again"))
     api.sweep(swept / "sweep.yaml", out=swept / "out")
     assert {path: path.stat().st_mtime_ns for path in results} == before
 
@@ -127,12 +128,12 @@ def test_an_optuna_search_tells_each_result_and_a_rerun_asks_the_same_trials(tmp
 
     config = {**SHARED, "space": {"rank": [1, 2, 4, 8], "alpha": ["rank/2", "rank"]},
               "search": {"optuna": {"trials": 6, "seed": 3}}}
-    monkeypatch.setattr(sweep_run, "run_worker", landscape)
+    monkeypatch.setattr(runner, "run_worker", landscape)
     api.sweep(config, out=tmp_path / "o", parallel=2)
     data = json.loads((tmp_path / "o" / "sweep.json").read_text())
     names = [trial["name"] for trial in data["trials"]]
     assert 1 <= len(names) <= 6 and len(set(names)) == len(names)  # a trial asked twice runs once
     assert data["recommended"]["subject_fidelity"] == max(t["subject_fidelity"] for t in data["trials"])
-    monkeypatch.setattr(sweep_run, "run_worker", lambda *a, **k: pytest.fail("a finished trial ran again"))
+    monkeypatch.setattr(runner, "run_worker", lambda *a, **k: pytest.fail("a finished trial ran again"))
     api.sweep(config, out=tmp_path / "o", parallel=2)
     assert [t["name"] for t in json.loads((tmp_path / "o" / "sweep.json").read_text())["trials"]] == names

@@ -14,6 +14,12 @@ from tunelab import api
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML/TOML/JSON: shared settings and a list of experiments (see docs/compare.md)")
     add_common_arguments(parser)
+    add_parallel_argument(parser, "one per GPU; on the CPU one at a time")
+
+
+def add_parallel_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--parallel", type=int, default=None,
+                        help=f"experiments run at once, each on its share of the cores (default: {default})")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,5 +50,6 @@ def progress_bar() -> Iterator[Callable[[int, int, str], None]]:
 
 def run(args: argparse.Namespace) -> None:
     with progress_bar() as progress:
-        report = api.compare(args.config, out=args.out, rerun=args.rerun, usd_per_hour=args.usd_per_hour, progress=progress)
+        report = api.compare(args.config, out=args.out, rerun=args.rerun, usd_per_hour=args.usd_per_hour, progress=progress,
+                             parallel=args.parallel)
     print(f"wrote {report}")

@@ -14,8 +14,6 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -24,13 +22,13 @@ from tunelab.comparison.composition_study import add_composition_study
 from tunelab.comparison.config import SUBJECT_KEYS, CompareConfig, CompareOptions, Experiment, base_names
 from tunelab.comparison.precision_study import add_precision_study
 from tunelab.comparison.report_images import write_sample_grids
+from tunelab.comparison.runner import LocalRunner
 from tunelab.errors import TunelabError
 from tunelab.evaluate.dreambench_prompts import prompt_set_for_class
 from tunelab.evaluate.protocol import METRICS
 from tunelab.methods import method_class
 from tunelab.output_path import check_output_path
 from tunelab.toyworld.subjects import SUBJECTS, write_training_images
-from tunelab.training.stopping import TrainingInterrupted
 
 LOCK = ".compare.lock"
 
@@ -146,27 +144,6 @@ def is_done(spec: dict) -> bool:
     return json.loads(result.read_text()).get("fingerprint") == spec["fingerprint"]
 
 
-def run_worker(spec: dict, env: dict[str, str] | None = None) -> None:
-    """Train and evaluate one experiment in a process of its own (`env`: its environment, e.g. the GPU it may use)."""
-    folder = Path(spec["out"])
-    spec_path = folder / "spec.json"
-    if spec_path.is_file() and json.loads(spec_path.read_text()) == spec:
-        spec["training"]["resume"] = "latest"  # the same experiment stopped earlier: go on from its last checkpoint
-    elif folder.exists():
-        shutil.rmtree(folder)  # another experiment's leftovers under this name
-    folder.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(json.dumps({**spec, "training": {k: v for k, v in spec["training"].items() if k != "resume"}}, indent=2) + "\n")
-    process = subprocess.Popen([sys.executable, "-m", "tunelab.comparison.worker", json.dumps(spec)], env=env)
-    try:
-        code = process.wait()
-    except KeyboardInterrupt:
-        code = process.wait()  # the worker got the same Ctrl-C and is saving its checkpoint
-    if code == 130:
-        raise TrainingInterrupted(f"stopped during experiment {spec['name']!r}; rerun the same command to go on")
-    if code != 0 or not Path(spec["result"]).is_file():
-        raise TunelabError(f"experiment {spec['name']!r} failed (exit {code}); its output is in {folder}")
-
-
 def base_fingerprint(options: CompareOptions, config: CompareConfig) -> str:
     """The base on the shared subject is 'base', as ever; on another subject, it depends on that subject's settings."""
     if options is config.options:
@@ -192,22 +169,30 @@ def start_folder(config: CompareConfig, out: Path, rerun: bool = False) -> Path:
     return training_folder(config.options, out)
 
 
-def run_comparison(config: CompareConfig, out: Path, rerun: bool = False, progress=None) -> list[dict]:
-    """Run what is missing, then return every record (base first) with prior drift filled in."""
+def run_comparison(config: CompareConfig, out: Path, rerun: bool = False, progress=None, parallel: int | None = None) -> list[dict]:
+    """Run what is missing (`parallel` experiments at once: comparison/runner.py), then return every record (base
+    first) with prior drift filled in."""
     check_output_path(out, folder=True)  # not a file, not /
+    if parallel is not None and parallel < 1:
+        raise TunelabError(f"--parallel must be at least 1, got {parallel}")
     out.mkdir(parents=True, exist_ok=True)
     with FolderLock(out):
         data = start_folder(config, out, rerun)
         device = device_name()
         specs = [experiment_spec(config, None, out, device, data, subject) for subject in config.subject_options()]
         specs += [experiment_spec(config, experiment, out, device, data) for experiment in config.experiments]
-        records = []
-        for index, spec in enumerate(specs):
+        pending = [spec for spec in specs if not is_done(spec)]
+        runner = LocalRunner(min(parallel, max(1, len(pending))) if parallel else None)  # no idle slots: more threads each
+        begun = [len(specs) - len(pending)]
+
+        def started(spec: dict) -> None:
             if progress:
-                progress(index, len(specs), spec["name"])
-            if not is_done(spec):
-                run_worker(spec)
-            records.append(json.loads(Path(spec["result"]).read_text()) | {"subject": spec["subject"], "base": spec["base"]})
+                progress(begun[0], len(specs), spec["name"])
+            begun[0] += 1
+
+        runner.run(pending, started)
+        records = [json.loads(Path(spec["result"]).read_text()) | {"subject": spec["subject"], "base": spec["base"]}
+                   for spec in specs]
         add_precision_study(config, specs, records)
         add_composition_study(config, specs, records)
         if progress:

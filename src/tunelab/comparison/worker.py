@@ -109,14 +109,16 @@ def evaluate_session(session, spec: dict, subject_only: bool = False) -> dict:
 
 
 def run_spec(spec: dict) -> dict:
-    result = {"name": spec["name"], "technique": spec["technique"], "fingerprint": spec["fingerprint"]}
+    # When and on how many threads it ran: experiments may run side by side (comparison/runner.py).
+    result = {"name": spec["name"], "technique": spec["technique"], "fingerprint": spec["fingerprint"],
+              "torch_threads": torch.get_num_threads(), "started_at": time.time()}
     if spec["technique"] == "base":
         result |= {"train_seconds": 0.0, "steps": 0, "steps_per_second": None, "peak_memory_mb": 0.0,
                    "trainable_params": 0, "artifact": None, "artifact_bytes": 0, "loss_curve": []}
     else:
         result |= train_experiment(spec)
     result |= evaluate_experiment(spec, result["artifact"])
-    return result
+    return result | {"ended_at": time.time()}
 
 
 def run_module(module: str, spec: dict) -> int:

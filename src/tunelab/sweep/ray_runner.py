@@ -16,7 +16,8 @@ from pathlib import Path
 
 import ray
 
-from tunelab.comparison.run import device_name, run_worker
+from tunelab.comparison.run import device_name
+from tunelab.comparison.runner import run_worker
 from tunelab.errors import TunelabError
 
 

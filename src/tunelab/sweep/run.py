@@ -8,50 +8,20 @@ cluster with --ray ADDRESS (Ray places them; tunelab keeps no scheduler of its o
 from __future__ import annotations
 
 import json
-import os
-import queue
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import optuna
-import torch
 
 from tunelab.comparison.config import CompareConfig
 from tunelab.comparison.report_images import write_sample_grids
-from tunelab.comparison.run import FolderLock, device_name, experiment_spec, finish_records, is_done, run_worker, start_folder
+from tunelab.comparison.run import FolderLock, device_name, experiment_spec, finish_records, is_done, start_folder
+from tunelab.comparison.runner import LocalRunner
 from tunelab.errors import TunelabError
 from tunelab.sweep.config import SweepConfig
 from tunelab.sweep.space import Range
 
 Progress = Callable[[int, int, str], None]
-
-
-class LocalRunner:
-    """Trials side by side on this machine: one per GPU (CUDA_VISIBLE_DEVICES), or `parallel` on the CPU."""
-
-    def __init__(self, parallel: int | None):
-        gpus = torch.cuda.device_count()
-        self.width = parallel or max(1, gpus)
-        self.slots: queue.Queue = queue.Queue()
-        for index in range(self.width):
-            self.slots.put({**os.environ, "CUDA_VISIBLE_DEVICES": str(index % gpus)} if gpus else None)
-
-    def _one(self, spec: dict) -> None:
-        env = self.slots.get()
-        try:
-            run_worker(spec, env)
-        finally:
-            self.slots.put(env)
-
-    def run(self, specs: list[dict]) -> None:
-        with ThreadPoolExecutor(self.width) as pool:
-            futures = [pool.submit(self._one, spec) for spec in specs]
-        for future in futures:
-            future.result()  # the first failure, once every trial has ended
-
-    def close(self) -> None:
-        pass
 
 
 def make_runner(parallel: int | None, ray_address: str | None):
