@@ -5,6 +5,7 @@ import json
 import yaml
 
 from helpers import run_cli
+from tunelab.comparison.demo_settings import demo_config
 from tunelab.comparison.runner import available_cores
 
 
@@ -48,3 +49,10 @@ def test_compare_refuses_an_out_that_is_a_file_in_one_line(tmp_path, capsys):
     assert run_cli("compare", tmp_path / "c.yaml", "--out", tmp_path / "afile") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--out" in err and "afile is a file; give a folder" in err
+
+
+def test_the_demo_evaluates_on_128_images_per_prompt_and_a_quicker_look_on_fewer():
+    assert demo_config("bullseye").options.images_per_prompt == 128  # scores within 0.03 between seed sets (docs)
+    assert demo_config("bullseye", scale=0.25).options.images_per_prompt == 32
+    assert demo_config("bullseye", scale=0.01).options.images_per_prompt == 8  # never fewer than the grid's columns
+    assert demo_config("bullseye", scale=3).options.images_per_prompt == 128

@@ -18,12 +18,14 @@ from tunelab.comparison.run import run_comparison
 
 MARGIN = 0.08  # subject fidelity over the base's (0.016); on the generation-3 base the techniques reach 0.17 (hypernetwork) to 0.36 (DreamBooth)
 PROMPT_FIDELITY_FLOOR = 0.5  # of the base's prompt fidelity
+EVALUATION_IMAGES = 8  # per prompt: the suite's time (the demo's 128 cost a minute each; at 8 scores move about 0.07)
 
 
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     config = demo_config("bullseye")
+    config = replace(config, options=replace(config.options, images_per_prompt=EVALUATION_IMAGES))
     return config, out, run_comparison(config, out)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from tunelab.comparison.config import CompareConfig, compare_config_from
+from tunelab.comparison.report_images import GRID_SEEDS
 from tunelab.toyworld.subjects import subject_named
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
@@ -15,8 +16,8 @@ PREDICTED_CONFIG = Path(__file__).with_name("demo_predicted.yaml")
 
 
 def demo_config(subject_name: str = "bullseye", scale: float = 1.0, with_hyper: bool = False) -> CompareConfig:
-    """The demo's comparison; `scale` shortens every run (tests use a fraction of the steps); `with_hyper` adds the
-    weight predictor's LoRA, predicted and refined."""
+    """The demo's comparison; `scale` shortens every run and its evaluation (tests use a fraction of the steps);
+    `with_hyper` adds the weight predictor's LoRA, predicted and refined."""
     subject = subject_named(subject_name)
     fields = {"subject": subject.name, "class_word": subject.class_word, "class_prompt": subject.class_prompt}
     data = yaml.safe_load(DEMO_CONFIG.read_text())
@@ -28,4 +29,6 @@ def demo_config(subject_name: str = "bullseye", scale: float = 1.0, with_hyper: 
                 experiment[key] = value.format(**fields)
         if experiment["steps"]:  # a prediction alone stays at 0 steps
             experiment["steps"] = max(1, round(experiment["steps"] * scale))
+    # A quicker look evaluates on fewer images too (a longer one gains little past the shipped number).
+    data["images_per_prompt"] = min(data["images_per_prompt"], max(GRID_SEEDS, round(data["images_per_prompt"] * scale)))
     return compare_config_from({**data, "subject": subject.name}, "demo")
