@@ -9,7 +9,7 @@ import queue
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
@@ -73,8 +73,16 @@ class LocalRunner:
 
     def run(self, specs: list[dict], started: Callable[[dict], None] = lambda spec: None) -> None:
         """Run every spec's worker, `width` at a time; `started(spec)` as each begins."""
-        with ThreadPoolExecutor(self.width) as pool:
-            futures = [pool.submit(self._one, spec, started) for spec in specs]
+        pool = ThreadPoolExecutor(self.width)
+        futures = [pool.submit(self._one, spec, started) for spec in specs]
+        try:
+            wait(futures)
+        except KeyboardInterrupt:
+            # Ctrl-C reached the running workers too, and they are saving their checkpoints: start no other, let
+            # them finish, then say how to go on.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise TrainingInterrupted("stopped during the comparison; rerun the same command to go on") from None
+        pool.shutdown()
         for future in futures:
             future.result()  # the first failure, once every experiment has ended
 
