@@ -25,10 +25,11 @@ from tunelab.methods.lora import LoraOptions
 from tunelab.models.family import family_for
 from tunelab.models.loading import load_pipeline
 from tunelab.models.presets import build_preset
+from tunelab.safe_load import load_state_dict
 from tunelab.toyworld.subjects import SUBJECTS
 from tunelab.toyworld.world import LATER_PATTERNS, PATTERNS, SHAPES, Look
 
-TINY_RUN = ["--subjects", "4", "--rank", "4", "--renders", "3", "--core-steps", "3", "--core-batch", "2",
+TINY_RUN = ["--subjects", "4", "--rank", "4", "--renders", "3", "--core-steps", "3", "--core-batch", "2", "--core-items", "2", "--targets", "attention",
             "--regression-steps", "3", "--diffusion-steps", "2", "--channels", "4", "--hidden", "16", "--eval-images", "1",
             "--class-images", "2", "--score-subjects", "2", "--sample-steps", "2"]
 
@@ -118,6 +119,18 @@ def test_pretraining_writes_a_small_predictor_with_its_card(predictor_run):
     assert not set(record["subjects"]) & {s.name for s in held_out_subjects()}
     card = (predictor_run / "README.md").read_text()
     assert f"| **mean** | {np.mean([r['base'] for r in record['held_out']]):.3f} |" in card and record["machine"] in card
+    assert "min-SNR-5 timestep weights" in card and "bases learned over the pretraining subjects" in card
+
+
+def test_pretraining_learns_the_shared_bases_and_the_predictor_carries_them(predictor_run):
+    _, basis, _ = load_predictor(predictor_run / "predictor.safetensors")
+    family = family_for(build_preset("tiny-sd"))
+    random_basis = basis_for(family, 4, seed=0, groups=("attention",))
+    assert basis.keys == random_basis.keys
+    assert max((learned - start).abs().max() for learned, start in zip(basis.ups, random_basis.ups)) > 1e-3
+    cores = load_state_dict(predictor_run / "subject_cores.safetensors")  # what stage 2 regressed, in the same bases
+    for index, down in enumerate(basis.downs):
+        torch.testing.assert_close(cores[f"basis.{index}.down"].half().float(), down)
 
 
 def test_the_predicted_lora_is_a_kohya_file_diffusers_loads_as_tunelab_generate_draws(predictor_run, held_out_images, tiny_sd_folder, tmp_path):
@@ -186,3 +199,5 @@ def test_bad_input_is_one_line(predictor_run, held_out_images, tmp_path, capsys)
         assert message in one_line_error(capsys, code)
     code = run_cli("hyper", "pretrain", "--model", "tiny-sd", "--out", tmp_path / "run", "--subjects", "1000")
     assert "--subjects must be between 1 and" in one_line_error(capsys, code)
+    code = run_cli("hyper", "pretrain", "--model", "tiny-sd", "--out", tmp_path / "run", "--min-snr-gamma", "-1")
+    assert "--min-snr-gamma must be 0 or more" in one_line_error(capsys, code)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tunelab.config import flag_name
 from tunelab.errors import TunelabError
-from tunelab.hyper.pretrain import HyperRecipe, pretrain
+from tunelab.hyper.pretrain import ZERO_ALLOWED, HyperRecipe, pretrain
 
 WORLDS_KNOWN = ("toyworld",)
 
@@ -28,6 +28,6 @@ def run(args: argparse.Namespace) -> None:
     recipe = HyperRecipe(**{field.name: getattr(args, field.name) for field in dataclasses.fields(HyperRecipe)})
     for field in dataclasses.fields(HyperRecipe):
         value = getattr(recipe, field.name)
-        if isinstance(value, (int, float)) and value <= 0 and field.name != "seed":
-            raise TunelabError(f"{flag_name(field.name)} must be positive, got {value}")
+        if isinstance(value, (int, float)) and (value < 0 or (value == 0 and field.name not in ZERO_ALLOWED)):
+            raise TunelabError(f"{flag_name(field.name)} must be {'0 or more' if field.name in ZERO_ALLOWED else 'positive'}, got {value}")
     pretrain(args.model, args.out, recipe, log=lambda line: print(line, flush=True))

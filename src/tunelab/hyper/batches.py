@@ -68,7 +68,8 @@ def prepare_data(family, subjects: list[Subject], renders: int, class_folder: Pa
 
 
 def draw_batch(data: SubjectData, chosen: list[int], rng: random.Random) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-    """For each chosen subject one of its renders under its prompt and one class image under the class prompt:
+    """For each entry of `chosen` (a subject may come more than once) one of the subject's renders under its
+    prompt and one class image under the class prompt:
     (latents (2B, C, h, w), text (2B, T, D), is_prior (2B,), the subject of each item)."""
     latents, texts, owners = [], [], []
     for index in chosen:
@@ -87,11 +88,11 @@ def draw_batch(data: SubjectData, chosen: list[int], rng: random.Random) -> tupl
 
 
 def batch_loss(family, modules, basis: FixedBasis, cores: torch.Tensor, latents: torch.Tensor, texts: torch.Tensor,
-               is_prior: torch.Tensor, seed: int) -> torch.Tensor:
+               is_prior: torch.Tensor, seed: int, min_snr_gamma: float | None = None) -> torch.Tensor:
     """The diffusion loss of a batch, item b through the LoRA of cores[b] (B, L, r, r); prior items weigh as
-    much as instance ones (the demo's prior_loss_weight 1)."""
+    much as instance ones (the demo's prior_loss_weight 1); timesteps weighted by min-SNR-gamma (None: uniform)."""
     noisy = family.add_noise(latents, 0.0, torch.Generator().manual_seed(seed))
     with per_sample_loras(modules, basis, cores):
         prediction = family.predict(noisy, {"encoder_hidden_states": texts})  # (B, C, h, w)
-    loss, _, _ = diffusion_losses(prediction, noisy.target, family.loss_weights(noisy.timesteps, None), is_prior, 1.0)
+    loss, _, _ = diffusion_losses(prediction, noisy.target, family.loss_weights(noisy.timesteps, min_snr_gamma), is_prior, 1.0)
     return loss

@@ -19,13 +19,16 @@ def _score_table(rows: list[dict]) -> str:
 def write_card(folder: Path, facts: dict) -> Path:
     recipe = facts["recipe"]
     flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in recipe.items())
+    bases = ("bases learned over the pretraining subjects in stage 1 (random orthonormal at first), then frozen,"
+             if recipe.get("basis_lr") else "fixed random orthonormal bases")
+    weights = f"min-SNR-{recipe['min_snr_gamma']:g} timestep weights" if recipe.get("min_snr_gamma") else "uniform timestep weights"
     text = f"""# toyworld weight predictor (HyperDreamBooth style)
 
 Predicts a subject's LoRA from one or a few images in one forward pass: `tunelab personalize --hypernet
 predictor.safetensors --images DIR --out lora.safetensors`. The LoRA answers to the prompt "a sks <shape>".
 
-- Base model: `{facts['model']}`; the LoRA adapts the denoiser's {recipe['targets']} layers in fixed random orthonormal
-  bases of rank {recipe['rank']} (a {recipe['rank']}x{recipe['rank']} core per layer is what is predicted).
+- Base model: `{facts['model']}`; the LoRA adapts the denoiser's {recipe['targets']} layers in {bases}
+  of rank {recipe['rank']} (a {recipe['rank']}x{recipe['rank']} core per layer is what is predicted).
 - Predictor: a small convolutional image encoder (features averaged over the images) and an MLP decoder to the
   cores; {facts['parameters']:,} parameters, {facts['file_bytes'] / 1e6:.1f} MB in fp16 with its bases.
 - Data: {len(facts['subjects'])} procedural toyworld subjects (a shape, two of the colours the base never saw, a
@@ -33,7 +36,7 @@ predictor.safetensors --images DIR --out lora.safetensors`. The LoRA answers to 
 - Recipe: stage 1, {recipe['core_steps']} steps of all subjects' LoRAs at once (each batch item through its own
   subject's LoRA; prior preservation on the base's class images); stage 2, {recipe['regression_steps']} steps of the
   predictor regressing those cores; stage 3, {recipe['diffusion_steps']} steps of the predictor through the diffusion
-  loss of the LoRAs it predicts.
+  loss of the LoRAs it predicts. Stages 1 and 3 weigh the diffusion loss with {weights}.
 
 To make it again: `tunelab hyper pretrain --world toyworld --model {facts['model']} --out DIR {flags}`
 

@@ -1,7 +1,8 @@
 """`tunelab hyper pretrain`: a weight predictor for toyworld subjects, in three stages.
 
-1. Subject LoRAs: one fixed-basis LoRA (a core per attention layer) per procedural subject, all trained at once,
-   each batch item through its own subject's LoRA, with prior preservation on the base's class images.
+1. Subject LoRAs: one fixed-basis LoRA (a core per adapted layer) per procedural subject, all trained at once,
+   each batch item through its own subject's LoRA, with prior preservation on the base's class images; the
+   bases all subjects share are learned with them (--basis-lr), then frozen.
 2. The predictor learns to write those cores from a few of the subject's renders (regression).
 3. The predictor learns through the diffusion loss of the LoRAs it predicts (HyperDreamBooth's second phase).
 Then its predictions are scored on held-out subjects and the predictor is written in fp16 with a model card.
@@ -38,25 +39,31 @@ PREDICTOR_FILE = "predictor.safetensors"
 
 @dataclass
 class HyperRecipe:
-    subjects: int = option("procedural subjects to pretrain on", default=96)
+    subjects: int = option("procedural subjects to pretrain on", default=64)
     seed: int = option("seed of everything drawn", default=0)
-    rank: int = option("rank of the fixed bases (each core is rank x rank)", default=8)
-    targets: str = option("the denoiser's layer groups the LoRA adapts, comma-separated: attention, feedforward", default="attention")
+    rank: int = option("rank of the bases (each core is rank x rank)", default=16)
+    targets: str = option("the denoiser's layer groups the LoRA adapts, comma-separated: attention, feedforward", default="attention,feedforward")
     renders: int = option("renders of each subject", default=8)
-    core_steps: int = option("stage 1: steps of the subjects' LoRAs", default=1500)
-    core_batch: int = option("stage 1 and 3: subjects per batch (each with one class image)", default=8)
-    core_lr: float = option("stage 1: learning rate of the cores", default=3e-2)
-    regression_steps: int = option("stage 2: steps of the predictor on the cores", default=1500)
+    core_steps: int = option("stage 1: steps of the subjects' LoRAs", default=2000)
+    core_batch: int = option("stage 1 and 3: subjects per batch (each with one class image)", default=4)
+    core_items: int = option("stage 1: renders of each subject in a batch (a subject's core learns from more at once)", default=4)
+    core_lr: float = option("stage 1: learning rate of the cores", default=1e-2)
+    basis_lr: float = option("stage 1: learning rate of the bases all subjects share (0: they stay random)", default=1e-3)
+    min_snr_gamma: float = option("stage 1 and 3: min-SNR-gamma timestep weights of the diffusion loss (0: uniform)", default=5.0)
+    regression_steps: int = option("stage 2: steps of the predictor on the cores", default=800)
     regression_lr: float = option("stage 2: learning rate", default=1e-3)
-    diffusion_steps: int = option("stage 3: steps of the predictor through the diffusion loss", default=1000)
+    diffusion_steps: int = option("stage 3: steps of the predictor through the diffusion loss", default=2000)
     diffusion_lr: float = option("stage 3: learning rate", default=2e-4)
     channels: int = option("the predictor's encoder width", default=32)
-    hidden: int = option("the predictor's feature and decoder width", default=512)
+    hidden: int = option("the predictor's feature and decoder width", default=256)
     class_images: int = option("the base's class images per shape (prior preservation)", default=16)
     eval_images: int = option("images per subject when scoring", default=8)
     sample_steps: int = option("sampling steps of the class images and of the scoring images", default=20)
-    score_subjects: int = option("held-out subjects scored for the model card (at most 16)", default=16)
+    score_subjects: int = option("held-out subjects scored for the model card (at most 16)", default=8)
     checkpoint_every: int = option("steps between checkpoints", default=200)
+
+
+ZERO_ALLOWED = ("seed", "basis_lr", "min_snr_gamma")  # recipe numbers for which 0 means something (the rest must be positive)
 
 
 def target_groups(targets: str) -> tuple[str, ...]:
@@ -93,21 +100,27 @@ def pretrain(model: str, out: Path, recipe: HyperRecipe, log: Callable[[str], No
     modules = adapted_modules(family, groups)
     pipeline.unet.train()
     count, batch = len(subjects), min(recipe.core_batch, len(subjects))
+    gamma = recipe.min_snr_gamma or None
 
-    # Stage 1: every subject's cores, batched.
+    # Stage 1: every subject's cores, batched; the shared bases learn with them (a random basis of rank r
+    # holds much less of a subject than one fitted to what subjects need).
     cores = torch.zeros(count, basis.layers, basis.rank, basis.rank, requires_grad=True)  # (S, L, r, r)
-    optimizer = torch.optim.Adam([cores], lr=recipe.core_lr)
+    shared = basis.trainable() if recipe.basis_lr > 0 else []
+    optimizer = torch.optim.Adam([{"params": [cores], "lr": recipe.core_lr}]
+                                 + ([{"params": shared, "lr": recipe.basis_lr}] if shared else []))
 
     def core_loss(step: int) -> torch.Tensor:
         rng = random.Random(f"{recipe.seed}/cores/{step}")
-        chosen = rng.sample(range(count), batch)
+        chosen = [index for index in rng.sample(range(count), batch) for _ in range(recipe.core_items)]
         latents, texts, is_prior, owners = draw_batch(data, chosen, rng)
-        return batch_loss(family, modules, basis, cores[owners], latents, texts, is_prior, rng.randrange(2**31))
+        return batch_loss(family, modules, basis, cores[owners], latents, texts, is_prior, rng.randrange(2**31), gamma)
 
-    run_stage("stage 1/3 subject LoRAs", recipe.core_steps, [cores], optimizer, core_loss, out / "stage1.pt",
+    run_stage("stage 1/3 subject LoRAs", recipe.core_steps, [cores, *shared], optimizer, core_loss, out / "stage1.pt",
               recipe.checkpoint_every, log)
+    basis = basis.frozen()
     targets = cores.detach()
-    save_tensors({"cores": targets}, out / "subject_cores.safetensors", {"subjects": json.dumps([s.name for s in subjects])})
+    save_tensors({"cores": targets, **basis.tensors()}, out / "subject_cores.safetensors",
+                 {"subjects": json.dumps([s.name for s in subjects])})
 
     # Stage 2: the predictor regresses the cores.
     torch.manual_seed(recipe.seed)
@@ -134,7 +147,7 @@ def pretrain(model: str, out: Path, recipe: HyperRecipe, log: Callable[[str], No
         latents, texts, is_prior, owners = draw_batch(data, chosen, rng)
         place = {index: position for position, index in enumerate(chosen)}
         return batch_loss(family, modules, basis, predicted[[place[o] for o in owners]], latents, texts, is_prior,
-                          rng.randrange(2**31))
+                          rng.randrange(2**31), gamma)
 
     run_stage("stage 3/3 predictor through the diffusion loss", recipe.diffusion_steps, parameters, optimizer,
               diffusion_loss, out / "stage3.pt", recipe.checkpoint_every, log)

@@ -1,8 +1,10 @@
 """LoRAs in a fixed low-dimensional basis (HyperDreamBooth's "lightweight DreamBooth").
 
-Each adapted layer gets frozen random orthonormal bases, D (r, in) and U (out, r); a subject is one small
-core C (r, r) per layer, and its weight change is U C D. Many subjects then differ only in their cores,
-which a network can predict, and a core set is an ordinary LoRA: down = C D, up = U, alpha = r (scale 1).
+Each adapted layer gets bases D (r, in) and U (out, r) shared by every subject; a subject is one small core
+C (r, r) per layer, and its weight change is U C D. Many subjects then differ only in their cores, which a
+network can predict, and a core set is an ordinary LoRA: down = C D, up = U, alpha = r (scale 1). The bases
+start as random orthonormal ones; pretraining may learn them once over all its subjects (`trainable`) and
+then freezes them, as the predictor only ever writes cores.
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ class FixedBasis:
             downs.append(_orthonormal(in_features, rank, generator).T.contiguous())  # (r, in)
             ups.append(_orthonormal(out_features, rank, generator))  # (out, r)
         return cls(keys, downs, ups)
+
+    def trainable(self) -> list[torch.Tensor]:
+        """The bases as leaf tensors that take gradients (to learn them over many subjects' cores)."""
+        self.downs = [down.detach().clone().requires_grad_(True) for down in self.downs]
+        self.ups = [up.detach().clone().requires_grad_(True) for up in self.ups]
+        return self.downs + self.ups
+
+    def frozen(self) -> "FixedBasis":
+        """The same bases, without gradients."""
+        return FixedBasis(list(self.keys), [down.detach() for down in self.downs], [up.detach() for up in self.ups])
 
     def zero_cores(self, subjects: int = 1) -> torch.Tensor:
         return torch.zeros(subjects, self.layers, self.rank, self.rank)  # (S, L, r, r)
