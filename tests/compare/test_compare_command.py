@@ -39,6 +39,8 @@ def test_demo_refuses_a_bad_scale_or_subject(tmp_path, capsys):
     assert "--scale must be in (0, 10]" in capsys.readouterr().err
     assert run_cli("demo", "--out", tmp_path / "d", "--subject", "unicorn") == 2
     assert "unknown toyworld subject 'unicorn'" in capsys.readouterr().err
+    assert run_cli("demo", "--out", tmp_path / "d", "--parallel", "0") == 2
+    assert "--parallel must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 
 

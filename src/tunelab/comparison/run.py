@@ -11,6 +11,7 @@ An experiment whose result.json exists for the same settings is not run again.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from tunelab.comparison.composition_study import add_composition_study
 from tunelab.comparison.config import SUBJECT_KEYS, CompareConfig, CompareOptions, Experiment, base_names
 from tunelab.comparison.precision_study import add_precision_study
 from tunelab.comparison.report_images import write_sample_grids
-from tunelab.comparison.runner import LocalRunner
+from tunelab.comparison.runner import LocalRunner, check_parallel
 from tunelab.errors import TunelabError
 from tunelab.evaluate.dreambench_prompts import prompt_set_for_class
 from tunelab.evaluate.protocol import METRICS
@@ -173,8 +174,7 @@ def run_comparison(config: CompareConfig, out: Path, rerun: bool = False, progre
     """Run what is missing (`parallel` experiments at once: comparison/runner.py), then return every record (base
     first) with prior drift filled in."""
     check_output_path(out, folder=True)  # not a file, not /
-    if parallel is not None and parallel < 1:
-        raise TunelabError(f"--parallel must be at least 1, got {parallel}")
+    check_parallel(parallel)  # before the folder is made
     out.mkdir(parents=True, exist_ok=True)
     with FolderLock(out):
         data = start_folder(config, out, rerun)
@@ -183,12 +183,12 @@ def run_comparison(config: CompareConfig, out: Path, rerun: bool = False, progre
         specs += [experiment_spec(config, experiment, out, device, data) for experiment in config.experiments]
         pending = [spec for spec in specs if not is_done(spec)]
         runner = LocalRunner(min(parallel, max(1, len(pending))) if parallel else None)  # no idle slots: more threads each
-        begun = [len(specs) - len(pending)]
+        begun = itertools.count(len(specs) - len(pending))  # from the workers' threads: next() is atomic
 
         def started(spec: dict) -> None:
+            done = next(begun)
             if progress:
-                progress(begun[0], len(specs), spec["name"])
-            begun[0] += 1
+                progress(done, len(specs), spec["name"])
 
         runner.run(pending, started)
         records = [json.loads(Path(spec["result"]).read_text()) | {"subject": spec["subject"], "base": spec["base"]}

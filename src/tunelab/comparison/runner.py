@@ -40,6 +40,11 @@ def run_worker(spec: dict, env: dict[str, str] | None = None) -> None:
         raise TunelabError(f"experiment {spec['name']!r} failed (exit {code}); its output is in {folder}")
 
 
+def check_parallel(parallel: int | None) -> None:
+    if parallel is not None and parallel < 1:
+        raise TunelabError(f"--parallel must be at least 1, got {parallel}")
+
+
 def available_cores() -> int:
     """Cores this process may run on (a container's or taskset's limit, not the machine's count)."""
     return len(os.sched_getaffinity(0))
@@ -47,19 +52,18 @@ def available_cores() -> int:
 
 class LocalRunner:
     def __init__(self, parallel: int | None):
-        if parallel is not None and parallel < 1:
-            raise TunelabError(f"--parallel must be at least 1, got {parallel}")
+        check_parallel(parallel)
         gpus = torch.cuda.device_count()
         self.width = parallel or max(1, gpus)
         # Workers side by side on the CPU split the cores between them: torch's default of one thread per core in
         # every worker oversubscribes the machine (spinning OpenMP threads made a worker 10x slower).
-        self.threads = None if gpus or self.width == 1 else max(1, available_cores() // self.width)
+        threads = max(1, available_cores() // self.width)
         self.slots: queue.Queue = queue.Queue()
         for index in range(self.width):
             if gpus:
                 self.slots.put({**os.environ, "CUDA_VISIBLE_DEVICES": str(index % gpus)})
-            elif self.threads is not None:
-                self.slots.put({**os.environ, "OMP_NUM_THREADS": str(self.threads)})
+            elif self.width > 1:
+                self.slots.put({**os.environ, "OMP_NUM_THREADS": str(threads)})
             else:
                 self.slots.put(None)
 

@@ -22,7 +22,8 @@ def write_predictor_file(path: Path, tensors: dict[str, torch.Tensor], descripti
     return save_tensors(tensors, Path(path), metadata)
 
 
-def read_predictor_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+def read_predictor_description(path: str | Path) -> dict:
+    """The file's facts (shape, layer keys, token, base model) from its header, without reading its tensors."""
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise TunelabError(f"{path}: a weight predictor is a .safetensors file")
@@ -35,4 +36,9 @@ def read_predictor_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
         description = json.loads(metadata["description"])
     except (KeyError, ValueError):
         raise TunelabError(f"{path}: the weight predictor's description is missing or broken") from None
-    return load_state_dict(path), description
+    return description
+
+
+def read_predictor_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    description = read_predictor_description(path)
+    return load_state_dict(Path(path)), description

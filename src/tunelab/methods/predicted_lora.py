@@ -26,6 +26,7 @@ from tunelab.data.images import load_image
 from tunelab.errors import TunelabError
 from tunelab.formats.lora_set import LoraSet
 from tunelab.formats.module_paths import from_file_path
+from tunelab.formats.weight_predictor import read_predictor_description
 from tunelab.lora.merging import check_fits
 from tunelab.lora.modules import adaptable_modules
 from tunelab.lora.weight_predictor import load_predictor, predict_lora
@@ -123,7 +124,6 @@ class PredictedLoraMethod(LoraFromStart):
     min_steps: ClassVar[int] = 0  # the prediction alone
 
     def __init__(self, options: PredictedLoraOptions):
-        self.predictor_options = options
         self.hypernet = predictor_path(options.hypernet)
         self.predictor, self.basis, self.facts = load_predictor(self.hypernet)  # read now: a bad file is refused before loading
         rank = self.basis.rank
@@ -163,7 +163,7 @@ class PredictedLoraMethod(LoraFromStart):
     @classmethod
     def prompt_identifier(cls, training: dict) -> str | None:
         hypernet = training.get("hypernet")
-        return load_predictor(predictor_path(hypernet))[2]["token"] if hypernet else None
+        return read_predictor_description(predictor_path(hypernet))["token"] if hypernet else None  # the header only
 
     @classmethod
     def generate_options(cls, artifact: Path, identifier: str | None) -> dict:

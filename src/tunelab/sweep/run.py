@@ -16,7 +16,7 @@ import optuna
 from tunelab.comparison.config import CompareConfig
 from tunelab.comparison.report_images import write_sample_grids
 from tunelab.comparison.run import FolderLock, device_name, experiment_spec, finish_records, is_done, start_folder
-from tunelab.comparison.runner import LocalRunner
+from tunelab.comparison.runner import LocalRunner, check_parallel
 from tunelab.errors import TunelabError
 from tunelab.sweep.config import SweepConfig
 from tunelab.sweep.space import Range
@@ -25,8 +25,7 @@ Progress = Callable[[int, int, str], None]
 
 
 def make_runner(parallel: int | None, ray_address: str | None):
-    if parallel is not None and parallel < 1:
-        raise TunelabError(f"--parallel must be at least 1, got {parallel}")
+    check_parallel(parallel)
     if ray_address is None:
         return LocalRunner(parallel)
     try:
