@@ -16,12 +16,16 @@ from tunelab.ui.train_tab import error_text, run_line
 from tunelab.ui.workspace import Workspace
 
 
-def compare_work(workspace: Workspace, values: dict, subject: str, scale: float):
+def compare_work(workspace: Workspace, values: dict, subject: str, scale: float, with_hyper: bool = False,
+                 parallel: int | None = None):
+    """The queued job: a compare config, or the demo (`with_hyper`: with the predicted LoRA's rows); `parallel`
+    experiments at once (None: the command's default)."""
     def work(job: Job) -> str:
         if "config" in values:
-            report = api.compare(values["config"], out=values["out"], progress=job.on_experiment)
+            report = api.compare(values["config"], out=values["out"], progress=job.on_experiment, parallel=parallel)
         else:
-            report = api.demo(out=values["out"], subject=subject, scale=scale, progress=job.on_experiment)
+            report = api.demo(out=values["out"], subject=subject, scale=scale, progress=job.on_experiment,
+                              with_hyper=with_hyper, parallel=parallel)
         return workspace.relative(report)
 
     return work
@@ -40,6 +44,9 @@ def build(workspace: Workspace, jobs: JobQueue):
     with gr.Row():
         subject = gr.Dropdown(list(SUBJECTS), value="bullseye", label="demo subject (toyworld)", elem_id="compare-subject")
         scale = gr.Number(value=1.0, label="demo scale (steps x scale)", elem_id="compare-scale")
+        with_hyper = gr.Checkbox(value=False, label="demo: add the weight predictor's LoRA (--with-hyper)", elem_id="compare-with-hyper")
+        parallel = gr.Number(value=0, precision=0, label="experiments at once (0: one per core on the CPU for the demo)",
+                             elem_id="compare-parallel")
     config = gr.Textbox(label="compare config (YAML/TOML in the workspace; docs/compare.md)", elem_id="compare-config")
     out = gr.Textbox(value="comparisons/demo", label="--out (folder in the workspace)", elem_id="compare-out")
     with gr.Row():
@@ -49,19 +56,22 @@ def build(workspace: Workspace, jobs: JobQueue):
     status = gr.Markdown(elem_id="compare-status")
     report = gr.HTML(elem_id="compare-report")
 
-    def submit(chosen, subject_name, scale_value, config_path, out_path):
+    def submit(chosen, subject_name, scale_value, hyper, at_once, config_path, out_path):
         try:
             values = {"out": out_path}
             if chosen == "config file":
                 values["config"] = config_path
             values = checked_paths(workspace, values)
             title = f"compare {config_path}" if "config" in values else f"demo {subject_name}"
-            job = jobs.submit("compare", title, compare_work(workspace, values, subject_name, float(scale_value or 1.0)))
+            if at_once and at_once < 0:
+                raise TunelabError(f"experiments at once must be at least 1 (0 for the default), got {at_once:g}")
+            job = jobs.submit("compare", title, compare_work(workspace, values, subject_name, float(scale_value or 1.0),
+                                                             bool(hyper), int(at_once) or None))
         except TunelabError as error:
             return error_text(error)
         return f"run {job.id} queued"
 
-    start.click(submit, inputs=[kind, subject, scale, config, out], outputs=message, api_name="compare_start")
+    start.click(submit, inputs=[kind, subject, scale, with_hyper, parallel, config, out], outputs=message, api_name="compare_start")
 
     def cancel():
         job = jobs.latest("compare")
