@@ -5,7 +5,7 @@ subject is one comparison (`tunelab compare`), so the base is evaluated once per
 finished experiments. The table (markdown, for docs/compare.md) gives each candidate's scores per subject and
 the worst subject's, since the demo's settings must show the ranking on every subject, not on one.
 
-    python benchmarks/demo_sweep.py --out /tmp/demo-sweep [--model toyworld] [--images-per-prompt 16]
+    python benchmarks/demo_sweep.py --out /tmp/demo-sweep [--model toyworld] [--images-per-prompt 16] [--parallel 2]
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--model", default="toyworld")
     parser.add_argument("--images-per-prompt", type=int, default=16)
     parser.add_argument("--subjects", nargs="+", default=list(SUBJECTS))
+    parser.add_argument("--parallel", type=int, help="experiments at once, each on its share of the cores (default: one at a time)")
     parser.add_argument("--candidates", type=Path, help="YAML of technique -> candidate -> changed options (default: CANDIDATES)")
     args = parser.parse_args()
     candidates = yaml.safe_load(args.candidates.read_text()) if args.candidates else CANDIDATES
@@ -73,7 +74,7 @@ def main() -> None:
     for subject in args.subjects:
         out = args.out / subject
         api.compare(sweep_config(subject, args.model, args.images_per_prompt, candidates), out=out,
-                    title=f"demo sweep: {subject}")
+                    title=f"demo sweep: {subject}", parallel=args.parallel)
         results[subject] = json.loads((out / "results.json").read_text())
     print(table(results))
     print(f"\n{time.time() - started:.0f} s in all")
