@@ -96,6 +96,42 @@ def test_a_stopped_run_resumes_to_the_same_weights_as_one_never_stopped(tmp_path
                  checkpoints=checkpoints, resume=True)
 
 
+def test_generation_4_continues_a_generation_3_base_keeping_its_autoencoder(tmp_path):
+    assert run_cli("toyworld", "pretrain", "--generation", 3, "--out", tmp_path / "three", *FEW_STEPS) == 0
+    few = ["--scenes", "64", "--steps", "2", "--batch", "4", "--eval-every", "2", "--eval-images", "2", "--score-images", "2"]
+    for name in ("a", "b"):
+        assert run_cli("toyworld", "pretrain", "--generation", 4, "--from", tmp_path / "three", "--out", tmp_path / name, *few) == 0
+    assert same_weights(tmp_path / "a", tmp_path / "b")  # seeded, as every recipe
+    three, four = load_pipeline(tmp_path / "three"), load_pipeline(tmp_path / "a")
+    assert all(torch.equal(a, b) for a, b in zip(three.vae.state_dict().values(), four.vae.state_dict().values()))
+    assert four.vae.config.scaling_factor == three.vae.config.scaling_factor  # the latents its denoiser learned
+    assert not torch.equal(three.unet.conv_in.weight, four.unet.conv_in.weight)  # the denoiser trained on
+    record = json.loads((tmp_path / "a" / "pretraining.json").read_text())
+    started = json.loads((tmp_path / "three" / "pretraining.json").read_text())
+    assert record["started_from"] == {"generation": 3, "total_seconds": started["total_seconds"], "machine": started["machine"]}
+    assert record["world"]["patterned"] == 0.5
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "tunelab toyworld pretrain --out DIR --from GENERATION_3_DIR --seed 0" in card and "--generation 4" in card
+    assert "the generation-3 base, made by its own recipe" in card and "with the base it starts from" in card
+
+
+def test_a_continuing_recipe_needs_the_base_it_continues(tmp_path, capsys):
+    assert run_cli("toyworld", "pretrain", "--generation", 3, "--out", tmp_path / "three", *FEW_STEPS) == 0
+    capsys.readouterr()
+    few = ["--scenes", "64", "--steps", "2", "--batch", "4", "--eval-every", "0", "--score-images", "2"]
+    assert run_cli("toyworld", "pretrain", "--generation", 4, "--out", tmp_path / "x", *few) == 2
+    assert "--from" in capsys.readouterr().err
+    record = json.loads((tmp_path / "three" / "pretraining.json").read_text())
+    record["recipe"]["generation"] = 2
+    (tmp_path / "three" / "pretraining.json").write_text(json.dumps(record))
+    assert run_cli("toyworld", "pretrain", "--generation", 4, "--from", tmp_path / "three", "--out", tmp_path / "x", *few) == 2
+    assert "generation-2 base" in capsys.readouterr().err
+    assert run_cli("toyworld", "pretrain", "--generation", 4, "--from", tmp_path / "three", "--vae-steps", 3, "--out", tmp_path / "x", *few) == 2
+    assert "--vae-steps must be 0" in capsys.readouterr().err
+    assert run_cli("toyworld", "pretrain", "--generation", 3, "--from", tmp_path / "three", "--out", tmp_path / "x", *FEW_STEPS) == 2
+    assert not (tmp_path / "x").exists()
+
+
 def test_resume_without_a_checkpoint_folder_is_refused(tmp_path):
     assert run_cli("toyworld", "pretrain", "--out", tmp_path / "a", "--resume", *FEW_STEPS) == 2
 

@@ -12,8 +12,8 @@ import tunelab.toyworld
 from tunelab.evaluate.scene_reading import read
 from tunelab.toyworld.pretrain import pretraining_scenes
 from tunelab.toyworld.subjects import SUBJECTS, write_training_images
-from tunelab.toyworld.world import (ANCHORS, BACKGROUND_COLOURS, HELD_OUT, OBJECT_COLOURS, POSITIONS, WORLD, WORLDS, Look,
-                                    caption, place, random_scene, render)
+from tunelab.toyworld.world import (ANCHORS, BACKGROUND_COLOURS, HELD_OUT, OBJECT_COLOURS, POSITIONS, RESERVED_COLOURS,
+                                    TWO_COLOUR_PATTERNS, WORLD, WORLDS, Look, caption, place, random_scene, render)
 
 GENERATIONS = sorted(WORLDS)
 
@@ -26,8 +26,9 @@ def test_every_render_reads_back_as_the_scene_it_was_drawn_from(generation):
         image = render(scene)
         assert image.shape == (world.resolution, world.resolution, 3)
         reading = read(image)
-        assert (reading.shape, reading.colour, reading.background, reading.size, reading.position) == (
-            scene.look.shape, scene.look.colours[0], scene.background, scene.size, scene.position)
+        assert (reading.shape, reading.background, reading.size, reading.position) == (
+            scene.look.shape, scene.background, scene.size, scene.position)
+        assert reading.colour == scene.look.colours[0] if len(scene.look.colours) == 1 else reading.colour in scene.look.colours
 
 
 @pytest.mark.parametrize("generation", [g for g in GENERATIONS if WORLDS[g].placement == "anchored"])
@@ -69,9 +70,30 @@ def test_generation_2_captions_sometimes_leave_out_the_colour_so_a_bare_class_pr
 
 @pytest.mark.parametrize("generation", GENERATIONS)
 def test_held_out_combinations_never_appear_in_pretraining(generation):
-    seen = {(s.look.shape, s.look.colours[0], s.background) for s in pretraining_scenes(3000, seed=0, world=WORLDS[generation])}
+    scenes = pretraining_scenes(3000, seed=0, world=WORLDS[generation])
+    seen = {(s.look.shape, colour, s.background) for s in scenes for colour in s.look.colours}
     assert not seen & set(HELD_OUT)
     assert len(seen) > 50  # the rest of the world is there
+
+
+def test_generation_4_shows_patterns_and_every_colour_but_never_a_subjects_pair():
+    """Half its objects are two-coloured: the base learns to draw patterns and the reserved colours, while the pair of
+    reserved colours every subject is made of stays new (and the procedural subjects' pairs with it)."""
+    world = WORLDS[4]
+    scenes = pretraining_scenes(4000, seed=0, world=world)
+    patterned = [s for s in scenes if len(s.look.colours) == 2]
+    assert 0.45 < len(patterned) / len(scenes) < 0.55
+    assert {s.look.pattern for s in patterned} == set(TWO_COLOUR_PATTERNS)
+    assert {c for s in patterned for c in s.look.colours} == set(OBJECT_COLOURS + RESERVED_COLOURS)
+    assert all(sum(c in RESERVED_COLOURS for c in s.look.colours) <= 1 and s.background not in s.look.colours for s in patterned)
+    assert all(set(subject.look.colours) <= set(RESERVED_COLOURS) for subject in SUBJECTS.values())
+    rng = random.Random(0)
+    captions = [caption(s, rng) for s in patterned[:200]]
+    named = [text for text, s in zip(captions, patterned) if " ".join(s.look.colours) in text]
+    assert 0.7 < len(named) / len(captions) < 0.9  # both colours named whenever the colour is kept (0.8)
+    assert all(s.look.pattern not in text for text, s in zip(captions, patterned))
+    solid = {(s.look.shape, s.look.colours, s.background) for s in random.Random(5).sample(scenes, 50) if len(s.look.colours) == 1}
+    assert solid and all(colours[0] in OBJECT_COLOURS for _, colours, _ in solid)
 
 
 @pytest.mark.parametrize("generation", GENERATIONS)

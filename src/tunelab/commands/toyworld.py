@@ -18,7 +18,8 @@ from tunelab.toyworld.pretrain import RECIPES, Recipe, pretrain, recipe_for
 from tunelab.toyworld.subjects import SUBJECTS, subject_named, write_training_images
 from tunelab.toyworld.world import WORLD, WORLDS
 
-RECIPE_OPTIONS = [field for field in dataclasses.fields(Recipe) if field.name != "generation"]
+# which world and which base a recipe continues are the generation's own, picked by --generation
+RECIPE_OPTIONS = [field for field in dataclasses.fields(Recipe) if field.name not in ("generation", "continues")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,11 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pretrain_parser = actions.add_parser("pretrain", help="train a toyworld base from scratch with the seeded recipe")
     pretrain_parser.add_argument("--out", required=True, help="output folder (a diffusers pipeline)")
     pretrain_parser.add_argument("--generation", type=int, default=1, choices=sorted(RECIPES),
-                                 help="which toyworld: 1 = 32 px, 2 = 64 px with anchored positions, 3 = anchored at 32 px; picks the defaults below")
+                                 help="which toyworld: 1 = 32 px, 2 = 64 px with anchored positions, 3 = anchored at 32 px, "
+                                      "4 = generation 3 with two-coloured patterned objects (continues a generation-3 base: --from); "
+                                      "picks the defaults below")
     for field in RECIPE_OPTIONS:
         defaults = ", ".join(f"{getattr(recipe, field.name)} (generation {g})" for g, recipe in RECIPES.items())
         pretrain_parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None,
                                      help=f"default {defaults}")
+    pretrain_parser.add_argument("--from", dest="start", type=Path,
+                                 help="the base a continuing recipe starts from (generation 4: a generation-3 folder from this command)")
     pretrain_parser.add_argument("--score-images", type=int, default=96, help="images for the model card's held-out scores")
     pretrain_parser.add_argument("--checkpoint-dir", type=Path, help="save the run's state here, to resume it after a stop")
     pretrain_parser.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
@@ -74,8 +79,10 @@ def _score_and_write_card(folder: Path, images: int) -> dict:
 def _pretrain(args: argparse.Namespace) -> None:
     changes = {field.name: getattr(args, field.name) for field in RECIPE_OPTIONS if getattr(args, field.name) is not None}
     recipe = recipe_for(args.generation, **changes)
-    if recipe.steps < 1 or recipe.vae_steps < 1 or args.score_images < 1 or args.checkpoint_every < 1 or args.log_every < 1:
-        raise TunelabError("--steps, --vae-steps, --score-images, --checkpoint-every and --log-every must be at least 1")
+    if recipe.steps < 1 or args.score_images < 1 or args.checkpoint_every < 1 or args.log_every < 1:
+        raise TunelabError("--steps, --score-images, --checkpoint-every and --log-every must be at least 1")
+    if recipe.vae_steps < 1 and not recipe.continues:
+        raise TunelabError("--vae-steps must be at least 1 for a recipe that trains from scratch")
     if args.resume and args.checkpoint_dir is None:
         raise TunelabError("--resume needs --checkpoint-dir, the folder the stopped run saved its state in")
     started = time.time()
@@ -94,7 +101,8 @@ def _pretrain(args: argparse.Namespace) -> None:
     out = Path(args.out)
     facts = pretrain(out, recipe, progress, evaluate=lambda pipeline: _scores(pipeline, recipe.eval_images, WORLDS[recipe.generation]),
                      checkpoints=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                     evaluate_autoencoder=lambda vae, world: measure_autoencoder(vae, world, count=recipe.eval_images))
+                     evaluate_autoencoder=lambda vae, world: measure_autoencoder(vae, world, count=recipe.eval_images),
+                     start=args.start)
     scores = _score_and_write_card(out, args.score_images)
     print(f"saved {out} in {facts['total_seconds']:.0f} s; held-out accuracy {json.dumps(scores)}")
 

@@ -1,7 +1,7 @@
 """Procedural subjects for pretraining a weight predictor: two-colour patterns toyworld never showed.
 
-A subject is a shape with an ordered pair of the reserved colours (the base saw none of them) in a two-colour
-pattern; the built-in three are left out, and a fixed held-out set, the same for every run, is kept apart
+A subject is a shape with an ordered pair of the reserved colours (never shown together in pretraining) in a
+two-colour pattern; the built-in three are left out, and a fixed held-out set, the same for every run, is kept apart
 for measuring. Every subject answers to one identifier: each LoRA is one subject's.
 """
 
@@ -12,13 +12,11 @@ from itertools import permutations, product
 
 from tunelab.errors import TunelabError
 from tunelab.toyworld.subjects import SUBJECTS, Subject
-from tunelab.toyworld.world import BACKGROUND_COLOURS, LATER_PATTERNS, OBJECT_COLOURS, PALETTE, PATTERNS, SHAPES, Look
+from tunelab.toyworld.world import RESERVED_COLOURS, SHAPES, TWO_COLOUR_PATTERNS, Look
 
 TOKEN = "sks"
 HELD_OUT_COUNT = 16
 SPLIT_SEED = "hyper-held-out"  # fixed: every run measures on the same held-out subjects
-RESERVED_COLOURS = tuple(name for name in PALETTE if name not in OBJECT_COLOURS + BACKGROUND_COLOURS)
-TWO_COLOUR_PATTERNS = tuple(name for name in PATTERNS + LATER_PATTERNS if name != "solid")
 
 
 def subject_of(look: Look) -> Subject:

@@ -6,7 +6,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from tunelab.toyworld.world import ATTRIBUTES, BACKGROUND_COLOURS, OBJECT_COLOURS, POSITIONS, SHAPES, WORLDS
+from tunelab.toyworld.world import (ATTRIBUTES, BACKGROUND_COLOURS, OBJECT_COLOURS, POSITIONS, RESERVED_COLOURS, SHAPES,
+                                    TWO_COLOUR_PATTERNS, WORLDS)
 
 
 def _parameters(pipeline) -> str:
@@ -29,7 +30,37 @@ shapes {", ".join(SHAPES)}; object colours {", ".join(OBJECT_COLOURS)}; backgrou
 (never the object's colour); sizes {sizes}; positions {", ".join(POSITIONS)}, the object placed {placement}.
 Captions from a small grammar ("a small red circle on the left on a gray background"); each training caption keeps
 the size with chance {keep['size']}, the colour {keep['colour']}, the position {keep['position']} and the background {keep['background']};
-{recipe['caption_dropout']:.0%} of captions are empty (for classifier-free guidance). The autoencoder trains on {autoencoder}."""
+{recipe['caption_dropout']:.0%} of captions are empty (for classifier-free guidance).{_patterned_text(world)} The autoencoder trains on {autoencoder}."""
+
+
+def _patterned_text(world: dict) -> str:
+    if not world.get("patterned"):
+        return f" The denoiser never sees the reserved colours ({', '.join(RESERVED_COLOURS)}), which subjects are made of."
+    return (f" {world['patterned']:.0%} of the objects are two-coloured in a pattern ({', '.join(TWO_COLOUR_PATTERNS)}): two object colours, "
+            f"or one object colour and one reserved colour ({', '.join(RESERVED_COLOURS)}); two reserved colours, what every subject "
+            f"is made of, never appear together. Their captions name both colours (\"a red orange circle\"), not the pattern.")
+
+
+def _stages_text(facts: dict, recipe: dict, vae, crop: str) -> str:
+    """Stage 1 (the autoencoder), or the base a continuing recipe starts from."""
+    started_from = facts.get("started_from")
+    if started_from:
+        return (f"Stage 1: the generation-{started_from['generation']} base, made by its own recipe "
+                f"({started_from['total_seconds'] / 60:.1f} minutes on {started_from['machine']}); its autoencoder and latent scaling "
+                f"factor ({vae.scaling_factor:.4f}) are kept as they are.{_autoencoder_text(facts.get('autoencoder_scores'))}\n"
+                f"Stage 2, the same UNet + text encoder trained on, on this generation's cached latents")
+    return (f"Stage 1, autoencoder: {recipe['vae_steps']} steps of AdamW (lr {recipe['vae_learning_rate']}), batch {recipe['vae_batch']}{crop},\n"
+            f"MSE + 1e-6 KL; the latent scaling factor is set to 1/std of the encoded scenes ({vae.scaling_factor:.4f})."
+            f"{_autoencoder_text(facts.get('autoencoder_scores'))}\n"
+            f"Stage 2, UNet + text encoder together on the cached latents")
+
+
+def _time_text(facts: dict) -> str:
+    started_from = facts.get("started_from")
+    if started_from:
+        total = (facts["total_seconds"] + started_from["total_seconds"]) / 60
+        return f"took {facts['total_seconds'] / 60:.1f} minutes; {total:.1f} minutes with the base it starts from"
+    return f"took {facts['total_seconds'] / 60:.1f} minutes ({facts['autoencoder_seconds'] / 60:.1f} for the autoencoder)"
 
 
 def _autoencoder_text(scores: dict | None) -> str:
@@ -76,6 +107,7 @@ def write_card(folder: Path, pipeline, scores: dict, images: int, sampling: str,
     unet, vae = pipeline.unet.config, pipeline.vae.config
     side = world["resolution"]
     crop = f" of {recipe['vae_crop']} px crops around the object" if recipe.get("vae_crop") else ""
+    start = f"--from GENERATION_{recipe['continues']}_DIR " if recipe.get("continues") else ""
     card = f"""# toyworld base model
 
 A Stable-Diffusion-shaped text-to-image model (diffusers `StableDiffusionPipeline`: AutoencoderKL,
@@ -89,20 +121,18 @@ for `tunelab demo`, `tunelab compare` and the tests that check each technique re
 ## Data
 {_world_text(world, recipe)}
 {recipe['scenes']} scenes; these (shape, colour, background) combinations are held out of pretraining and used
-only for scoring: {held_out}. The denoiser never sees subject colours (orange, purple, pink).
+only for scoring: {held_out}.
 
 ## Recipe
-Stage 1, autoencoder: {recipe['vae_steps']} steps of AdamW (lr {recipe['vae_learning_rate']}), batch {recipe['vae_batch']}{crop},
-MSE + 1e-6 KL; the latent scaling factor is set to 1/std of the encoded scenes ({vae.scaling_factor:.4f}).{_autoencoder_text(facts.get("autoencoder_scores"))}
-Stage 2, UNet + text encoder together on the cached latents: {recipe['steps']} steps of AdamW (lr {recipe['learning_rate']},
+{_stages_text(facts, recipe, vae, crop)}: {recipe['steps']} steps of AdamW (lr {recipe['learning_rate']},
 {recipe['warmup_steps']} warm-up steps then cosine to a tenth), batch {recipe['batch']}, {_objective_text(pipeline.scheduler.config, recipe)}
 (tunelab's own training objective, `models/sd.py`).
 
 To make it again (the same seed gives the same weights on the same machine and thread count):
 
-    tunelab toyworld pretrain --out DIR {flags}
+    tunelab toyworld pretrain --out DIR {start}{flags}
 
-Made on: {facts['machine']}; took {facts['total_seconds'] / 60:.1f} minutes ({facts['autoencoder_seconds'] / 60:.1f} for the autoencoder).
+Made on: {facts['machine']}; {_time_text(facts)}.
 
 ## How well it follows prompts
 Measured on {images} images of the held-out combinations, full captions, {sampling};

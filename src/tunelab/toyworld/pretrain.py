@@ -28,6 +28,7 @@ from transformers import CLIPTextModel
 
 from tunelab.errors import TunelabError
 from tunelab.machine import describe
+from tunelab.models.loading import load_pipeline
 from tunelab.models.presets import sd_pipeline, tiny_clip
 from tunelab.models.sd import StableDiffusionFamily
 from tunelab.models.tokenizer import build_clip_tokenizer
@@ -56,6 +57,7 @@ class Recipe:
     eval_images: int = 48
     generation: int = 1  # which toyworld (world.WORLDS): image size, placement, captions, architecture
     autoencoder_generation: int = 0  # the world whose scenes the autoencoder learns from (0: `generation`'s)
+    continues: int = 0  # the generation whose pretrained base the run starts from (`pretrain(start=...)`); 0: from scratch
 
 
 RECIPES = {
@@ -76,6 +78,11 @@ RECIPES = {
     # lost, so the longer schedule is not the answer (docs/toyworld.md).
     3: Recipe(generation=3, autoencoder_generation=2, vae_steps=4000, vae_batch=32, vae_learning_rate=2e-3, vae_crop=32,
               steps=6000, warmup_steps=300, min_snr_gamma=5.0),
+    # Generation 4 continues a generation-3 base on scenes half of whose objects are two-coloured patterns: its
+    # autoencoder and latent scale are generation 3's as they are (no autoencoder steps), the denoiser learns the
+    # patterns and the reserved colours (docs/toyworld.md, "Generation 4").
+    4: Recipe(generation=4, continues=3, autoencoder_generation=2, vae_steps=0, vae_batch=32, vae_learning_rate=2e-3,
+              vae_crop=32, steps=2000, learning_rate=2.5e-4, warmup_steps=100, min_snr_gamma=5.0),
 }
 
 
@@ -88,7 +95,7 @@ def build_base(seed: int = 0, generation: int = 1):
         vae_channels, unet_channels = (16, 32, 64), (64, 128)
         down_blocks = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
         up_blocks = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
-    elif generation == 3:  # 32 px -> 8x8x4 latents, generation 1's UNet with a 2x2 level below it (for position words)
+    elif generation in (3, 4):  # 32 px -> 8x8x4 latents, generation 1's UNet with a 2x2 level below it (for position words)
         vae_channels, unet_channels = (16, 32, 64), (64, 128, 128)
         down_blocks, up_blocks = ("CrossAttnDownBlock2D",) * 3, ("CrossAttnUpBlock2D",) * 3
     else:  # 64 px -> 16x16x4 latents; no attention at 16x16, where it would cost most
@@ -151,7 +158,7 @@ def pretraining_scenes(count: int, seed: int, world: World = WORLDS[1]) -> list:
     scenes = []
     while len(scenes) < count:
         scene = random_scene(rng, world)
-        if (scene.look.shape, scene.look.colours[0], scene.background) not in HELD_OUT:
+        if not any((scene.look.shape, colour, scene.background) in HELD_OUT for colour in scene.look.colours):
             scenes.append(scene)
     return scenes
 
@@ -187,14 +194,15 @@ def _learning_rate(step: int, recipe_steps: int, warmup: int) -> float:
 
 
 @torch.no_grad()
-def encode_scenes(vae, scenes, batch: int = 256) -> torch.Tensor:
-    """The pretraining set's latent means, scaled to unit variance: (N, 4, h, w); sets the VAE's scaling factor."""
+def encode_scenes(vae, scenes, batch: int = 256, keep_scaling: bool = False) -> torch.Tensor:
+    """The pretraining set's latent means, scaled: (N, 4, h, w). A new autoencoder's scaling factor is set to give them
+    unit variance; with `keep_scaling` (a run continuing a base) the VAE's own factor stays, as its denoiser learned it."""
     vae.eval()
     means = [vae.encode(to_pixels([render(s) for s in scenes[i : i + batch]])).latent_dist.mean for i in range(0, len(scenes), batch)]
     latents = torch.cat(means)
-    scaling = 1.0 / latents.std().item()
-    vae.register_to_config(scaling_factor=scaling)
-    return latents * scaling
+    if not keep_scaling:
+        vae.register_to_config(scaling_factor=1.0 / latents.std().item())
+    return latents * vae.config.scaling_factor
 
 
 class Stopped(Exception):
@@ -204,11 +212,16 @@ class Stopped(Exception):
 class Pretraining:
     """One run of the recipe: the models, optimizers, random states and where it stands."""
 
-    def __init__(self, recipe: Recipe):
+    def __init__(self, recipe: Recipe, start=None):
+        """`start`: the pipeline of the base the recipe continues (recipe.continues), None from scratch."""
         self.recipe = recipe
         self.world = WORLDS[recipe.generation]
         torch.manual_seed(recipe.seed)
         self.pipeline = build_base(recipe.seed, recipe.generation)
+        if start is not None:
+            for name in ("vae", "unet", "text_encoder"):
+                getattr(self.pipeline, name).load_state_dict(getattr(start, name).state_dict())
+            self.pipeline.vae.register_to_config(scaling_factor=float(start.vae.config.scaling_factor))
         self.scenes = pretraining_scenes(recipe.scenes, recipe.seed, self.world)
         autoencoder_world = WORLDS[recipe.autoencoder_generation or recipe.generation]
         self.autoencoder_set = self.scenes if recipe.generation == 1 else autoencoder_scenes(recipe.scenes, recipe.seed, autoencoder_world)
@@ -314,7 +327,7 @@ class Pretraining:
         self.vae_rng.bit_generator.state = randomness["vae_rng"]
         self.rng.setstate(_as_tuples(randomness["rng"]))
         if self.stage == "denoiser":  # the cached latents follow from the autoencoder's weights
-            self.latents = encode_scenes(self.pipeline.vae, self.scenes)
+            self.latents = encode_scenes(self.pipeline.vae, self.scenes, keep_scaling=bool(self.recipe.continues))
             if float(self.pipeline.vae.config.scaling_factor) != state["scaling_factor"]:
                 raise TunelabError("the checkpoint's autoencoder encodes differently here (another machine or thread count?)")
 
@@ -340,16 +353,18 @@ Progress = Callable[[str, int, object], None]
 
 def pretrain(out: Path, recipe: Recipe, progress: Progress | None = None, evaluate: Callable | None = None,
              checkpoints: Path | None = None, checkpoint_every: int = 500, resume: bool = False,
-             evaluate_autoencoder: Callable | None = None) -> dict:
+             evaluate_autoencoder: Callable | None = None, start: Path | None = None) -> dict:
     """Run the recipe, save the pipeline (fp16 weights) to `out`, return the model card's facts.
 
     `evaluate(pipeline) -> dict` scores the model every recipe.eval_every denoiser steps (the caller
     brings the scoring, which lives in a layer above); `evaluate_autoencoder(vae, world) -> dict` scores the
     autoencoder once its stage ends. With `checkpoints`, the run's state is saved
-    there every `checkpoint_every` steps and at each stage's end; `resume` continues from it.
+    there every `checkpoint_every` steps and at each stage's end; `resume` continues from it. `start`: the folder
+    of the base a continuing recipe (recipe.continues) starts from, as `tunelab toyworld pretrain` wrote it.
     """
     report = progress or (lambda stage, step, value: None)
-    run = Pretraining(recipe)
+    started_from = _started_from(recipe, start)
+    run = Pretraining(recipe, load_pipeline(start) if started_from else None)
     if checkpoints is not None and (checkpoints / CHECKPOINT_NAME).is_file():
         if not resume:
             raise TunelabError(f"{checkpoints} holds a checkpoint of an earlier run; pass --resume to continue it, "
@@ -382,7 +397,7 @@ def pretrain(out: Path, recipe: Recipe, progress: Progress | None = None, evalua
                 run.autoencoder_scores = evaluate_autoencoder(run.pipeline.vae, run.world)
                 report("autoencoder scores", run.step, run.autoencoder_scores)
             run.stage, run.step = "denoiser", 0
-            run.latents = encode_scenes(run.pipeline.vae, run.scenes)
+            run.latents = encode_scenes(run.pipeline.vae, run.scenes, keep_scaling=bool(recipe.continues))
             run.seconds["denoiser"] += time.time() - started
             checkpoint(force=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -398,8 +413,29 @@ def pretrain(out: Path, recipe: Recipe, progress: Progress | None = None, evalua
         "autoencoder_scores": run.autoencoder_scores,
         "history": run.history,
     }
+    if started_from:
+        facts["started_from"] = started_from
     (out / "pretraining.json").write_text(json.dumps(facts, indent=2) + "\n")
     return facts
+
+
+def _started_from(recipe: Recipe, start: Path | None) -> dict | None:
+    """What the base a continuing recipe starts from records: its generation, pretraining time and machine."""
+    if not recipe.continues:
+        if start is not None:
+            raise TunelabError(f"generation {recipe.generation}'s recipe trains from scratch; --from is for a recipe that continues a base")
+        return None
+    if recipe.vae_steps:
+        raise TunelabError(f"generation {recipe.generation}'s recipe keeps its base's autoencoder: --vae-steps must be 0")
+    record = Path(start) / "pretraining.json" if start is not None else None
+    if record is None or not record.is_file():
+        raise TunelabError(f"generation {recipe.generation}'s recipe continues a generation-{recipe.continues} base: pass --from "
+                           f"DIR, a folder written by `tunelab toyworld pretrain --generation {recipe.continues}`")
+    facts = json.loads(record.read_text())
+    generation = facts.get("recipe", {}).get("generation", 1)
+    if generation != recipe.continues:
+        raise TunelabError(f"{start} is a generation-{generation} base; generation {recipe.generation}'s recipe continues generation {recipe.continues}")
+    return {"generation": generation, "total_seconds": facts["total_seconds"], "machine": facts["machine"]}
 
 
 def recipe_for(generation: int, **changes) -> Recipe:

@@ -6,19 +6,23 @@ Pixels are hard-edged (no anti-aliasing): every pixel is one palette colour.
 
 The world comes in generations (`World`): generation 1 is 32 px with objects placed anywhere;
 generation 2 is 64 px with each object placed around the point its position word names, so
-"on the left" always means plainly left; generation 3 is generation 2's world at 32 px. A base model
-knows the generation it was pretrained on.
+"on the left" always means plainly left; generation 3 is generation 2's world at 32 px; generation 4 is
+generation 3's with half its objects two-coloured in a pattern, so the base knows how patterns and every
+colour are drawn, and a subject (a pair of reserved colours, never shown together) is a new combination of
+things it can draw, as a person's dog is to Stable Diffusion. A base model knows the generation it was
+pretrained on.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-# Named colours (RGB 0-255). The base model sees OBJECT_COLOURS and BACKGROUND_COLOURS only;
-# the rest are reserved for subjects, so a subject's colours are new to the base.
+# Named colours (RGB 0-255). Solid objects are OBJECT_COLOURS on BACKGROUND_COLOURS; the rest are reserved
+# for subjects: generations 1-3 never show them, generation 4 shows each beside an object colour in a pattern,
+# never two of them together, so every subject's pair is new to the base.
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 180, 60),
@@ -33,12 +37,14 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 }
 OBJECT_COLOURS = ("red", "green", "blue", "yellow", "white")
 BACKGROUND_COLOURS = ("black", "gray", "white", "blue")
+RESERVED_COLOURS = tuple(name for name in PALETTE if name not in OBJECT_COLOURS + BACKGROUND_COLOURS)
 SHAPES = ("circle", "square", "triangle", "cross")
 POSITIONS = ("left", "right", "top", "bottom", "center")
 PATTERNS = ("solid", "rings", "quadrants", "bands")
 # More two-colour patterns, for procedural subjects (tunelab hyper pretrain). Kept out of PATTERNS, which the
 # autoencoder's pretraining draws from, so that recipe's data stays as it was.
 LATER_PATTERNS = ("halves", "diagonal", "dot", "stripes")
+TWO_COLOUR_PATTERNS = tuple(name for name in PATTERNS + LATER_PATTERNS if name != "solid")
 ATTRIBUTES = ("shape", "colour", "background", "size", "position")  # what a caption asks for and a reading tells
 
 HELD_OUT = (  # (shape, colour, background) never shown in pretraining; a base's scores are measured on them
@@ -65,6 +71,7 @@ class World:
     jitter: float = 0.0  # anchored placement: the centre moves up to this fraction of the image from the anchor
     # Chance that a training caption keeps each optional part; a dropped colour teaches "a circle" = any colour.
     keep: dict[str, float] = field(default_factory=dict)
+    patterned: float = 0.0  # chance that a pretraining scene's object is two-coloured in a pattern
 
     def size_word(self, half_extent: float) -> str:
         """The size word for an object of this half-extent: the nearer of the two ranges."""
@@ -79,7 +86,10 @@ GENERATION_2 = World(2, 64, {"small": (6, 8), "large": (11, 14)}, "anchored", ji
 # size words split where generation 1's do (half-extent 8), so an image of either reads the same.
 GENERATION_3 = World(3, 32, {"small": (4, 7), "large": (9, 10)}, "anchored", jitter=0.06,
                      keep={"size": 0.6, "colour": 0.8, "position": 0.7, "background": 0.6})
-WORLDS = {world.generation: world for world in (GENERATION_1, GENERATION_2, GENERATION_3)}
+# Generation 3's scenes, half of them with a two-coloured object: a pair of object colours, or one object colour and
+# one reserved colour, in any two-colour pattern. Captions name both colours ("a red orange circle"), not the pattern.
+GENERATION_4 = replace(GENERATION_3, generation=4, patterned=0.5)
+WORLDS = {world.generation: world for world in (GENERATION_1, GENERATION_2, GENERATION_3, GENERATION_4)}
 WORLD = GENERATION_3  # the generation the shipped base was pretrained on (tests/toyworld checks the two agree)
 
 
@@ -218,9 +228,21 @@ def place(rng: random.Random, look: Look, background: str, size: str | None = No
 
 
 def random_scene(rng: random.Random, world: World = WORLD) -> Scene:
+    if world.patterned and rng.random() < world.patterned:
+        return place(rng, *_patterned_look(rng), world=world)
     colour = rng.choice(OBJECT_COLOURS)
     background = rng.choice([b for b in BACKGROUND_COLOURS if b != colour])
     return place(rng, Look(rng.choice(SHAPES), (colour,)), background, world=world)
+
+
+def _patterned_look(rng: random.Random) -> tuple[Look, str]:
+    """A two-coloured look with at most one reserved colour (two together are what subjects are), and a background."""
+    while True:
+        colours = tuple(rng.sample(OBJECT_COLOURS + RESERVED_COLOURS, 2))
+        if sum(colour in RESERVED_COLOURS for colour in colours) <= 1:
+            break
+    background = rng.choice([b for b in BACKGROUND_COLOURS if b not in colours])
+    return Look(rng.choice(SHAPES), colours, rng.choice(TWO_COLOUR_PATTERNS)), background
 
 
 def position_phrase(where: str) -> str:
