@@ -31,7 +31,7 @@ predictor.safetensors --images DIR --out lora.safetensors`. The LoRA answers to 
   of rank {recipe['rank']} (a {recipe['rank']}x{recipe['rank']} core per layer is what is predicted).
 - Predictor: a small convolutional image encoder (features averaged over the images) and an MLP decoder to the
   cores; {facts['parameters']:,} parameters, {facts['file_bytes'] / 1e6:.1f} MB in fp16 with its bases.
-- Data: {len(facts['subjects'])} procedural toyworld subjects (a shape, two of the colours the base never saw, a
+- Data: {len(facts['subjects'])} procedural toyworld subjects (a shape, two reserved colours the base never saw together, a
   two-colour pattern), {recipe['renders']} renders each; the built-in three and the 16 held-out subjects were never trained on.
 - Recipe: stage 1, {recipe['core_steps']} steps of all subjects' LoRAs at once (each batch item through its own
   subject's LoRA; prior preservation on the base's class images); stage 2, {recipe['regression_steps']} steps of the

@@ -98,7 +98,8 @@ def write_card(folder: Path, pipeline, scores: dict, images: int, sampling: str,
     (folder / "pretraining.json").write_text(json.dumps(facts, indent=2) + "\n")
     recipe = facts["recipe"]
     world = facts.get("world") or asdict(WORLDS[recipe.get("generation", 1)])
-    flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in recipe.items())
+    # which base a recipe continues is its generation's own (--from names the folder), not a flag
+    flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in recipe.items() if key != "continues")
     history = "\n".join(
         f"| {row['step']} | {row['seconds']:.0f} | " + " | ".join(f"{row[f'{a}_accuracy']:.2f}" for a in ATTRIBUTES) + " |"
         for row in facts["history"]

@@ -1,4 +1,5 @@
-"""Subjects the toyworld base has never seen: a pattern of two new colours on a known shape.
+"""Subjects the toyworld base has never seen: a pattern of two colours it never saw together on a known shape
+(the reserved colours: generation 4 shows each of them only beside an ordinary object colour).
 
 Each subject's class word is its shape, which the base draws in solid base colours, so
 "a circle" is the class prior and "a sks circle" the subject, as "a dog" / "a sks dog".

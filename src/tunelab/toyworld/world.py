@@ -90,7 +90,7 @@ GENERATION_3 = World(3, 32, {"small": (4, 7), "large": (9, 10)}, "anchored", jit
 # one reserved colour, in any two-colour pattern. Captions name both colours ("a red orange circle"), not the pattern.
 GENERATION_4 = replace(GENERATION_3, generation=4, patterned=0.5)
 WORLDS = {world.generation: world for world in (GENERATION_1, GENERATION_2, GENERATION_3, GENERATION_4)}
-WORLD = GENERATION_3  # the generation the shipped base was pretrained on (tests/toyworld checks the two agree)
+WORLD = GENERATION_4  # the generation the shipped base was pretrained on (tests/toyworld checks the two agree)
 
 
 def world_of_resolution(resolution: int) -> World:
