@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 CONFIG = {"model": "toyworld", "subject": "checker", "images_per_prompt": 2, "sample_steps": 4, "metrics": ["subject_fidelity"],
@@ -42,3 +43,21 @@ def test_ctrl_c_stops_the_running_experiments_with_checkpoints_and_starts_no_oth
     assert checkpoints(out, "first") and checkpoints(out, "second")
     assert not (out / "experiments" / "third").exists()  # never started
     assert json.loads((out / "experiments" / "base" / "result.json").read_text())["name"] == "base"
+
+
+def test_a_worker_stopped_by_ctrl_c_starts_no_waiting_experiment_even_before_the_main_thread_hears(monkeypatch):
+    """The pool frees the stopped worker's slot at once; the experiments waiting for it must not start (under load
+    the main thread's KeyboardInterrupt can come later, and a worker started after the Ctrl-C never gets it)."""
+    from tunelab.comparison import runner as runner_module
+    from tunelab.training.stopping import TrainingInterrupted
+
+    def fake_worker(spec, env):
+        if spec["name"] == "first":
+            raise TrainingInterrupted("stopped during experiment 'first'")
+
+    monkeypatch.setattr(runner_module, "run_worker", fake_worker)
+    started = []
+    runner = runner_module.LocalRunner(parallel=1)
+    with pytest.raises(TrainingInterrupted):
+        runner.run([{"name": name} for name in ("first", "second", "third")], started=lambda spec: started.append(spec["name"]))
+    assert started == ["first"]

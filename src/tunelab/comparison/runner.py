@@ -9,6 +9,7 @@ import queue
 import shutil
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
@@ -66,12 +67,20 @@ class LocalRunner:
                 self.slots.put({**os.environ, "OMP_NUM_THREADS": str(threads)})
             else:
                 self.slots.put(None)
+        # Set once a worker was stopped (Ctrl-C): the experiments still waiting for a slot then never start. Checked
+        # by the pool's threads themselves, which free a slot before the main thread hears of the Ctrl-C.
+        self.stopping = threading.Event()
 
     def _one(self, spec: dict, started: Callable[[dict], None]) -> None:
         env = self.slots.get()
         try:
+            if self.stopping.is_set():
+                return
             started(spec)
             run_worker(spec, env)
+        except TrainingInterrupted:
+            self.stopping.set()
+            raise
         finally:
             self.slots.put(env)
 
@@ -84,6 +93,7 @@ class LocalRunner:
         except KeyboardInterrupt:
             # Ctrl-C reached the running workers too, and they are saving their checkpoints: start no other, let
             # them finish, then say how to go on.
+            self.stopping.set()
             pool.shutdown(wait=True, cancel_futures=True)
             raise TrainingInterrupted("stopped during the comparison; rerun the same command to go on") from None
         pool.shutdown()
