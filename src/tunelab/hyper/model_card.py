@@ -54,7 +54,7 @@ Subjects it was trained on (first 8):
 {_score_table(facts['seen'])}
 
 Made on: {facts['machine']}; training took {facts['train_seconds'] / 60:.1f} minutes, the whole run
-{facts['total_seconds'] / 60:.1f}.
+(class images and scoring included) {facts['total_seconds'] / 60:.1f} minutes.
 """
     path = folder / "README.md"
     path.write_text(text)
