@@ -58,6 +58,6 @@ def test_a_worker_stopped_by_ctrl_c_starts_no_waiting_experiment_even_before_the
     monkeypatch.setattr(runner_module, "run_worker", fake_worker)
     started = []
     runner = runner_module.LocalRunner(parallel=1)
-    with pytest.raises(TrainingInterrupted):
+    with pytest.raises(TrainingInterrupted, match="stopped during the comparison; rerun the same command to go on"):
         runner.run([{"name": name} for name in ("first", "second", "third")], started=lambda spec: started.append(spec["name"]))
     assert started == ["first"]

@@ -88,15 +88,18 @@ class LocalRunner:
         """Run every spec's worker, `width` at a time; `started(spec)` as each begins."""
         pool = ThreadPoolExecutor(self.width)
         futures = [pool.submit(self._one, spec, started) for spec in specs]
+        stopped = TrainingInterrupted("stopped during the comparison; rerun the same command to go on")
         try:
             wait(futures)
+            pool.shutdown()
         except KeyboardInterrupt:
             # Ctrl-C reached the running workers too, and they are saving their checkpoints: start no other, let
             # them finish, then say how to go on.
             self.stopping.set()
             pool.shutdown(wait=True, cancel_futures=True)
-            raise TrainingInterrupted("stopped during the comparison; rerun the same command to go on") from None
-        pool.shutdown()
+            raise stopped from None
+        if self.stopping.is_set():  # the workers heard the Ctrl-C before this thread did
+            raise stopped
         for future in futures:
             future.result()  # the first failure, once every experiment has ended
 
