@@ -28,7 +28,7 @@ def test_every_render_reads_back_as_the_scene_it_was_drawn_from(generation):
         reading = read(image)
         assert (reading.shape, reading.background, reading.size, reading.position) == (
             scene.look.shape, scene.background, scene.size, scene.position)
-        assert reading.colour == scene.look.colours[0] if len(scene.look.colours) == 1 else reading.colour in scene.look.colours
+        assert reading.colour in scene.look.colours  # a two-coloured object reads as one of its colours
 
 
 @pytest.mark.parametrize("generation", [g for g in GENERATIONS if WORLDS[g].placement == "anchored"])

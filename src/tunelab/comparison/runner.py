@@ -19,6 +19,8 @@ import torch
 from tunelab.errors import TunelabError
 from tunelab.training.stopping import TrainingInterrupted
 
+STOPPED = "stopped during the comparison; rerun the same command to go on"
+
 
 def run_worker(spec: dict, env: dict[str, str] | None = None) -> None:
     """Train and evaluate one experiment in a process of its own (`env`: its environment, e.g. the GPU it may use)."""
@@ -88,7 +90,6 @@ class LocalRunner:
         """Run every spec's worker, `width` at a time; `started(spec)` as each begins."""
         pool = ThreadPoolExecutor(self.width)
         futures = [pool.submit(self._one, spec, started) for spec in specs]
-        stopped = TrainingInterrupted("stopped during the comparison; rerun the same command to go on")
         try:
             wait(futures)
             pool.shutdown()
@@ -97,9 +98,9 @@ class LocalRunner:
             # them finish, then say how to go on.
             self.stopping.set()
             pool.shutdown(wait=True, cancel_futures=True)
-            raise stopped from None
+            raise TrainingInterrupted(STOPPED) from None
         if self.stopping.is_set():  # the workers heard the Ctrl-C before this thread did
-            raise stopped
+            raise TrainingInterrupted(STOPPED)
         for future in futures:
             future.result()  # the first failure, once every experiment has ended
 

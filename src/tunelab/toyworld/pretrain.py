@@ -240,6 +240,10 @@ class Pretraining:
         self.autoencoder_scores: dict = {}
         self.latents: torch.Tensor | None = None
 
+    def encode_latents(self) -> None:
+        """Cache the denoiser's latents; a run continuing a base keeps the scaling factor its denoiser learned."""
+        self.latents = encode_scenes(self.pipeline.vae, self.scenes, keep_scaling=bool(self.recipe.continues))
+
     def autoencoder_step(self) -> float:
         recipe, vae = self.recipe, self.pipeline.vae
         vae.train()
@@ -327,7 +331,7 @@ class Pretraining:
         self.vae_rng.bit_generator.state = randomness["vae_rng"]
         self.rng.setstate(_as_tuples(randomness["rng"]))
         if self.stage == "denoiser":  # the cached latents follow from the autoencoder's weights
-            self.latents = encode_scenes(self.pipeline.vae, self.scenes, keep_scaling=bool(self.recipe.continues))
+            self.encode_latents()
             if float(self.pipeline.vae.config.scaling_factor) != state["scaling_factor"]:
                 raise TunelabError("the checkpoint's autoencoder encodes differently here (another machine or thread count?)")
 
@@ -397,7 +401,7 @@ def pretrain(out: Path, recipe: Recipe, progress: Progress | None = None, evalua
                 run.autoencoder_scores = evaluate_autoencoder(run.pipeline.vae, run.world)
                 report("autoencoder scores", run.step, run.autoencoder_scores)
             run.stage, run.step = "denoiser", 0
-            run.latents = encode_scenes(run.pipeline.vae, run.scenes, keep_scaling=bool(recipe.continues))
+            run.encode_latents()
             run.seconds["denoiser"] += time.time() - started
             checkpoint(force=True)
     out.mkdir(parents=True, exist_ok=True)

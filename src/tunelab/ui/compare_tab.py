@@ -8,6 +8,7 @@ import urllib.parse
 import gradio as gr
 
 from tunelab import api
+from tunelab.comparison.runner import check_parallel
 from tunelab.errors import TunelabError
 from tunelab.toyworld.subjects import SUBJECTS
 from tunelab.ui.jobs import Job, JobQueue
@@ -45,7 +46,7 @@ def build(workspace: Workspace, jobs: JobQueue):
         subject = gr.Dropdown(list(SUBJECTS), value="bullseye", label="demo subject (toyworld)", elem_id="compare-subject")
         scale = gr.Number(value=1.0, label="demo scale (steps x scale)", elem_id="compare-scale")
         with_hyper = gr.Checkbox(value=False, label="demo: add the weight predictor's LoRA (--with-hyper)", elem_id="compare-with-hyper")
-        parallel = gr.Number(value=0, precision=0, label="experiments at once (0: one per core on the CPU for the demo)",
+        parallel = gr.Number(value=0, precision=0, label="experiments at once, --parallel (0: the default, one per core on the CPU for the demo)",
                              elem_id="compare-parallel")
     config = gr.Textbox(label="compare config (YAML/TOML in the workspace; docs/compare.md)", elem_id="compare-config")
     out = gr.Textbox(value="comparisons/demo", label="--out (folder in the workspace)", elem_id="compare-out")
@@ -63,10 +64,10 @@ def build(workspace: Workspace, jobs: JobQueue):
                 values["config"] = config_path
             values = checked_paths(workspace, values)
             title = f"compare {config_path}" if "config" in values else f"demo {subject_name}"
-            if at_once and at_once < 0:
-                raise TunelabError(f"experiments at once must be at least 1 (0 for the default), got {at_once:g}")
+            parallel_value = int(at_once or 0) or None
+            check_parallel(parallel_value)
             job = jobs.submit("compare", title, compare_work(workspace, values, subject_name, float(scale_value or 1.0),
-                                                             bool(hyper), int(at_once) or None))
+                                                             bool(hyper), parallel_value))
         except TunelabError as error:
             return error_text(error)
         return f"run {job.id} queued"
