@@ -13,7 +13,7 @@ from PIL import Image
 from helpers import one_line_error, run_cli
 from tunelab.formats.lora_io import read_lora
 from tunelab.hyper.batches import adapted_modules, basis_for
-from tunelab.hyper.refine import LoraFromStart
+from tunelab.methods.predicted_lora import LoraFromStart
 from tunelab.hyper.scoring import predict_lora, training_renders
 from tunelab.hyper.stages import run_stage
 from tunelab.hyper.subjects import all_subjects, held_out_subjects, training_subjects

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from tunelab.hyper.personalize import personalize
-from tunelab.hyper.refine import REFINE_LEARNING_RATE
+from tunelab.methods.predicted_lora import REFINE_LEARNING_RATE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,9 +15,11 @@ from tunelab.data.images import IMAGE_EXTENSIONS
 from tunelab.errors import TunelabError
 from tunelab.formats.kohya_lora import kohya_metadata
 from tunelab.formats.lora_io import read_lora, write_lora
-from tunelab.hyper.refine import refine
+from tunelab.formats.lora_set import LoraSet
 from tunelab.lora.weight_predictor import load_predictor, predict_lora
-from tunelab.methods.predicted_lora import REFINE_LEARNING_RATE, predictor_path, square_pixels, target_groups
+from tunelab.methods.predicted_lora import REFINE_LEARNING_RATE, PredictedLoraMethod, predictor_path, square_pixels
+from tunelab.training.loop import train
+from tunelab.training.prepare import prepare_run
 
 
 @dataclass
@@ -54,24 +56,38 @@ def personalize(hypernet: str, images: list[str], out: Path, *, refine_steps: in
     if out.suffix.lower() != ".safetensors":
         raise TunelabError(f"--out is a .safetensors file, got {out}")
     paths = image_paths(images)
-    predictor, basis, facts = load_predictor(predictor_path(hypernet))
+    hypernet_file = predictor_path(hypernet)
+    predictor, basis, facts = load_predictor(hypernet_file)
     pixels = [square_pixels(path, facts["resolution"]) for path in paths]
-    lora, predict_seconds = predict_lora(predictor, basis, pixels)
-    log(f"predicted a rank-{basis.rank} LoRA of {basis.layers} layers from {len(pixels)} image(s) in {predict_seconds:.3f} s")
     metadata = {"tunelab_method": "predicted", "tunelab_predictor_token": facts["token"],
                 "ss_base_model_version": facts["base_model_version"]}
     if refine_steps:
-        with tempfile.TemporaryDirectory() as scratch:
-            folder = Path(scratch) / "images"
-            folder.mkdir()
-            for index, image in enumerate(pixels):  # the images the prediction saw, as the refinement's data
-                Image.fromarray(image).save(folder / f"{index:04d}.png")
-            refined = refine(lora, model or facts["base_model"], folder, Path(scratch) / "run", prompt, refine_steps,
-                             class_prompt=class_prompt, seed=seed, targets=target_groups(facts),
-                             learning_rate=learning_rate)
-            lora = read_lora(refined)[0]
+        lora, predict_seconds = predicted_and_refined(hypernet_file, pixels, model or facts["base_model"], prompt,
+                                                      refine_steps, class_prompt, seed, learning_rate)
         metadata["tunelab_refine_steps"] = str(refine_steps)
-        log(f"refined it with {refine_steps} LoRA steps")
+        log(f"predicted a rank-{basis.rank} LoRA in {predict_seconds:.3f} s and refined it with {refine_steps} LoRA steps")
+    else:
+        lora, predict_seconds = predict_lora(predictor, basis, pixels)
+        log(f"predicted a rank-{basis.rank} LoRA of {basis.layers} layers from {len(pixels)} image(s) in {predict_seconds:.3f} s")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_lora(lora, out, "kohya", kohya_metadata(lora, facts["base_model_version"], metadata, {}))
     return Personalized(out, predict_seconds, time.perf_counter() - started)
+
+
+def predicted_and_refined(hypernet: Path, pixels: list, model: str, prompt: str, steps: int, class_prompt: str | None,
+                          seed: int, learning_rate: float) -> tuple[LoraSet, float]:
+    """`tunelab train predicted_lora` on these images (the prediction, then `steps` LoRA steps): the LoRA and the
+    prediction's seconds."""
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "images"
+        folder.mkdir()
+        for index, image in enumerate(pixels):  # the images the prediction sees are the refinement's data
+            Image.fromarray(image).save(folder / f"{index:04d}.png")
+        values = {"model": model, "images": str(folder), "out": str(Path(scratch) / "run"), "prompt": prompt,
+                  "steps": steps, "learning_rate": learning_rate, "hypernet": str(hypernet), "seed": seed,
+                  "batch_size": min(4, len(pixels)), "log_with": "none", "overwrite": True}
+        if class_prompt:
+            values |= {"class_prompt": class_prompt, "num_class_images": 16, "class_sample_steps": 20}
+        run = prepare_run(PredictedLoraMethod.name, values)
+        artifact = train(run.options, run.method, run.resolved, run.family_options)
+        return read_lora(Path(artifact))[0], run.method.predict_seconds
