@@ -134,6 +134,8 @@ def test_a_continuing_recipe_needs_the_base_it_continues(tmp_path, capsys):
     assert "generation-2 base" in capsys.readouterr().err
     assert run_cli("toyworld", "pretrain", "--generation", 4, "--from", tmp_path / "three", "--vae-steps", 3, "--out", tmp_path / "x", *few) == 2
     assert "--vae-steps must be 0" in capsys.readouterr().err
+    assert run_cli("toyworld", "pretrain", "--generation", 3, "--vae-steps", 0, "--out", tmp_path / "x", *few) == 2
+    assert "--vae-steps must be at least 1" in capsys.readouterr().err
     assert run_cli("toyworld", "pretrain", "--generation", 3, "--from", tmp_path / "three", "--out", tmp_path / "x", *FEW_STEPS) == 2
     assert not (tmp_path / "x").exists()
 

@@ -81,8 +81,6 @@ def _pretrain(args: argparse.Namespace) -> None:
     recipe = recipe_for(args.generation, **changes)
     if recipe.steps < 1 or args.score_images < 1 or args.checkpoint_every < 1 or args.log_every < 1:
         raise TunelabError("--steps, --score-images, --checkpoint-every and --log-every must be at least 1")
-    if recipe.vae_steps < 1 and not recipe.continues:
-        raise TunelabError("--vae-steps must be at least 1 for a recipe that trains from scratch")
     if args.resume and args.checkpoint_dir is None:
         raise TunelabError("--resume needs --checkpoint-dir, the folder the stopped run saved its state in")
     started = time.time()

@@ -367,6 +367,7 @@ def pretrain(out: Path, recipe: Recipe, progress: Progress | None = None, evalua
     of the base a continuing recipe (recipe.continues) starts from, as `tunelab toyworld pretrain` wrote it.
     """
     report = progress or (lambda stage, step, value: None)
+    check_autoencoder_steps(recipe)
     started_from = _started_from(recipe, start)
     run = Pretraining(recipe, load_pipeline(start) if started_from else None)
     if checkpoints is not None and (checkpoints / CHECKPOINT_NAME).is_file():
@@ -423,14 +424,20 @@ def pretrain(out: Path, recipe: Recipe, progress: Progress | None = None, evalua
     return facts
 
 
+def check_autoencoder_steps(recipe: Recipe) -> None:
+    """A recipe from scratch trains its autoencoder; a continuing one keeps its base's (its latents stay the base's)."""
+    if recipe.continues and recipe.vae_steps:
+        raise TunelabError(f"generation {recipe.generation}'s recipe keeps its base's autoencoder: --vae-steps must be 0")
+    if not recipe.continues and recipe.vae_steps < 1:
+        raise TunelabError("--vae-steps must be at least 1 for a recipe that trains from scratch")
+
+
 def _started_from(recipe: Recipe, start: Path | None) -> dict | None:
     """What the base a continuing recipe starts from records: its generation, pretraining time and machine."""
     if not recipe.continues:
         if start is not None:
             raise TunelabError(f"generation {recipe.generation}'s recipe trains from scratch; --from is for a recipe that continues a base")
         return None
-    if recipe.vae_steps:
-        raise TunelabError(f"generation {recipe.generation}'s recipe keeps its base's autoencoder: --vae-steps must be 0")
     record = Path(start) / "pretraining.json" if start is not None else None
     if record is None or not record.is_file():
         raise TunelabError(f"generation {recipe.generation}'s recipe continues a generation-{recipe.continues} base: pass --from "
