@@ -23,10 +23,10 @@ from tunelab import api
 from tunelab.comparison.demo_settings import demo_config
 from tunelab.formats.lora_io import read_lora
 from tunelab.hyper.personalize import personalize
-from tunelab.methods.predicted_lora import REFINE_LEARNING_RATE
 from tunelab.hyper.scoring import fidelity_of, training_renders
 from tunelab.hyper.subjects import held_out_subjects
 from tunelab.machine import describe
+from tunelab.methods.predicted_lora import REFINE_LEARNING_RATE
 from tunelab.models.loading import load_pipeline
 
 
