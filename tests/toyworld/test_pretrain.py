@@ -112,13 +112,19 @@ def test_generation_4_continues_a_generation_3_base_keeping_its_autoencoder(tmp_
     assert record["world"]["patterned"] == 0.5
     card = (tmp_path / "a" / "README.md").read_text()
     assert "tunelab toyworld pretrain --out DIR --from GENERATION_3_DIR --seed 0" in card and "--generation 4" in card
-    assert "the generation-3 base, made by its own recipe" in card and "with the base it starts from" in card
+    assert "the generation-3 base, made by its own recipe" in card and "minutes in all, from scratch" in card
     # the card's command, run as written, makes the same weights
     command = next(line.split()[1:] for line in card.splitlines() if line.strip().startswith("tunelab toyworld pretrain"))
     command = [str(tmp_path / "c") if word == "DIR" else str(tmp_path / "three") if word == "GENERATION_3_DIR" else word
                for word in command]
     assert run_cli(*command, "--score-images", 2) == 0
     assert same_weights(tmp_path / "a", tmp_path / "c")
+    # generation 5 continues generation 4; its card counts the whole chain's time, generation 3's too
+    assert run_cli("toyworld", "pretrain", "--generation", 5, "--from", tmp_path / "a", "--out", tmp_path / "five", *few) == 0
+    five = json.loads((tmp_path / "five" / "pretraining.json").read_text())
+    assert five["started_from"]["generation"] == 4
+    assert five["started_from"]["total_seconds"] == pytest.approx(record["total_seconds"] + started["total_seconds"], abs=0.11)
+    assert five["world"]["keep"]["colour"] == 0.6
 
 
 def test_a_continuing_recipe_needs_the_base_it_continues(tmp_path, capsys):

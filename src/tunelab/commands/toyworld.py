@@ -28,14 +28,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pretrain_parser.add_argument("--out", required=True, help="output folder (a diffusers pipeline)")
     pretrain_parser.add_argument("--generation", type=int, default=1, choices=sorted(RECIPES),
                                  help="which toyworld: 1 = 32 px, 2 = 64 px with anchored positions, 3 = anchored at 32 px, "
-                                      "4 = generation 3 with two-coloured patterned objects (continues a generation-3 base: --from); "
+                                      "4 = generation 3 with two-coloured patterned objects (continues a generation-3 base: --from), "
+                                      "5 = generation 4 with shorter captions (continues a generation-4 base); "
                                       "picks the defaults below")
     for field in RECIPE_OPTIONS:
         defaults = ", ".join(f"{getattr(recipe, field.name)} (generation {g})" for g, recipe in RECIPES.items())
         pretrain_parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None,
                                      help=f"default {defaults}")
     pretrain_parser.add_argument("--from", dest="start", type=Path,
-                                 help="the base a continuing recipe starts from (generation 4: a generation-3 folder from this command)")
+                                 help="the base a continuing recipe starts from (generation 4: a generation-3 folder from this command; "
+                                      "generation 5: a generation-4 one)")
     pretrain_parser.add_argument("--score-images", type=int, default=96, help="images for the model card's held-out scores")
     pretrain_parser.add_argument("--checkpoint-dir", type=Path, help="save the run's state here, to resume it after a stop")
     pretrain_parser.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")

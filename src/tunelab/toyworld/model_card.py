@@ -46,7 +46,7 @@ def _stages_text(facts: dict, recipe: dict, vae, crop: str) -> str:
     started_from = facts.get("started_from")
     if started_from:
         return (f"Stage 1: the generation-{started_from['generation']} base, made by its own recipe "
-                f"({started_from['total_seconds'] / 60:.1f} minutes on {started_from['machine']}); its autoencoder and latent scaling "
+                f"({started_from['total_seconds'] / 60:.1f} minutes from scratch, on {started_from['machine']}); its autoencoder and latent scaling "
                 f"factor ({vae.scaling_factor:.4f}) are kept as they are.{_autoencoder_text(facts.get('autoencoder_scores'))}\n"
                 f"Stage 2, the same UNet + text encoder trained on, on this generation's cached latents")
     return (f"Stage 1, autoencoder: {recipe['vae_steps']} steps of AdamW (lr {recipe['vae_learning_rate']}), batch {recipe['vae_batch']}{crop},\n"
@@ -59,7 +59,7 @@ def _time_text(facts: dict) -> str:
     started_from = facts.get("started_from")
     if started_from:
         total = (facts["total_seconds"] + started_from["total_seconds"]) / 60
-        return f"took {facts['total_seconds'] / 60:.1f} minutes; {total:.1f} minutes with the base it starts from"
+        return f"took {facts['total_seconds'] / 60:.1f} minutes; {total:.1f} minutes in all, from scratch"
     return f"took {facts['total_seconds'] / 60:.1f} minutes ({facts['autoencoder_seconds'] / 60:.1f} for the autoencoder)"
 
 
