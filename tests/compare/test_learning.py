@@ -16,7 +16,7 @@ from tunelab.comparison.demo_settings import demo_config
 from tunelab.comparison.report import write_reports
 from tunelab.comparison.run import run_comparison
 
-MARGIN = 0.08  # subject fidelity over the base's (0.03); on the generation-4 base the techniques reach 0.20 (hypernetwork) to 0.44 (LoRA)
+MARGIN = 0.08  # subject fidelity over the base's (0.02); on the generation-5 base the techniques reach 0.21 (TI, hypernetwork) to 0.44 (DreamBooth)
 PROMPT_FIDELITY_FLOOR = 0.5  # of the base's prompt fidelity
 EVALUATION_IMAGES = 8  # per prompt: the suite's time (the demo's 128 cost a minute each; at 8 scores move about 0.07)
 
@@ -39,7 +39,7 @@ def test_every_technique_learns_the_subject_and_still_follows_prompts(comparison
 
 
 # Issue 15's subject-fidelity bars. Strict: each passes the day a base and settings that reach it ship
-# (docs/compare.md: at 128 images the demo reads LoRA 0.44, DreamBooth 0.38, hypernetwork 0.20 on the bullseye).
+# (docs/compare.md: the demo's numbers on the bullseye are far below them).
 SHORT_OF_ISSUE_15 = {"dreambooth": 0.7, "lora": 0.6, "hypernetwork": 0.5}
 
 
@@ -51,12 +51,13 @@ def test_issue_15_subject_fidelity_bar(comparison, technique):
     assert record["subject_fidelity"] >= SHORT_OF_ISSUE_15[technique]
 
 
-def test_textual_inversion_goes_beyond_the_base_and_lora_keeps_the_prompt(comparison):
-    """Issue 15's bars that the demo meets: Textual Inversion >= base + 0.15, LoRA's prompt fidelity >= 0.8."""
+def test_textual_inversion_goes_beyond_the_base_and_lora_and_dreambooth_keep_the_prompt(comparison):
+    """Issue 15's bars that the demo meets: Textual Inversion >= base + 0.15, LoRA's and DreamBooth's prompt fidelity >= 0.8."""
     _, _, records = comparison
     by_technique = {r["technique"]: r for r in records}
     assert by_technique["textual_inversion"]["subject_fidelity"] >= by_technique["base"]["subject_fidelity"] + 0.15
     assert by_technique["lora"]["prompt_fidelity"] >= 0.8
+    assert by_technique["dreambooth"]["prompt_fidelity"] >= 0.8
 
 
 def test_records_and_reports_hold_the_runs_own_numbers(comparison, tmp_path):
