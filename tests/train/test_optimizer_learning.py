@@ -3,7 +3,7 @@
 Each optimizer trains the same rank-8 LoRA on the bullseye's training renders, with caption dropout so that
 classifier-free guidance does not cancel what was learned (docs/compare.md), and at the learning rate
 docs/training.md lists for it (Prodigy its own step size); then the subject prompt is sampled at fixed seeds
-and read back. The base draws no bullseye (fidelity about 0.0); every optimizer must clear it by MARGIN.
+and read back at 32 seeds. The base draws no bullseye (fidelity about 0.03); every optimizer must clear it by MARGIN.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tunelab.training.optimizers import OPTIMIZERS
 
 MARGIN = 0.1  # the base scores about 0.0; the optimizers reached 0.26 (AdamW) to 0.49 (Adafactor) in the benchmark
 STEPS = 100
-SEEDS = list(range(8))
+SEEDS = list(range(32))  # at 8 seeds fidelity moves by about 0.07: Prodigy read 0.128 there, 0.162 at 32 (generation 5)
 SUBJECT = SUBJECTS["bullseye"]
 RATES = {"prodigy": None, "lion": 1.7e-3}  # Prodigy finds its own step size; Lion wants about a third of AdamW's
 CPU_OPTIMIZERS = [name for name, choice in OPTIMIZERS.items() if not choice.needs_cuda]  # bitsandbytes: refused on CPU (tested elsewhere)
