@@ -53,10 +53,10 @@ def main() -> None:
     lines = ["| images per prompt | seconds per evaluation | " + " | ".join(f"max diff {m}" for m in METRICS) + " |",
              "|" + "---|" * (len(METRICS) + 2)]
     detail = {}
+    steps = args.sample_steps or specs[0][0]["evaluation"]["sample_steps"]
     with tempfile.TemporaryDirectory() as scratch:
         for count in args.images_per_prompt:
             started = time.perf_counter()
-            steps = args.sample_steps or specs[0][0]["evaluation"]["sample_steps"]
             first, second = (evaluate_all(specs, seed, count, steps, Path(scratch)) for seed in args.seeds)
             seconds = (time.perf_counter() - started) / (2 * len(specs))
             differences = {metric: max(abs(first[name][metric] - second[name][metric]) for name in first) for metric in METRICS}

@@ -13,7 +13,6 @@ from PIL import Image
 from helpers import one_line_error, run_cli
 from tunelab.formats.lora_io import read_lora
 from tunelab.hyper.batches import adapted_modules, basis_for
-from tunelab.methods.predicted_lora import LoraFromStart
 from tunelab.hyper.scoring import predict_lora, training_renders
 from tunelab.hyper.stages import run_stage
 from tunelab.hyper.subjects import all_subjects, held_out_subjects, training_subjects
@@ -22,6 +21,7 @@ from tunelab.lora.modules import adaptable_modules
 from tunelab.lora.per_sample import per_sample_loras
 from tunelab.lora.weight_predictor import load_predictor
 from tunelab.methods.lora import LoraOptions
+from tunelab.methods.predicted_lora import LoraFromStart
 from tunelab.models.family import family_for
 from tunelab.models.loading import load_pipeline
 from tunelab.models.presets import build_preset

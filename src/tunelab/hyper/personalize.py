@@ -16,6 +16,7 @@ from tunelab.errors import TunelabError
 from tunelab.formats.kohya_lora import kohya_metadata
 from tunelab.formats.lora_io import read_lora, write_lora
 from tunelab.formats.lora_set import LoraSet
+from tunelab.formats.weight_predictor import read_predictor_description
 from tunelab.lora.weight_predictor import load_predictor, predict_lora
 from tunelab.methods.predicted_lora import REFINE_LEARNING_RATE, PredictedLoraMethod, predictor_path, square_pixels
 from tunelab.training.loop import train
@@ -57,16 +58,17 @@ def personalize(hypernet: str, images: list[str], out: Path, *, refine_steps: in
         raise TunelabError(f"--out is a .safetensors file, got {out}")
     paths = image_paths(images)
     hypernet_file = predictor_path(hypernet)
-    predictor, basis, facts = load_predictor(hypernet_file)
+    facts = read_predictor_description(hypernet_file)  # the header; the predictor's tensors are read once, below
     pixels = [square_pixels(path, facts["resolution"]) for path in paths]
     metadata = {"tunelab_method": "predicted", "tunelab_predictor_token": facts["token"],
                 "ss_base_model_version": facts["base_model_version"]}
-    if refine_steps:
+    if refine_steps:  # `tunelab train predicted_lora` loads the predictor and predicts before its steps
         lora, predict_seconds = predicted_and_refined(hypernet_file, pixels, model or facts["base_model"], prompt,
                                                       refine_steps, class_prompt, seed, learning_rate)
         metadata["tunelab_refine_steps"] = str(refine_steps)
-        log(f"predicted a rank-{basis.rank} LoRA in {predict_seconds:.3f} s and refined it with {refine_steps} LoRA steps")
+        log(f"predicted the LoRA in {predict_seconds:.3f} s and refined it with {refine_steps} LoRA steps")
     else:
+        predictor, basis, _ = load_predictor(hypernet_file)
         lora, predict_seconds = predict_lora(predictor, basis, pixels)
         log(f"predicted a rank-{basis.rank} LoRA of {basis.layers} layers from {len(pixels)} image(s) in {predict_seconds:.3f} s")
     out.parent.mkdir(parents=True, exist_ok=True)
