@@ -125,6 +125,22 @@ def test_generation_4_continues_a_generation_3_base_keeping_its_autoencoder(tmp_
     assert five["started_from"]["generation"] == 4
     assert five["started_from"]["total_seconds"] == pytest.approx(record["total_seconds"] + started["total_seconds"], abs=0.11)
     assert five["world"]["keep"]["colour"] == 0.6
+    # generation 6 trains generation 5's decoder alone: the encoder, its latent scale and the denoiser stay bit for bit
+    assert run_cli("toyworld", "pretrain", "--generation", 6, "--from", tmp_path / "five", "--out", tmp_path / "six",
+                   "--scenes", "64", "--vae-steps", "2", "--vae-batch", "4", "--score-images", "2") == 0
+    five, six = load_pipeline(tmp_path / "five"), load_pipeline(tmp_path / "six")
+    for part in ("unet", "text_encoder"):
+        assert all(torch.equal(a, b) for a, b in zip(getattr(five, part).state_dict().values(), getattr(six, part).state_dict().values()))
+    before, after = five.vae.state_dict(), six.vae.state_dict()
+    encoder = [key for key in before if key.startswith(("encoder.", "quant_conv."))]
+    decoder = [key for key in before if key.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder and all(torch.equal(before[key], after[key]) for key in encoder)
+    assert any(not torch.equal(before[key], after[key]) for key in decoder)
+    assert six.vae.config.scaling_factor == five.vae.config.scaling_factor
+    assert "bullseye_fidelity" in json.loads((tmp_path / "six" / "pretraining.json").read_text())["autoencoder_scores"]
+    card = (tmp_path / "six" / "README.md").read_text()
+    assert "--decoder-noise 0.1" in card and "--decoder-only" not in card  # what it trains is the generation's own
+    assert "Stage 2, the decoder alone" in card and "Gaussian noise of std 0.1" in card and "During training" not in card
 
 
 def test_a_continuing_recipe_needs_the_base_it_continues(tmp_path, capsys):
@@ -142,6 +158,10 @@ def test_a_continuing_recipe_needs_the_base_it_continues(tmp_path, capsys):
     assert "--vae-steps must be 0" in capsys.readouterr().err
     assert run_cli("toyworld", "pretrain", "--generation", 3, "--vae-steps", 0, "--out", tmp_path / "x", *few) == 2
     assert "--vae-steps must be at least 1" in capsys.readouterr().err
+    assert run_cli("toyworld", "pretrain", "--generation", 6, "--from", tmp_path / "three", "--vae-steps", 0, "--out", tmp_path / "x", *few) == 2
+    assert "--vae-steps must be at least 1 for a recipe that trains its base's decoder" in capsys.readouterr().err
+    assert run_cli("toyworld", "pretrain", "--generation", 6, "--from", tmp_path / "three", "--decoder-noise", -0.1, "--out", tmp_path / "x", *few) == 2
+    assert "--decoder-noise" in capsys.readouterr().err
     assert run_cli("toyworld", "pretrain", "--generation", 3, "--from", tmp_path / "three", "--out", tmp_path / "x", *FEW_STEPS) == 2
     assert not (tmp_path / "x").exists()
 

@@ -18,8 +18,8 @@ from tunelab.toyworld.pretrain import RECIPES, Recipe, pretrain, recipe_for
 from tunelab.toyworld.subjects import SUBJECTS, subject_named, write_training_images
 from tunelab.toyworld.world import WORLD, WORLDS
 
-# which world and which base a recipe continues are the generation's own, picked by --generation
-RECIPE_OPTIONS = [field for field in dataclasses.fields(Recipe) if field.name not in ("generation", "continues")]
+# which world, which base a recipe continues and what it trains are the generation's own, picked by --generation
+RECIPE_OPTIONS = [field for field in dataclasses.fields(Recipe) if field.name not in ("generation", "continues", "decoder_only")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pretrain_parser.add_argument("--generation", type=int, default=1, choices=sorted(RECIPES),
                                  help="which toyworld: 1 = 32 px, 2 = 64 px with anchored positions, 3 = anchored at 32 px, "
                                       "4 = generation 3 with two-coloured patterned objects (continues a generation-3 base: --from), "
-                                      "5 = generation 4 with shorter captions (continues a generation-4 base); "
+                                      "5 = generation 4 with shorter captions (continues a generation-4 base), "
+                                      "6 = generation 5's base with a retrained decoder (continues a generation-5 base); "
                                       "picks the defaults below")
     for field in RECIPE_OPTIONS:
         defaults = ", ".join(f"{getattr(recipe, field.name)} (generation {g})" for g, recipe in RECIPES.items())
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                      help=f"default {defaults}")
     pretrain_parser.add_argument("--from", dest="start", type=Path,
                                  help="the base a continuing recipe starts from (generation 4: a generation-3 folder from this command; "
-                                      "generation 5: a generation-4 one)")
+                                      "generation 5: a generation-4 one; generation 6: a generation-5 one)")
     pretrain_parser.add_argument("--score-images", type=int, default=96, help="images for the model card's held-out scores")
     pretrain_parser.add_argument("--checkpoint-dir", type=Path, help="save the run's state here, to resume it after a stop")
     pretrain_parser.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
@@ -81,8 +82,11 @@ def _score_and_write_card(folder: Path, images: int) -> dict:
 def _pretrain(args: argparse.Namespace) -> None:
     changes = {field.name: getattr(args, field.name) for field in RECIPE_OPTIONS if getattr(args, field.name) is not None}
     recipe = recipe_for(args.generation, **changes)
-    if recipe.steps < 1 or args.score_images < 1 or args.checkpoint_every < 1 or args.log_every < 1:
-        raise TunelabError("--steps, --score-images, --checkpoint-every and --log-every must be at least 1")
+    if (recipe.steps < 1 and not recipe.decoder_only) or args.score_images < 1 or args.checkpoint_every < 1 or args.log_every < 1:
+        raise TunelabError("--steps, --score-images, --checkpoint-every and --log-every must be at least 1 "
+                           "(--steps may be 0 for a recipe that trains the decoder alone)")
+    if recipe.decoder_noise < 0:
+        raise TunelabError("--decoder-noise is a standard deviation: 0 or more")
     if args.resume and args.checkpoint_dir is None:
         raise TunelabError("--resume needs --checkpoint-dir, the folder the stopped run saved its state in")
     started = time.time()

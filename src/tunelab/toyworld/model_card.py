@@ -55,6 +55,22 @@ def _stages_text(facts: dict, recipe: dict, vae, crop: str) -> str:
             f"Stage 2, UNet + text encoder together on the cached latents")
 
 
+def _recipe_text(facts: dict, recipe: dict, pipeline, crop: str) -> str:
+    if recipe.get("decoder_only"):
+        started_from = facts["started_from"]
+        noise = (f" with Gaussian noise of std {recipe['decoder_noise']} (in the denoiser's units) added, as a denoiser's latents are "
+                 f"near, not on, the encoder's" if recipe.get("decoder_noise") else "")
+        return (f"Stage 1: the generation-{started_from['generation']} base, made by its own recipe "
+                f"({started_from['total_seconds'] / 60:.1f} minutes from scratch, on {started_from['machine']}); its encoder, latent "
+                f"scaling factor ({pipeline.vae.config.scaling_factor:.4f}), UNet and text encoder are kept bit for bit.\n"
+                f"Stage 2, the decoder alone (the encoder frozen, so the latents the denoiser learned stay valid): "
+                f"{recipe['vae_steps']} steps of AdamW (lr {recipe['vae_learning_rate']}, cosine to a tenth), batch {recipe['vae_batch']}{crop}, "
+                f"MSE on decoded posterior samples{noise}.{_autoencoder_text(facts.get('autoencoder_scores'))}")
+    return (f"{_stages_text(facts, recipe, pipeline.vae.config, crop)}: {recipe['steps']} steps of AdamW (lr {recipe['learning_rate']},\n"
+            f"{recipe['warmup_steps']} warm-up steps then cosine to a tenth), batch {recipe['batch']}, {_objective_text(pipeline.scheduler.config, recipe)}\n"
+            f"(tunelab's own training objective, `models/sd.py`).")
+
+
 def _time_text(facts: dict) -> str:
     started_from = facts.get("started_from")
     if started_from:
@@ -99,11 +115,18 @@ def write_card(folder: Path, pipeline, scores: dict, images: int, sampling: str,
     recipe = facts["recipe"]
     world = facts.get("world") or asdict(WORLDS[recipe.get("generation", 1)])
     # which base a recipe continues is its generation's own (--from names the folder), not a flag
-    flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in recipe.items() if key != "continues")
+    flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in recipe.items() if key not in ("continues", "decoder_only"))
     history = "\n".join(
         f"| {row['step']} | {row['seconds']:.0f} | " + " | ".join(f"{row[f'{a}_accuracy']:.2f}" for a in ATTRIBUTES) + " |"
         for row in facts["history"]
     )
+    during = f"""
+During training ({recipe['eval_images']} images each):
+
+| step | seconds | shape | colour | background | size | position |
+|---|---|---|---|---|---|---|
+{history}
+""" if history else ""
     held_out = ", ".join(f"{colour} {shape} on {background}" for shape, colour, background in facts["held_out"])
     unet, vae = pipeline.unet.config, pipeline.vae.config
     side = world["resolution"]
@@ -125,9 +148,7 @@ for `tunelab demo`, `tunelab compare` and the tests that check each technique re
 only for scoring: {held_out}.
 
 ## Recipe
-{_stages_text(facts, recipe, vae, crop)}: {recipe['steps']} steps of AdamW (lr {recipe['learning_rate']},
-{recipe['warmup_steps']} warm-up steps then cosine to a tenth), batch {recipe['batch']}, {_objective_text(pipeline.scheduler.config, recipe)}
-(tunelab's own training objective, `models/sd.py`).
+{_recipe_text(facts, recipe, pipeline, crop)}
 
 To make it again (the same seed gives the same weights on the same machine and thread count):
 
@@ -144,11 +165,5 @@ each image read back by tunelab's exact scene reader (`evaluate/scene_reading.py
 | {" | ".join(f"{scores[f'{a}_accuracy']:.2f}" for a in ATTRIBUTES)} |{_drawing_text(drawing)}
 
 Reproduce: `tunelab toyworld score --model toyworld --images {images}`.
-
-During training ({recipe['eval_images']} images each):
-
-| step | seconds | shape | colour | background | size | position |
-|---|---|---|---|---|---|---|
-{history}
-"""
+{during}"""
     (folder / "README.md").write_text(card)
