@@ -132,3 +132,14 @@ def test_generation_5_draws_generation_4s_scenes_with_shorter_captions():
         return sum(text == f"a {s.look.shape}" for text, s in zip(captions, scenes)) / len(scenes)
 
     assert bare_share(four) < 0.02 and 0.035 < bare_share(five) < 0.07
+
+
+def test_generation_6_is_generation_5s_world():
+    """Generation 6 retrains only generation 5's decoder: its scenes and captions must be generation 5's, so the
+    denoiser it keeps is asked what it learned."""
+    five, six = WORLDS[5], WORLDS[6]
+    assert replace(six, generation=5) == five
+    scenes = pretraining_scenes(50, seed=3, world=six)
+    assert [render(s).tobytes() for s in scenes] == [render(s).tobytes() for s in pretraining_scenes(50, seed=3, world=five)]
+    rng_five, rng_six = random.Random(2), random.Random(2)
+    assert [caption(replace(s, world=five), rng_five) for s in scenes] == [caption(s, rng_six) for s in scenes]

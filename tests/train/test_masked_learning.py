@@ -84,9 +84,9 @@ def test_a_masked_lora_learns_the_object_as_well(measured):
 
 
 # Strict: passes the day masked training keeps the class prompt's backgrounds on this base.
-@pytest.mark.xfail(strict=True, reason="on the generation-3 base (v-prediction, zero terminal SNR) a masked LoRA without "
-                   "prior preservation leaves the class prompt's backgrounds unanchored: flatness 0.50, unmasked 0.75, base "
-                   "1.00 (at the generation-1 settings 0.00 / 0.50); the generation-1 base kept them flat")
+@pytest.mark.xfail(strict=True, reason="on the v-prediction, zero-terminal-SNR bases (generations 3-6) a masked LoRA without "
+                   "prior preservation leaves the class prompt's backgrounds unanchored: generation 6, flatness 0.50, unmasked "
+                   "1.00, base 1.00 (generation 3: 0.50 / 0.75 / 1.00); the generation-1 base kept them flat")
 def test_a_masked_lora_keeps_the_class_backgrounds_flat(measured):
     (_, base_flatness), (_, masked_flatness), (_, unmasked_flatness) = measured.values()
     masked_drift, unmasked_drift = base_flatness - masked_flatness, base_flatness - unmasked_flatness

@@ -92,8 +92,10 @@ GENERATION_4 = replace(GENERATION_3, generation=4, patterned=0.5)
 # Generation 4's scenes with shorter captions: generation 4's base drew the bare class prompt "a circle" as a circle
 # in 31% of images (a full caption: 100%), having seen a caption with no optional part in 1% of its steps (5% here).
 GENERATION_5 = replace(GENERATION_4, generation=5, keep={"size": 0.5, "colour": 0.6, "position": 0.5, "background": 0.5})
-WORLDS = {world.generation: world for world in (GENERATION_1, GENERATION_2, GENERATION_3, GENERATION_4, GENERATION_5)}
-WORLD = GENERATION_5  # the generation the shipped base was pretrained on (tests/toyworld checks the two agree)
+# Generation 6 is generation 5's world: its base keeps generation 5's denoiser and retrains the autoencoder's decoder.
+GENERATION_6 = replace(GENERATION_5, generation=6)
+WORLDS = {world.generation: world for world in (GENERATION_1, GENERATION_2, GENERATION_3, GENERATION_4, GENERATION_5, GENERATION_6)}
+WORLD = GENERATION_6  # the generation the shipped base was pretrained on (tests/toyworld checks the two agree)
 
 
 def world_of_resolution(resolution: int) -> World:
