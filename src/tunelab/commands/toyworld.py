@@ -14,12 +14,12 @@ from tunelab.evaluate.base_scores import measure_autoencoder, measure_base, meas
 from tunelab.evaluate.sampling import GUIDANCE, STEPS
 from tunelab.models.loading import load_pipeline
 from tunelab.toyworld.model_card import write_card
-from tunelab.toyworld.pretrain import RECIPES, Recipe, pretrain, recipe_for
+from tunelab.toyworld.pretrain import GENERATION_OWN, RECIPES, Recipe, pretrain, recipe_for
 from tunelab.toyworld.subjects import SUBJECTS, subject_named, write_training_images
 from tunelab.toyworld.world import WORLD, WORLDS
 
 # which world, which base a recipe continues and what it trains are the generation's own, picked by --generation
-RECIPE_OPTIONS = [field for field in dataclasses.fields(Recipe) if field.name not in ("generation", "continues", "decoder_only")]
+RECIPE_OPTIONS = [field for field in dataclasses.fields(Recipe) if field.name not in ("generation", *GENERATION_OWN)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

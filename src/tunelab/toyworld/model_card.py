@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from tunelab.toyworld.pretrain import GENERATION_OWN
 from tunelab.toyworld.world import (ATTRIBUTES, BACKGROUND_COLOURS, OBJECT_COLOURS, POSITIONS, RESERVED_COLOURS, SHAPES,
                                     TWO_COLOUR_PATTERNS, WORLDS)
 
@@ -41,12 +42,17 @@ def _patterned_text(world: dict) -> str:
             f"is made of, never appear together. Their captions name both colours (\"a red orange circle\"), not the pattern.")
 
 
+def _base_text(started_from: dict) -> str:
+    """The base a continuing recipe starts from, as its record tells it."""
+    return (f"the generation-{started_from['generation']} base, made by its own recipe "
+            f"({started_from['total_seconds'] / 60:.1f} minutes from scratch, on {started_from['machine']})")
+
+
 def _stages_text(facts: dict, recipe: dict, vae, crop: str) -> str:
     """Stage 1 (the autoencoder), or the base a continuing recipe starts from."""
     started_from = facts.get("started_from")
     if started_from:
-        return (f"Stage 1: the generation-{started_from['generation']} base, made by its own recipe "
-                f"({started_from['total_seconds'] / 60:.1f} minutes from scratch, on {started_from['machine']}); its autoencoder and latent scaling "
+        return (f"Stage 1: {_base_text(started_from)}; its autoencoder and latent scaling "
                 f"factor ({vae.scaling_factor:.4f}) are kept as they are.{_autoencoder_text(facts.get('autoencoder_scores'))}\n"
                 f"Stage 2, the same UNet + text encoder trained on, on this generation's cached latents")
     return (f"Stage 1, autoencoder: {recipe['vae_steps']} steps of AdamW (lr {recipe['vae_learning_rate']}), batch {recipe['vae_batch']}{crop},\n"
@@ -60,8 +66,7 @@ def _recipe_text(facts: dict, recipe: dict, pipeline, crop: str) -> str:
         started_from = facts["started_from"]
         noise = (f" with Gaussian noise of std {recipe['decoder_noise']} (in the denoiser's units) added, as a denoiser's latents are "
                  f"near, not on, the encoder's" if recipe.get("decoder_noise") else "")
-        return (f"Stage 1: the generation-{started_from['generation']} base, made by its own recipe "
-                f"({started_from['total_seconds'] / 60:.1f} minutes from scratch, on {started_from['machine']}); its encoder, latent "
+        return (f"Stage 1: {_base_text(started_from)}; its encoder, latent "
                 f"scaling factor ({pipeline.vae.config.scaling_factor:.4f}), UNet and text encoder are kept bit for bit.\n"
                 f"Stage 2, the decoder alone (the encoder frozen, so the latents the denoiser learned stay valid): "
                 f"{recipe['vae_steps']} steps of AdamW (lr {recipe['vae_learning_rate']}, cosine to a tenth), batch {recipe['vae_batch']}{crop}, "
@@ -114,8 +119,7 @@ def write_card(folder: Path, pipeline, scores: dict, images: int, sampling: str,
     (folder / "pretraining.json").write_text(json.dumps(facts, indent=2) + "\n")
     recipe = facts["recipe"]
     world = facts.get("world") or asdict(WORLDS[recipe.get("generation", 1)])
-    # which base a recipe continues is its generation's own (--from names the folder), not a flag
-    flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in recipe.items() if key not in ("continues", "decoder_only"))
+    flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in recipe.items() if key not in GENERATION_OWN)
     history = "\n".join(
         f"| {row['step']} | {row['seconds']:.0f} | " + " | ".join(f"{row[f'{a}_accuracy']:.2f}" for a in ATTRIBUTES) + " |"
         for row in facts["history"]

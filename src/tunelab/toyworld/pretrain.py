@@ -63,6 +63,10 @@ class Recipe:
     decoder_noise: float = 0.0  # std of Gaussian noise on the latents the decoder learns to decode, in the denoiser's (scaled) units
 
 
+# Recipe fields a generation fixes, not a command-line flag: which base it continues (--from names the folder) and
+# what of that base it trains.
+GENERATION_OWN = ("continues", "decoder_only")
+
 RECIPES = {
     1: Recipe(),
     # Generation 2's autoencoder trains longer, on crops (4x cheaper): at 1500 steps it still lost a third of
@@ -264,6 +268,8 @@ class Pretraining:
 
     def encode_latents(self) -> None:
         """Cache the denoiser's latents; a run continuing a base keeps the scaling factor its denoiser learned."""
+        if self.recipe.continues and not self.recipe.steps:  # no denoiser step reads them, and the scale is the base's
+            return
         self.latents = encode_scenes(self.pipeline.vae, self.scenes, keep_scaling=bool(self.recipe.continues))
 
     def autoencoder_step(self) -> float:
