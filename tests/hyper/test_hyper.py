@@ -184,6 +184,19 @@ def test_refinement_starts_at_the_prediction_and_moves_away_from_it(predictor_ru
     assert metadata["tunelab_refine_steps"] == "2" and set(refined) == set(start)
     assert max((refined[key].delta() - start[key].delta()).abs().max() for key in start) > 1e-4
 
+    # the refinement weighs timesteps as the predictor trained (min-SNR 5) unless told otherwise; the weights reach
+    # the loss (gamma 0.1 changes the weight of nearly every timestep of this epsilon model, 5 only the quietest)
+    assert metadata["ss_min_snr_gamma"] == "5.0"
+    refinements = {}
+    for gamma in ("0", "0.1"):
+        path = tmp_path / f"gamma-{gamma}.safetensors"
+        assert run_cli("personalize", "--hypernet", predictor_run / "predictor.safetensors", "--images", held_out_images,
+                       "--out", path, "--refine-steps", "2", "--prompt", "a sks circle", "--model", "tiny-sd",
+                       "--min-snr-gamma", gamma) == 0
+        refinements[gamma], metadata = read_lora(path)
+        assert metadata["ss_min_snr_gamma"] == str(float(gamma))
+    assert max((refinements["0"][key].delta() - refinements["0.1"][key].delta()).abs().max() for key in start) > 1e-6
+
 
 def test_bad_input_is_one_line(predictor_run, held_out_images, tmp_path, capsys):
     lora_like = tmp_path / "other.safetensors"
@@ -193,6 +206,8 @@ def test_bad_input_is_one_line(predictor_run, held_out_images, tmp_path, capsys)
         (["--hypernet", lora_like, "--images", held_out_images], "not a tunelab weight predictor"),
         (["--hypernet", predictor_run / "predictor.safetensors", "--images", tmp_path / "nothing"], "no such image or folder"),
         (["--hypernet", predictor_run / "predictor.safetensors", "--images", held_out_images, "--refine-steps", "3"], "needs --prompt"),
+        (["--hypernet", predictor_run / "predictor.safetensors", "--images", held_out_images, "--refine-steps", "3",
+          "--prompt", "a sks circle", "--min-snr-gamma", "-1"], "--min-snr-gamma must be 0"),
     ]
     for arguments, message in cases:
         code = run_cli("personalize", *arguments, "--out", tmp_path / "x.safetensors")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from tunelab.hyper.personalize import personalize
-from tunelab.methods.predicted_lora import REFINE_LEARNING_RATE
+from tunelab.methods.predicted_lora import REFINE_LEARNING_RATE, REFINE_MIN_SNR_GAMMA
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,12 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-prompt", help="refine with prior preservation on this class prompt (\"a circle\")")
     parser.add_argument("--learning-rate", type=float, default=REFINE_LEARNING_RATE,
                         help=f"learning rate of the refinement (default {REFINE_LEARNING_RATE})")
+    parser.add_argument("--min-snr-gamma", type=float, default=REFINE_MIN_SNR_GAMMA,
+                        help=f"min-SNR-gamma timestep weights of the refinement, as the predictor trained (default "
+                             f"{REFINE_MIN_SNR_GAMMA}; 0: uniform)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the refinement")
 
 
 def run(args: argparse.Namespace) -> None:
     result = personalize(args.hypernet, args.images, args.out, refine_steps=args.refine_steps, model=args.model,
                          prompt=args.prompt, class_prompt=args.class_prompt, seed=args.seed,
-                         learning_rate=args.learning_rate,
+                         learning_rate=args.learning_rate, min_snr_gamma=args.min_snr_gamma,
                          log=lambda line: print(line, flush=True))
     print(f"wrote {result.path} in {result.total_seconds:.1f} s (prediction {result.predict_seconds:.3f} s)")

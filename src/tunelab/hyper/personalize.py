@@ -18,7 +18,8 @@ from tunelab.formats.lora_io import read_lora, write_lora
 from tunelab.formats.lora_set import LoraSet
 from tunelab.formats.weight_predictor import read_predictor_description
 from tunelab.lora.weight_predictor import load_predictor, predict_lora
-from tunelab.methods.predicted_lora import REFINE_LEARNING_RATE, PredictedLoraMethod, predictor_path, square_pixels
+from tunelab.methods.predicted_lora import (REFINE_LEARNING_RATE, REFINE_MIN_SNR_GAMMA, PredictedLoraMethod, predictor_path,
+                                            square_pixels)
 from tunelab.training.loop import train
 from tunelab.training.prepare import prepare_run
 
@@ -47,10 +48,13 @@ def image_paths(given: list[str]) -> list[Path]:
 
 def personalize(hypernet: str, images: list[str], out: Path, *, refine_steps: int = 0, model: str | None = None,
                 prompt: str | None = None, class_prompt: str | None = None, seed: int = 0,
-                learning_rate: float = REFINE_LEARNING_RATE, log: Callable[[str], None] = print) -> Personalized:
+                learning_rate: float = REFINE_LEARNING_RATE, min_snr_gamma: float = REFINE_MIN_SNR_GAMMA,
+                log: Callable[[str], None] = print) -> Personalized:
     started = time.perf_counter()
     if refine_steps < 0:
         raise TunelabError(f"--refine-steps must be 0 or more, got {refine_steps}")
+    if not min_snr_gamma >= 0:  # NaN too
+        raise TunelabError(f"--min-snr-gamma must be 0 (uniform weights) or more, got {min_snr_gamma}")
     if refine_steps and not prompt:
         raise TunelabError("--refine-steps needs --prompt, the subject's prompt with the predictor's token (e.g. \"a sks circle\")")
     out = Path(out)
@@ -64,8 +68,8 @@ def personalize(hypernet: str, images: list[str], out: Path, *, refine_steps: in
                 "ss_base_model_version": facts["base_model_version"]}
     if refine_steps:  # `tunelab train predicted_lora` loads the predictor and predicts before its steps
         lora, predict_seconds = predicted_and_refined(hypernet_file, pixels, model or facts["base_model"], prompt,
-                                                      refine_steps, class_prompt, seed, learning_rate)
-        metadata["tunelab_refine_steps"] = str(refine_steps)
+                                                      refine_steps, class_prompt, seed, learning_rate, min_snr_gamma)
+        metadata |= {"tunelab_refine_steps": str(refine_steps), "ss_min_snr_gamma": str(min_snr_gamma)}
         log(f"predicted the LoRA in {predict_seconds:.3f} s and refined it with {refine_steps} LoRA steps")
     else:
         predictor, basis, _ = load_predictor(hypernet_file)
@@ -77,7 +81,7 @@ def personalize(hypernet: str, images: list[str], out: Path, *, refine_steps: in
 
 
 def predicted_and_refined(hypernet: Path, pixels: list, model: str, prompt: str, steps: int, class_prompt: str | None,
-                          seed: int, learning_rate: float) -> tuple[LoraSet, float]:
+                          seed: int, learning_rate: float, min_snr_gamma: float) -> tuple[LoraSet, float]:
     """`tunelab train predicted_lora` on these images (the prediction, then `steps` LoRA steps): the LoRA and the
     prediction's seconds."""
     with tempfile.TemporaryDirectory() as scratch:
@@ -87,7 +91,8 @@ def predicted_and_refined(hypernet: Path, pixels: list, model: str, prompt: str,
             Image.fromarray(image).save(folder / f"{index:04d}.png")
         values = {"model": model, "images": str(folder), "out": str(Path(scratch) / "run"), "prompt": prompt,
                   "steps": steps, "learning_rate": learning_rate, "hypernet": str(hypernet), "seed": seed,
-                  "batch_size": min(4, len(pixels)), "log_with": "none", "overwrite": True}
+                  "batch_size": min(4, len(pixels)), "log_with": "none", "overwrite": True,
+                  "min_snr_gamma": min_snr_gamma or None}  # 0: uniform, the trainer's off
         if class_prompt:
             values |= {"class_prompt": class_prompt, "num_class_images": 16, "class_sample_steps": 20}
         run = prepare_run(PredictedLoraMethod.name, values)

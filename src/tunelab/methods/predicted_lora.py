@@ -37,9 +37,11 @@ logger = logging.getLogger(__name__)
 
 SHIPPED_PREDICTOR = Path(__file__).resolve().parent.parent / "toyworld" / "hypernet" / "predictor.safetensors"
 
-# A fifth of the demo LoRA's rate: from a prediction, 20 steps at 5e-3 pulled the well-drawn subjects down
-# (docs/compare.md: 0.122 mean fidelity against 0.150 at 1e-3, the prediction alone 0.140).
+# Half the demo LoRA's rate: from a prediction, larger rates pull the well-drawn subjects down (5e-3 on the first
+# predictor; 2e-3 on the shipped one, docs/hyper.md "How to refine").
 REFINE_LEARNING_RATE = 1e-3
+# The predictor's own loss weighting (its stages 1 and 3) and the demo LoRA's; `demo --with-hyper` refines with it.
+REFINE_MIN_SNR_GAMMA = 5.0
 
 
 def predictor_path(hypernet: str) -> Path:
