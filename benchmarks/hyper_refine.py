@@ -1,60 +1,50 @@
 """Which refinement of a predicted LoRA: variants of the refine run on held-out subjects (issue 22).
 
-Each variant is `tunelab train predicted_lora` from the predictor's LoRA of each of the first N held-out subjects,
-on the subject's 5 training renders; a variant's options are any of `tunelab train`'s (learning_rate,
-lr_scheduler, min_snr_gamma, seed, ...) over the defaults below (30 steps at 1e-3, batch 4, prior preservation on
-16 class images); `"class_prompt": null` turns prior preservation off. Subject fidelity of 16 images per subject
+Each variant is `tunelab personalize`'s refinement (hyper/personalize.py: 1e-3, min-SNR 5, batch 4) for 30 steps
+with prior preservation on 16 class images, from the predictor's LoRA of each of the first N held-out subjects, on
+the subject's 5 training renders; a variant's options are any of `tunelab train`'s (learning_rate, lr_scheduler,
+min_snr_gamma, seed, ...) over those; `"class_prompt": null` turns prior preservation off, `"min_snr_gamma":
+null` weighs timesteps uniformly. Subject fidelity of 16 images per subject
 made with its prompt, as benchmarks/hyper_compare.py scores. One JSON per variant and subject in OUT (a rerun
 reuses them); the table is printed and written to OUT/table.md.
 
     python benchmarks/hyper_refine.py --predictor toyworld --out /tmp/refine \
-        --variants '{"min-SNR 5": {"min_snr_gamma": 5}, "uniform": {}}'
+        --variants '{"min-SNR 5": {}, "uniform": {"min_snr_gamma": null}}'
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from tunelab.formats.lora_io import read_lora
+from tunelab.hyper.personalize import predicted_and_refined, refine_options
 from tunelab.hyper.scoring import fidelity_of, training_renders
 from tunelab.hyper.subjects import held_out_subjects
 from tunelab.machine import describe
-from tunelab.methods.predicted_lora import PredictedLoraMethod, predictor_path
+from tunelab.methods.predicted_lora import predictor_path
 from tunelab.models.loading import load_pipeline
-from tunelab.training.loop import train
-from tunelab.training.prepare import prepare_run
 
 PRIOR_OPTIONS = ("class_prompt", "num_class_images", "class_sample_steps")
 
 
-def refine_options(subject, predictor: Path, model: str, folder: Path, out: Path, variant: dict) -> dict:
-    values = {"model": model, "images": str(folder), "out": str(out), "prompt": subject.prompt, "steps": 30,
-              "learning_rate": 1e-3, "hypernet": str(predictor), "seed": 0, "batch_size": 4, "log_with": "none",
-              "overwrite": True, "class_prompt": subject.class_prompt, "num_class_images": 16, "class_sample_steps": 20}
-    values |= variant
-    if values["class_prompt"] is None:  # no prior preservation: none of its options either
-        values = {key: value for key, value in values.items() if key not in PRIOR_OPTIONS}
-    return values
+def variant_options(subject, model: str, images: int, variant: dict) -> dict:
+    """personalize's refinement of 30 steps with prior preservation, with the variant's options over it."""
+    options = refine_options(model, subject.prompt, 30, images, subject.class_prompt) | variant
+    if options["class_prompt"] is None:  # no prior preservation: none of its options either
+        options = {key: value for key, value in options.items() if key not in PRIOR_OPTIONS}
+    return options
 
 
 def refined_fidelity(pipeline, subject, predictor: Path, model: str, variant: dict, seeds: list[int]) -> dict:
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch) / "images"
-        folder.mkdir()
-        for index, image in enumerate(training_renders(subject)):
-            Image.fromarray(image).save(folder / f"{index:04d}.png")
-        started = time.perf_counter()
-        run = prepare_run(PredictedLoraMethod.name, refine_options(subject, predictor, model, folder, Path(scratch) / "run", variant))
-        artifact = train(run.options, run.method, run.resolved, run.family_options)
-        seconds = time.perf_counter() - started
-        return {"fidelity": fidelity_of(pipeline, read_lora(Path(artifact))[0], subject, seeds), "seconds": seconds}
+    renders = training_renders(subject)
+    started = time.perf_counter()
+    lora, _ = predicted_and_refined(predictor, renders, variant_options(subject, model, len(renders), variant))
+    seconds = time.perf_counter() - started
+    return {"fidelity": fidelity_of(pipeline, lora, subject, seeds), "seconds": seconds}
 
 
 def main() -> None:

@@ -67,8 +67,9 @@ def personalize(hypernet: str, images: list[str], out: Path, *, refine_steps: in
     metadata = {"tunelab_method": "predicted", "tunelab_predictor_token": facts["token"],
                 "ss_base_model_version": facts["base_model_version"]}
     if refine_steps:  # `tunelab train predicted_lora` loads the predictor and predicts before its steps
-        lora, predict_seconds = predicted_and_refined(hypernet_file, pixels, model or facts["base_model"], prompt,
-                                                      refine_steps, class_prompt, seed, learning_rate, min_snr_gamma)
+        options = refine_options(model or facts["base_model"], prompt, refine_steps, len(pixels), class_prompt, seed,
+                                 learning_rate, min_snr_gamma)
+        lora, predict_seconds = predicted_and_refined(hypernet_file, pixels, options)
         metadata |= {"tunelab_refine_steps": str(refine_steps), "ss_min_snr_gamma": str(min_snr_gamma)}
         log(f"predicted the LoRA in {predict_seconds:.3f} s and refined it with {refine_steps} LoRA steps")
     else:
@@ -80,21 +81,26 @@ def personalize(hypernet: str, images: list[str], out: Path, *, refine_steps: in
     return Personalized(out, predict_seconds, time.perf_counter() - started)
 
 
-def predicted_and_refined(hypernet: Path, pixels: list, model: str, prompt: str, steps: int, class_prompt: str | None,
-                          seed: int, learning_rate: float, min_snr_gamma: float) -> tuple[LoraSet, float]:
-    """`tunelab train predicted_lora` on these images (the prediction, then `steps` LoRA steps): the LoRA and the
-    prediction's seconds."""
+def refine_options(model: str, prompt: str, steps: int, images: int, class_prompt: str | None = None, seed: int = 0,
+                   learning_rate: float = REFINE_LEARNING_RATE, min_snr_gamma: float = REFINE_MIN_SNR_GAMMA) -> dict:
+    """The `tunelab train predicted_lora` options of a refinement, less its images, output and predictor."""
+    options = {"model": model, "prompt": prompt, "steps": steps, "learning_rate": learning_rate, "seed": seed,
+               "batch_size": min(4, images), "min_snr_gamma": min_snr_gamma or None}  # gamma 0: uniform, the trainer's off
+    if class_prompt:
+        options |= {"class_prompt": class_prompt, "num_class_images": 16, "class_sample_steps": 20}
+    return options
+
+
+def predicted_and_refined(hypernet: Path, pixels: list, options: dict) -> tuple[LoraSet, float]:
+    """`tunelab train predicted_lora` on these images with `options` (the prediction, then its steps): the LoRA and
+    the prediction's seconds."""
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "images"
         folder.mkdir()
         for index, image in enumerate(pixels):  # the images the prediction sees are the refinement's data
             Image.fromarray(image).save(folder / f"{index:04d}.png")
-        values = {"model": model, "images": str(folder), "out": str(Path(scratch) / "run"), "prompt": prompt,
-                  "steps": steps, "learning_rate": learning_rate, "hypernet": str(hypernet), "seed": seed,
-                  "batch_size": min(4, len(pixels)), "log_with": "none", "overwrite": True,
-                  "min_snr_gamma": min_snr_gamma or None}  # 0: uniform, the trainer's off
-        if class_prompt:
-            values |= {"class_prompt": class_prompt, "num_class_images": 16, "class_sample_steps": 20}
+        values = options | {"images": str(folder), "out": str(Path(scratch) / "run"), "hypernet": str(hypernet),
+                            "log_with": "none", "overwrite": True}
         run = prepare_run(PredictedLoraMethod.name, values)
         artifact = train(run.options, run.method, run.resolved, run.family_options)
         return read_lora(Path(artifact))[0], run.method.predict_seconds
